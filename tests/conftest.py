@@ -1,0 +1,86 @@
+"""Shared fixtures: one local Ray cluster per test module, the real SmolVLM files, a real S3 server."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _smolvlm_candidates():
+    if os.environ.get("ECGVLM_SMOLVLM_DIR"):
+        yield Path(os.environ["ECGVLM_SMOLVLM_DIR"])
+    yield REPO.parent / "shared" / "models" / "SmolVLM-256M-Instruct"
+    yield Path("/work/shared/models/SmolVLM-256M-Instruct")
+
+
+@pytest.fixture(scope="session")
+def smolvlm_dir() -> Path:
+    """The real SmolVLM-256M-Instruct config, tokenizer and processor files (no weights)."""
+    for path in _smolvlm_candidates():
+        if (path / "config.json").exists() and (path / "tokenizer.json").exists():
+            return path
+    pytest.skip(
+        "SmolVLM-256M-Instruct config files not found (set ECGVLM_SMOLVLM_DIR, or place them in "
+        "../shared/models/SmolVLM-256M-Instruct); they are not downloaded because tests never use the network"
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A local Ray cluster for the test module: 2 CPUs, no dashboard; shut down afterwards."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def s3_server():
+    """A real S3 wire server (moto) on 127.0.0.1 with the AWS variables pointing at it.
+
+    Yields the endpoint URL; the bucket ``ecg`` exists.
+    """
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    env = {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_REGION": "us-east-1",
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="ecg")
+    try:
+        yield endpoint
+    finally:
+        server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
