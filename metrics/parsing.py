@@ -1,0 +1,206 @@
+"""Answer parsers for both protocols, vectorised over pandas Series of text.
+
+``ecgbench``: the published rules, byte for byte (case-sensitive substring search, the code15 ``Answer:``
+and NORM/ABNORMAL rules, the reference's choice-letter extraction, ECG-QA candidates from ``Options:``).
+``strict``: case-insensitive whole-token matching with the task's synonyms, and no guessing.
+
+Texts are parsed once per distinct string (``pandas.factorize``): model outputs repeat a lot, and the
+reduction over millions of rows relies on it.
+
+Example::
+
+    task = get_task("code15")
+    ecgbench_labels(task, pd.Series(["ST segment normal"]))   # [[... ST=True ...]]   (the published trap)
+    strict_labels(task, pd.Series(["ST segment normal"]))     # ST=False, NORM=True
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+import numpy as np
+import pandas as pd
+
+from metrics.tasks import Task
+
+LETTERS8 = tuple("ABCDEFGH")
+_QA_TAIL = "Only answer based on the given Options without any explanation."
+
+
+def as_text(values) -> pd.Series:
+    """A Series of str: None/NaN become "" (an empty answer), anything else ``str(value)``."""
+    s = pd.Series(values, copy=False, dtype=object)
+    return s.map(lambda v: v if isinstance(v, str) else ("" if v is None or v != v else str(v)))
+
+
+def _per_unique(texts, fn) -> np.ndarray:
+    """Apply ``fn(list_of_distinct_texts) -> ndarray (u, ...)`` once per distinct text; rows in input order.
+
+    A missing text (None/NaN) is the empty answer "".
+    """
+    codes, uniques = pd.factorize(pd.Series(texts, copy=False), sort=False)
+    texts = [u if isinstance(u, str) else str(u) for u in uniques] + [""]
+    codes = np.where(codes < 0, len(uniques), codes)
+    return fn(texts)[codes]
+
+
+# ---- ecgbench (reference rules) --------------------------------------------------------------------------
+def _scan(texts: list[str], labels) -> np.ndarray:
+    # (u, L) bool: case-sensitive substring search, as the reference's `label in text`
+    return np.array([[label in t for label in labels] for t in texts], dtype=bool).reshape(len(texts), len(labels))
+
+
+def ecgbench_gold(task: Task, gold) -> np.ndarray:
+    """(n, L) bool gold matrix over ``task.labels``: substring scan; code15's exact NORM / ABNORMAL answers."""
+    labels = task.labels
+    scan = [i for i, label in enumerate(labels) if label not in task.whole_answers]
+
+    def fn(texts):
+        m = np.zeros((len(texts), len(labels)), dtype=bool)
+        m[:, scan] = _scan(texts, [labels[i] for i in scan])
+        for i, t in enumerate(texts):
+            if t in task.whole_answers:  # exactly "NORM" / "ABNORMAL": that label alone
+                m[i] = False
+                m[i, labels.index(t)] = True
+        return m
+
+    return _per_unique(gold, fn)
+
+
+def ecgbench_labels(task: Task, text) -> np.ndarray:
+    """(n, L) bool predicted matrix over ``task.labels`` by the reference rules."""
+    labels = task.labels
+    if not task.whole_answers:
+        return _per_unique(text, lambda texts: _scan(texts, labels))
+    scan = [i for i, label in enumerate(labels) if label not in task.whole_answers]
+    norm, abnormal = labels.index("NORM"), labels.index("ABNORMAL")
+
+    def fn(texts):
+        texts = [t.split("Answer:")[-1] for t in texts]  # only the part after the last "Answer:" counts
+        m = np.zeros((len(texts), len(labels)), dtype=bool)
+        m[:, scan] = _scan(texts, [labels[i] for i in scan])
+        for i, t in enumerate(texts):
+            if "ABNORMAL" in t:
+                m[i, abnormal] = True
+            elif "NORM" in t:  # NORM only when ABNORMAL (which contains it) is absent
+                m[i, norm] = True
+        return m
+
+    return _per_unique(text, fn)
+
+
+def reference_letter(text: str) -> str | None:
+    """The reference's choice-letter extraction; None where it would draw a random letter.
+
+    >>> reference_letter("B"), reference_letter("I think C. is right"), reference_letter("Answer: (D)")
+    ('B', 'C', 'D')
+    """
+    if text in LETTERS8:
+        return text
+    for letter in LETTERS8:  # the first "X." scanning A. .. H., wherever it is in the text
+        if letter + "." in text:
+            return letter
+    if "The correct option is " in text:
+        tail = text.split("The correct option is ")[-1]
+        return tail[0] if tail[:1] in LETTERS8 else None  # the reference crashes on an empty tail
+    if "Answer:" in text:
+        answer = text.split("Answer:")[-1].strip()
+        for letter in LETTERS8:
+            if letter in answer:
+                return letter
+    return None
+
+
+def ecgbench_gold_letter(task: Task, gold) -> np.ndarray:
+    """(n,) object: the gold the reference compares with (``value[0]`` for csn/g12, the whole value for mmmu)."""
+    g = as_text(gold)
+    return (g.str[:1] if task.gold_rule == "first_char" else g).to_numpy(dtype=object)
+
+
+def ecgbench_letters(text) -> np.ndarray:
+    """(n,) object: the reference letter per row, None where unparsable."""
+    return _per_unique(text, lambda texts: np.array([reference_letter(t) for t in texts], dtype=object))
+
+
+def qa_candidates(question: str) -> list[str]:
+    """ECG-QA options: the comma-separated list after the last "Options:" (the reference's rule)."""
+    return [c.strip() for c in question.split("Options:")[-1].replace(_QA_TAIL, "").split(",")]
+
+
+def ecgbench_setmatch(question, gold, text) -> np.ndarray:
+    """(n,) bool: the set of candidates found in the lower-cased text equals the gold set."""
+    out = [
+        {c for c in qa_candidates(q) if c.lower() in t.lower()} == {g.strip() for g in a.split(",")}
+        for q, a, t in zip(as_text(question), as_text(gold), as_text(text))
+    ]
+    return np.array(out, dtype=bool)
+
+
+# ---- strict (corrected) -----------------------------------------------------------------------------------
+# Only the bare "st" needs a guard: "ST segment", "ST elevation", "ST-T" name a segment, not sinus tachycardia.
+_AFTER = {"st": r"(?![\s/-]*(?:segments?|elevations?|depressions?|changes?|waves?|intervals?|abnormal\w*|t\b))"}
+
+
+@lru_cache(maxsize=None)
+def _label_pattern(label: str, synonyms: tuple[str, ...]) -> re.Pattern:
+    """Whole-token, lower-case pattern naming ``label`` (its own name or any synonym)."""
+    alts = [re.escape(label.lower()) + _AFTER.get(label.lower(), "")] + list(synonyms)
+    return re.compile(r"(?<![a-z0-9])(?:" + "|".join(alts) + r")(?![a-z0-9])")
+
+
+def strict_labels(task: Task, text) -> np.ndarray:
+    """(n, L) bool: labels named as whole tokens or synonyms, case-insensitive (code15: after the last "answer:")."""
+    synonyms = dict(task.synonyms)
+    patterns = [_label_pattern(label, tuple(synonyms.get(label, ()))) for label in task.labels]
+    whole = bool(task.whole_answers)
+
+    def fn(texts):
+        m = np.zeros((len(texts), len(patterns)), dtype=bool)
+        for i, t in enumerate(texts):
+            t = t.lower()
+            if whole:
+                t = t.split("answer:")[-1]
+            m[i] = [p.search(t) is not None for p in patterns]
+        if whole:  # NORM and ABNORMAL exclude each other: "abnormal" wins, as in the reference
+            norm, abnormal = task.labels.index("NORM"), task.labels.index("ABNORMAL")
+            m[m[:, abnormal], norm] = False
+        return m
+
+    return _per_unique(text, fn)
+
+
+_LETTER_ALONE = re.compile(r"\(?([A-Ha-h])[.):]?")
+_LETTER_LEAD = re.compile(r"\(?([A-H])[.):](?:\s|$)")
+_LETTER_SAID = re.compile(
+    r"(?i:correct (?:option|answer|choice) is|answer is|answer:|option|choice)\s*\(?((?-i:[A-H]))(?![A-Za-z0-9])"
+)
+
+
+def strict_letter(text: str) -> str | None:
+    """A choice letter stated unambiguously, or None (counted wrong, never guessed).
+
+    >>> strict_letter("b"), strict_letter("C. Sinus rhythm"), strict_letter("The answer is D"), strict_letter("BBB")
+    ('B', 'C', 'D', None)
+    """
+    t = text.strip()
+    m = _LETTER_ALONE.fullmatch(t) or _LETTER_LEAD.match(t) or _LETTER_SAID.search(t)
+    return m.group(1).upper() if m else None
+
+
+def strict_letters(text) -> np.ndarray:
+    """(n,) object: the strict letter per row, None where unparsable."""
+    return _per_unique(text, lambda texts: np.array([strict_letter(t) for t in texts], dtype=object))
+
+
+def strict_setmatch(question, gold, text) -> np.ndarray:
+    """(n,) bool: the candidates named as whole tokens (case-insensitive) equal the gold set."""
+    out = []
+    for q, a, t in zip(as_text(question), as_text(gold), as_text(text)):
+        t = t.lower()
+        found = {
+            c.lower() for c in qa_candidates(q)
+            if c and re.search(r"(?<![a-z0-9])" + re.escape(c.lower()) + r"(?![a-z0-9])", t)
+        }
+        out.append(found == {g.strip().lower() for g in a.split(",") if g.strip()})
+    return np.array(out, dtype=bool)

@@ -1,0 +1,208 @@
+"""From merged counts to the numbers: the ``ecgbench`` protocol (published rules) and ``strict`` (corrected).
+
+``score_frame(task, frame)`` is the one entry point for a table of rows; ``finalize`` is shared with the
+Ray reduction (``pipelines.score.score_dataset``), so both paths print identical numbers.
+
+The result (also what ``ecgvlm score --json`` prints)::
+
+    {"task": "code15", "version": "1", "kind": "multilabel", "n": 1400, "errors": 0,
+     "f1": 27.5, "auc": 65.3, "hamming_loss": 16.5, "anls": 68.7,        # ecgbench, x100, one decimal
+     "ecgbench": {"classes": [...], "per_class": {...}, "random_letters": 0, "notes": [...]},
+     "strict": {"f1_macro": .., "f1_micro": .., "auc": .., "per_class": [...], "intervals": {...}, ...},
+     "warnings": [...]}
+
+NaN (the reference's AUC when a class has one gold value) is written as null.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import warnings
+
+import numpy as np
+import pandas as pd
+
+from metrics.reduce import batch_stats
+from metrics.tasks import CHOICE, FREETEXT, MULTILABEL, SETMATCH, Task, get_task
+
+PROTOCOLS = ("ecgbench", "strict", "both")
+N_BOOT = 1000
+REFERENCE_SEED = 42  # the reference draws random letters from random.seed(42)
+
+
+def pct1(x: float) -> float | None:
+    """x100 with one decimal, as the reference prints (``round(x * 100, 1)``); NaN -> None."""
+    return None if x is None or math.isnan(x) else round(float(x) * 100, 1)
+
+
+def pct2(x: float) -> float | None:
+    return None if x is None or math.isnan(x) else round(float(x) * 100, 2)
+
+
+def _div(a, b):
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return np.divide(a, b, out=np.full(np.broadcast(a, b).shape, np.nan), where=b > 0)
+
+
+def hist_auc(neg: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    """ROC AUC from score histograms (..., bins) of negatives and positives; ties count one half; NaN if
+    either side is empty. With two bins (0/1 predictions) it is (sensitivity + specificity) / 2."""
+    below = np.cumsum(neg, -1) - neg
+    num = (pos * (below + 0.5 * neg)).sum(-1)
+    return _div(num, pos.sum(-1) * neg.sum(-1))
+
+
+def binary_auc(c: np.ndarray) -> np.ndarray:
+    """AUC of 0/1 predictions from counts (..., 4) = tp, fp, fn, tn: (TPR + TNR) / 2; NaN if undefined."""
+    tp, fp, fn, tn = np.moveaxis(c, -1, 0)
+    return (_div(tp, tp + fn) + _div(tn, tn + fp)) / 2
+
+
+def f1_from(c: np.ndarray) -> np.ndarray:
+    """Per-class F1 from counts (..., 4): 2tp / (2tp + fp + fn), 0 where undefined (sklearn's default)."""
+    tp, fp, fn, _ = np.moveaxis(c, -1, 0)
+    return np.nan_to_num(_div(2 * tp, 2 * tp + fp + fn), nan=0.0)
+
+
+# ---- ecgbench -----------------------------------------------------------------------------------------------
+def _ecgbench(task: Task, st: dict) -> tuple[dict, dict]:
+    """(top-level fields, details) of the published protocol."""
+    if task.kind == MULTILABEL:
+        c = st["eb_counts"]  # (L, 4)
+        seen = (c[:, 0] + c[:, 2]) > 0  # binarisation: only classes that occur in the gold labels
+        cs = c[seen]
+        f1, auc = f1_from(cs), binary_auc(cs)
+        n_cells = cs[:, :].sum()  # = rows x seen classes
+        top = {"f1": pct1(np.mean(f1)) if len(cs) else None,
+               "auc": pct1(np.mean(auc)) if len(cs) else None,  # NaN if any class has one gold value
+               "hamming_loss": pct1((cs[:, 1] + cs[:, 2]).sum() / n_cells) if n_cells else None}
+        classes = sorted(np.array(task.labels)[seen].tolist())  # MultiLabelBinarizer's sorted classes
+        per = {lab: {"f1": pct1(f), "auc": pct1(a)} for lab, f, a in zip(np.array(task.labels)[seen], f1, auc)}
+        notes = [f"class {k} has one gold value: its AUC is undefined and the mean is NaN (null)"
+                 for k, v in per.items() if v["auc"] is None]
+        return top, {"classes": classes, "per_class": {k: per[k] for k in classes}, "notes": notes}
+    if task.kind == CHOICE:
+        rng = random.Random(REFERENCE_SEED)
+        options = list(task.labels)
+        lucky = sum(rng.choice(options) == g for g in st["eb_unparsed_gold"])
+        n = st["n"]
+        return ({"accuracy": pct1((st["eb_correct"] + lucky) / n) if n else None},
+                {"random_letters": len(st["eb_unparsed_gold"]), "random_letters_correct": int(lucky),
+                 "notes": ["unparsable answers get a random letter (random.Random(42), in row order), "
+                           "as the reference does"] if st["eb_unparsed_gold"] else []})
+    if task.kind == SETMATCH:
+        n = st["n"]
+        return {"accuracy": pct1(st["eb_correct"] / n) if n else None}, {}
+    return {}, {"notes": ["the paper scores this task with an LLM judge; only ANLS is computed here"]}
+
+
+# ---- strict -------------------------------------------------------------------------------------------------
+def _intervals(samples: dict[str, np.ndarray]) -> dict:
+    out = {}
+    for key, v in samples.items():
+        v = v[~np.isnan(v)]
+        out[key] = [pct2(np.percentile(v, 2.5)), pct2(np.percentile(v, 97.5))] if len(v) else None
+    return out
+
+
+def _strict_multilabel(task: Task, st: dict, weights: np.ndarray, G: np.ndarray) -> dict:
+    labels = task.labels
+    c = st["st_counts"].sum(0)  # (L, 4)
+    tp, fp, fn, tn = c.T
+    used = (tp + fn + fp) > 0  # classes in gold or predicted: macro means over these
+    scores = st["score_hist"] is not None and st["score_rows"] > 0
+    auc = hist_auc(st["score_hist"][:, 0], st["score_hist"][:, 1]) if scores else binary_auc(c)
+    rows = [{"label": lab, "precision": pct2(p), "recall": pct2(r), "f1": pct2(f) if u else None,
+             "support": int(s), "predicted": int(q), "auc": pct2(a)}
+            for lab, p, r, f, u, s, q, a in zip(labels, _div(tp, tp + fp), _div(tp, tp + fn), f1_from(c), used,
+                                                tp + fn, tp + fp, auc)]
+    T = c.sum(0)
+    out = {"f1_macro": pct2(f1_from(c)[used].mean()) if used.any() else None,
+           "f1_micro": pct2(f1_from(T)), "precision_micro": pct2(_div(T[0], T[0] + T[1])),
+           "recall_micro": pct2(_div(T[0], T[0] + T[2])),
+           "auc": pct2(np.nanmean(auc)) if (~np.isnan(auc)).any() else None,
+           "auc_source": "label_scores" if scores else "0/1 predictions",
+           "auc_undefined": [lab for lab, a in zip(labels, auc) if np.isnan(a)],
+           "hamming_loss": pct2(_div(T[1] + T[2], T.sum())),
+           "exact_match": pct2(_div(st["st_exact"].sum(), st["n"])), "per_class": rows}
+    # bootstrap: weights (R, g) over the non-empty buckets G
+    bc = np.einsum("rg,glc->rlc", weights, st["st_counts"][G])  # (R, L, 4)
+    bT = bc.sum(1)
+    if scores:
+        bh = np.einsum("rg,glkb->rlkb", weights, st["score_boot"][G])  # (R, L, 2, bins)
+        bauc = hist_auc(bh[..., 0, :], bh[..., 1, :])
+    else:
+        bauc = binary_auc(bc)
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN replicates (a class absent) are expected
+        out["intervals"] = _intervals({
+            "f1_macro": f1_from(bc)[:, used].mean(1) if used.any() else np.full(len(bc), np.nan),
+            "f1_micro": f1_from(bT), "hamming_loss": _div(bT[:, 1] + bT[:, 2], bT.sum(1)),
+            "auc": np.nanmean(np.where(np.isnan(auc), np.nan, bauc), 1) if (~np.isnan(auc)).any()
+            else np.full(len(bc), np.nan)})
+    return out
+
+
+def _strict(task: Task, st: dict, seed: int, n_boot: int = N_BOOT) -> dict:
+    n = st["n"]
+    G = np.flatnonzero(st["bucket_n"] > 0)
+    rng = np.random.default_rng(seed)
+    weights = rng.multinomial(len(G), np.full(len(G), 1 / len(G)), size=n_boot) if len(G) else np.zeros((0, 0))
+    bn = weights @ st["bucket_n"][G] if len(G) else np.zeros(0)
+    out = {"n": n, "errors": st["errors"], "anls": pct2(_div(st["anls_bucket"].sum(), n))}
+    if task.kind == MULTILABEL and len(G):
+        out.update(_strict_multilabel(task, st, weights, G))
+    elif task.kind in (CHOICE, SETMATCH):
+        out["accuracy"] = pct2(_div(st["st_correct"].sum(), n))
+        if task.kind == CHOICE:
+            out.update(unparsed=st["st_unparsed"], out_of_range=st["st_out_of_range"])
+        out.setdefault("intervals", {})["accuracy"] = _intervals(
+            {"accuracy": _div(weights @ st["st_correct"][G], bn)})["accuracy"] if len(G) else None
+    with np.errstate(invalid="ignore"):
+        anls_iv = _intervals({"anls": _div(weights @ st["anls_bucket"][G], bn)})["anls"] if len(G) else None
+    out.setdefault("intervals", {})["anls"] = anls_iv
+    out["bootstrap"] = {"resamples": n_boot, "seed": seed, "unit": f"{len(G)} id-hash buckets", "level": 0.95}
+    return out
+
+
+def finalize(task: Task | str, st: dict, *, protocol: str = "both", seed: int = 0) -> dict:
+    """The result dict from merged stats (see the module docstring)."""
+    task = get_task(task) if isinstance(task, str) else task
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    n = st["n"]
+    result = {"task": task.name, "version": task.version, "kind": task.kind, "protocol": protocol, "n": n,
+              "errors": st["errors"], "empty_predictions": st["empty"],
+              "anls": pct1(_div(st["anls_bucket"].sum(), n))}
+    warnings = []
+    if st["errors"]:
+        warnings.append(f"{st['errors']} of {n} rows have `error` set: scored as empty predictions (wrong)")
+    if st["empty"]:
+        warnings.append(f"{st['empty']} of {n} rows have an empty prediction")
+    if protocol in ("ecgbench", "both"):
+        top, details = _ecgbench(task, st)
+        result.update(top)
+        result["ecgbench"] = details
+    if protocol in ("strict", "both"):
+        result["strict"] = _strict(task, st, seed)
+    result["warnings"] = warnings
+    return result
+
+
+def score_frame(task: str, frame: pd.DataFrame, *, protocol: str = "both", seed: int = 0) -> dict:
+    """Score a table of rows (``id``, ``answer`` gold text, ``prediction`` model text, optional
+    ``question``, ``label_scores``, ``error``) of one task; returns the ``ecgvlm score --json`` object.
+
+    Example::
+
+        frame = pd.DataFrame({"id": ["a", "b"], "answer": ["SB", "NORM"], "prediction": ["SB", "ST"]})
+        score_frame("code15", frame)["f1"]     # 50.0: SB right, NORM missed
+    """
+    t = get_task(task)
+    result = finalize(t, batch_stats(t, frame), protocol=protocol, seed=seed)
+    dup = int(frame["id"].duplicated().sum()) if "id" in frame else 0
+    if dup:
+        result["warnings"].append(f"{dup} duplicate id(s) in the frame: every row was scored")
+    result["duplicate_ids"] = dup
+    return result
