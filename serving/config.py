@@ -1,0 +1,98 @@
+"""The serving application's typed config: the ``args:`` of serving/config.yaml and of ``ecgvlm serve``.
+
+Example::
+
+    cfg = AppConfig.model_validate({"model": "tiny", "batching": {"enabled": False}})
+    cfg.batching.effective()        # (1, 0.0): one request per model call
+    cfg = load_serve_yaml("serving/config.yaml")[1]   # the app args of the shipped Serve config
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from serving.inputs import Limits
+
+
+class Batching(BaseModel):
+    """``@serve.batch`` dynamic batching of model calls on each predictor replica."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(True, description="off: every request is its own model call (the benchmark baseline)")
+    max_batch_size: int = Field(16, ge=1, description="most requests per model call")
+    batch_wait_timeout_s: float = Field(0.01, ge=0, description="longest wait for a batch to fill, s")
+
+    def effective(self) -> tuple[int, float]:
+        """(max_batch_size, batch_wait_timeout_s) as applied: (1, 0.0) when batching is off."""
+        return (self.max_batch_size, self.batch_wait_timeout_s) if self.enabled else (1, 0.0)
+
+
+class PredictorScaling(BaseModel):
+    """Resources and autoscaling of the predictor deployment (the replicas that hold the model)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    num_cpus: float = Field(0.5, ge=0, description="CPUs per replica; fractional so a 2-CPU Ray fits more")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per replica (1 on a GPU node)")
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(2, ge=1)
+    initial_replicas: int | None = Field(None, ge=0)
+    target_ongoing_requests: float = Field(16, gt=0, description="requests per replica autoscaling aims at "
+                                           "(about one full batch)")
+    max_ongoing_requests: int = Field(64, ge=1, description="requests a replica accepts before queueing")
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas {self.min_replicas} > max_replicas {self.max_replicas}")
+        return self
+
+    def autoscaling(self) -> dict:
+        """The Serve ``autoscaling_config`` dict."""
+        out = {"min_replicas": self.min_replicas, "max_replicas": self.max_replicas,
+               "target_ongoing_requests": self.target_ongoing_requests}
+        if self.initial_replicas is not None:
+            out["initial_replicas"] = self.initial_replicas
+        return out
+
+
+class IngressScaling(BaseModel):
+    """The FastAPI ingress: parses and validates uploads, renders signals (CPU work, no model)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    num_cpus: float = Field(0.25, ge=0)
+    num_replicas: int = Field(1, ge=1)
+    max_ongoing_requests: int = Field(128, ge=1, description="concurrent requests per ingress replica")
+
+
+class AppConfig(BaseModel):
+    """Everything ``serving.app:build_app`` needs. Field descriptions are the documentation."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field("tiny", description='"tiny", a Hugging Face id, an export folder, or "random:PATH"')
+    adapter: str | None = Field(None, description="LoRA adapter folder applied on top of the model")
+    device: str = Field("auto", description='"auto", "cpu", "cuda"')
+    dtype: str = Field("auto")
+    model_id: str | None = Field(None, description="the id clients see (/v1/models, responses); "
+                                 "default: the predictor's name")
+    default_task: str = Field("code15", description="task of /v1/diagnose and chat when none is given")
+    batching: Batching = Field(default_factory=Batching)
+    predictor: PredictorScaling = Field(default_factory=PredictorScaling)
+    ingress: IngressScaling = Field(default_factory=IngressScaling)
+    limits: Limits = Field(default_factory=Limits)
+
+
+def load_serve_yaml(path: str | Path) -> tuple[dict, AppConfig]:
+    """(http_options, AppConfig) from a Serve config file whose first application is ``build_app``."""
+    import yaml
+
+    doc = yaml.safe_load(Path(path).read_text()) or {}
+    apps = doc.get("applications") or []
+    if not apps:
+        raise ValueError(f"{path}: no applications")
+    return dict(doc.get("http_options") or {}), AppConfig.model_validate(apps[0].get("args") or {})
