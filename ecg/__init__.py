@@ -1,0 +1,17 @@
+"""The ECG domain: signal records, readers, the synthetic generator and the paper-page renderer.
+
+No Ray, no torch. Modules: ``ecg.record`` (Record, STANDARD_LEADS), ``ecg.synth`` (generate),
+``ecg.render`` (render, to_bytes), ``ecg.readers`` (PTB-XL, CODE-15%, CSV, .npy, resample),
+``ecg.storage`` (local / s3:// URIs), ``ecg.rows`` (Arrow row schemas).
+
+Example::
+
+    from ecg import Record, STANDARD_LEADS
+    from ecg.synth import generate
+    from ecg.render import render, to_bytes
+    png = to_bytes(render(next(generate(1, seed=0))))
+"""
+
+from ecg.record import STANDARD_LEADS, Record
+
+__all__ = ["Record", "STANDARD_LEADS"]

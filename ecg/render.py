@@ -1,0 +1,262 @@
+"""Render a record as a 12-lead paper ECG page (PIL), fast enough for dataset preparation.
+
+The page is the standard printout: 25 mm/s, 10 mm/mV, a 1 mm minor / 5 mm major red grid,
+a 1 mV x 200 ms calibration pulse at the start of each row and lead labels. Layouts:
+
+- ``"3x4"`` (default): 3 rows x 4 columns of 2.5 s segments (I,II,III | aVR,aVL,aVF | V1-V3 | V4-V6),
+  column k covering seconds 2.5k .. 2.5k + 2.5, plus a 10 s lead II rhythm strip at the bottom.
+- ``"6x2"``: 6 rows x 2 columns of 5 s (limb leads over 0-5 s, chest leads over 5-10 s).
+- ``"12x1"``: 12 rows, each lead over the full 10 s.
+
+Pixels per mm are derived from the size so 250 mm of trace plus margins fit the width (and the rows
+fit the height): 1100 x 850 px gives about 4.07 px/mm. The grid background is cached per size,
+layout and colours; traces are drawn as PIL polylines over a min/max envelope per pixel column,
+so a 2.5 s segment at 500 Hz costs about 2 points per pixel column, whatever the sampling rate.
+
+Example::
+
+    from ecg.synth import generate
+    from ecg.render import render, to_bytes
+    img = render(next(generate(1)))              # PIL.Image, RGB, 1100 x 850
+    png = to_bytes(img)                          # bytes, PNG
+    aug = render(next(generate(1)), augment=True, seed=3)
+"""
+
+from __future__ import annotations
+
+import io
+import zlib
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from ecg.record import Record
+
+SPEED = 25.0  # mm/s
+GAIN = 10.0  # mm/mV
+LEFT_MM, RIGHT_MM, TOP_MM, BOTTOM_MM = 13.0, 7.0, 10.0, 5.0  # margins; the pulse sits in LEFT_MM
+PAPER = (255, 253, 250)
+GRID_MINOR = (246, 196, 196)
+GRID_MAJOR = (232, 128, 128)
+INK = (0, 0, 0)
+PAPERS = (PAPER, (252, 247, 232), (255, 240, 240), (240, 244, 248), (250, 250, 250))
+
+# layout -> (rows of (lead name, t0 s, column x0 mm) panels, segment length s, rhythm strip?)
+_3X4 = [[(("I", "II", "III"), ("aVR", "aVL", "aVF"), ("V1", "V2", "V3"), ("V4", "V5", "V6"))[k][r]
+         for k in range(4)] for r in range(3)]
+LAYOUTS = {
+    "3x4": (_3X4, 2.5, True),
+    "6x2": ([[a, b] for a, b in zip(("I", "II", "III", "aVR", "aVL", "aVF"),
+                                     ("V1", "V2", "V3", "V4", "V5", "V6"))], 5.0, False),
+    "12x1": ([[lead] for lead in ("I", "II", "III", "aVR", "aVL", "aVF",
+                                  "V1", "V2", "V3", "V4", "V5", "V6")], 10.0, False),
+}
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where things go on the page, in pixels: ``ppm`` px/mm, trace origin ``x0``, row baselines."""
+
+    width: int
+    height: int
+    ppm: float  # px per mm
+    x0: float  # px, x of t = 0 on every row (a whole number of mm from the left edge)
+    baselines: tuple[float, ...]  # px, y of 0 mV per row (rhythm strip last), whole mm from the top
+    segment_s: float
+    x0_mm: float
+    baselines_mm: tuple[float, ...]
+
+
+def geometry(width: int, height: int, layout: str = "3x4") -> Geometry:
+    """Page geometry for a size and layout. Example: ``geometry(1100, 850).ppm`` -> 4.07 (px/mm)."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; choose from {sorted(LAYOUTS)}")
+    rows, seg, strip = LAYOUTS[layout]
+    n_rows = len(rows) + int(strip)
+    row_mm = 40.0 if n_rows <= 4 else 25.0 if n_rows <= 7 else 15.0  # space a row wants, mm
+    ppm = min(width / (LEFT_MM + 250.0 + RIGHT_MM), height / (TOP_MM + BOTTOM_MM + n_rows * row_mm))
+    # Rows share the height left after the margins; t = 0 and every baseline sit on whole mm, hence on
+    # grid lines (the grid is drawn at whole mm from the page's top-left corner).
+    pitch = (height / ppm - TOP_MM - BOTTOM_MM) / n_rows  # mm per row
+    base_mm = tuple(float(np.floor(TOP_MM + pitch * (r + 0.62))) for r in range(n_rows))
+    return Geometry(width, height, ppm, LEFT_MM * ppm, tuple(b * ppm for b in base_mm), seg,
+                    LEFT_MM, base_mm)
+
+
+# Palette indices of the page canvas: the page is drawn in "P" mode (one byte per pixel, five colours),
+# which makes drawing cheap and lets PNG encoding work on 1/3 of the bytes.
+I_PAPER, I_MINOR, I_MAJOR, I_INK, I_TEXT = range(5)
+
+
+@lru_cache(maxsize=32)
+def _background(width: int, height: int, layout: str, grid: bool) -> Image.Image:
+    """The blank page (palette indices) with its grid; cached: it is the same for every record."""
+    g = geometry(width, height, layout)
+    page = np.full((height, width), I_PAPER, np.uint8)  # (H, W) palette indices
+    if grid:
+        # Lines at whole mm; the major ones pass through t = 0 and the first baseline; minor first.
+        for step, index in ((1, I_MINOR), (5, I_MAJOR)):
+            page[:, _grid_positions(g.x0_mm % step, step, g.ppm, width)] = index
+            page[_grid_positions(g.baselines_mm[0] % step, step, g.ppm, height), :] = index
+    return Image.fromarray(page, mode="P")
+
+
+def _grid_positions(first_mm: float, step_mm: float, ppm: float, size: int) -> np.ndarray:
+    """Pixel rows/columns of grid lines at ``first_mm + k * step_mm`` (mm), rounded to whole pixels."""
+    pos = np.round((first_mm + np.arange(0, size / ppm + step_mm, step_mm)) * ppm).astype(int)
+    return pos[pos < size]
+
+
+def _envelope(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Min/max per pixel column, in time order: ``(2 * columns, 2)`` points for a polyline."""
+    col = np.floor(x).astype(np.int64)
+    if len(col) < 2 or col[-1] - col[0] + 1 >= len(col) // 2:
+        return np.stack([x, y], 1)  # already sparse: keep every sample
+    bounds = np.flatnonzero(np.diff(col)) + 1
+    starts = np.concatenate([[0], bounds])
+    lo, hi = np.minimum.reduceat(y, starts), np.maximum.reduceat(y, starts)
+    # Order each column's pair by which extreme comes first, so the line follows the signal.
+    i_lo = _arg_reduceat(y, starts, lo)
+    i_hi = _arg_reduceat(y, starts, hi)
+    first = np.where(i_lo <= i_hi, lo, hi)
+    second = np.where(i_lo <= i_hi, hi, lo)
+    xs = col[starts].astype(np.float64)
+    pts = np.empty((2 * len(starts), 2))
+    pts[0::2, 0], pts[1::2, 0] = xs, xs + 0.5
+    pts[0::2, 1], pts[1::2, 1] = first, second
+    return pts
+
+
+def _arg_reduceat(y: np.ndarray, starts: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Index within each group of the first sample equal to that group's ``target`` value."""
+    group = np.repeat(np.arange(len(starts)), np.diff(np.concatenate([starts, [len(y)]])))
+    hit = np.flatnonzero(y == target[group])
+    first = np.full(len(starts), len(y))
+    np.minimum.at(first, group[hit], hit)
+    return first
+
+
+def _lead_signal(record: Record, name: str) -> np.ndarray | None:
+    return record.signal[record.leads.index(name)] if name in record.leads else None
+
+
+def _panels(record: Record, g: Geometry, layout: str):
+    """Yield ``(lead, row, t0 s, t1 s, x px of t0)`` for every panel, rhythm strip last."""
+    rows, seg, strip = LAYOUTS[layout]
+    for r, names in enumerate(rows):
+        for k, name in enumerate(names):
+            yield name, r, k * seg, (k + 1) * seg, g.x0 + k * seg * SPEED * g.ppm
+    if strip:
+        yield "II", len(rows), 0.0, 10.0, g.x0
+
+
+def _draw_traces(draw: ImageDraw.ImageDraw, record: Record, g: Geometry, layout: str,
+                 width_px: int, ink: tuple) -> None:
+    px_per_s, px_per_mv = SPEED * g.ppm, GAIN * g.ppm
+    font = ImageFont.load_default()
+    for name, row, t0, t1, x_start in _panels(record, g, layout):
+        base = g.baselines[row]
+        draw.text((x_start + 0.6 * g.ppm, base - 9 * g.ppm), name, fill=ink, font=font)
+        if t0 > 0:  # a short tick marks where the lead changes
+            draw.line([(x_start, base - 2 * g.ppm), (x_start, base + 2 * g.ppm)], fill=ink, width=1)
+        sig = _lead_signal(record, name)
+        if sig is None:
+            continue
+        i0, i1 = int(round(t0 * record.fs)), min(int(round(t1 * record.fs)), len(sig))
+        if i1 - i0 < 2:
+            continue
+        x = x_start + (np.arange(i0, i1) / record.fs - t0) * px_per_s
+        y = base - sig[i0:i1].astype(np.float64) * px_per_mv  # paper y grows downwards
+        pts = _envelope(x, y)
+        draw.line(pts.ravel().tolist(), fill=ink, width=width_px, joint="curve")
+
+
+def _draw_calibration(draw: ImageDraw.ImageDraw, g: Geometry, width_px: int, ink: tuple) -> None:
+    """1 mV x 200 ms pulse ending 2 mm before t = 0 on every row."""
+    h, w = GAIN * g.ppm, 0.2 * SPEED * g.ppm  # 10 mm tall, 5 mm wide
+    for base in g.baselines:
+        x1 = g.x0 - 2 * g.ppm
+        xa = x1 - w - 2 * g.ppm
+        pts = [(xa - 2 * g.ppm, base), (xa, base), (xa, base - h), (xa + w, base - h),
+               (xa + w, base), (x1, base)]
+        draw.line(pts, fill=ink, width=width_px)
+
+
+def render(record: Record, *, width: int = 1100, height: int = 850, layout: str = "3x4",
+           augment: bool = False, seed: int | None = None) -> Image.Image:
+    """The record as an RGB paper page of ``width`` x ``height`` px (25 mm/s, 10 mm/mV).
+
+    ``augment=True`` applies seeded paper-style augmentations (paper colour, missing grid, trace
+    width, header text, pixel noise, small rotation); ``seed=None`` derives the seed from the record
+    id, so a page is reproducible either way. Example: ``render(rec, layout="6x2").size`` -> (1100, 850).
+    """
+    g = geometry(width, height, layout)
+    rng = np.random.default_rng(zlib.crc32(record.id.encode()) if seed is None else seed)
+    paper, grid, ink = PAPER, True, INK
+    line_w = max(1, int(round(0.35 * g.ppm)))  # about 0.35 mm, as a thermal printer's trace
+    if augment:
+        paper = PAPERS[rng.integers(len(PAPERS))]
+        grid = bool(rng.random() > 0.15)
+        line_w = max(1, line_w + int(rng.integers(-1, 2)))
+        ink = tuple(int(v) for v in rng.integers(0, 60, 3))
+    canvas = _background(width, height, layout, grid).copy()
+    canvas.putpalette([*paper, *GRID_MINOR, *GRID_MAJOR, *ink, 40, 40, 40])
+    draw = ImageDraw.Draw(canvas)
+    _draw_calibration(draw, g, line_w, I_INK)
+    _draw_traces(draw, record, g, layout, line_w, I_INK)
+    if augment:
+        return _augment(canvas, draw, g, rng, paper)
+    return canvas.convert("RGB")
+
+
+def _augment(canvas: Image.Image, draw: ImageDraw.ImageDraw, g: Geometry, rng, paper) -> Image.Image:
+    """Header text, pixel noise and a small rotation, all drawn from ``rng``; returns RGB."""
+    if rng.random() < 0.5:
+        draw.text((g.x0, 0.25 * TOP_MM * g.ppm), "25 mm/s   10 mm/mV   0.05-150 Hz", fill=I_TEXT)
+    image = canvas.convert("RGB")
+    if rng.random() < 0.5:
+        arr = np.asarray(image).astype(np.int16)
+        sigma = rng.uniform(3, 12)
+        noise = rng.normal(0, sigma, arr.shape[:2]).astype(np.int16)  # (H, W), grey noise
+        image = Image.fromarray(np.clip(arr + noise[..., None], 0, 255).astype(np.uint8))
+    if rng.random() < 0.6:
+        angle = float(rng.uniform(-2.0, 2.0))  # degrees
+        image = image.rotate(angle, resample=Image.BILINEAR, fillcolor=paper)
+    return image
+
+
+def to_bytes(image: Image.Image, format: str = "PNG", quality: int = 90) -> bytes:
+    """Encode a page: ``"PNG"`` (lossless, fast zlib level 1) or ``"JPEG"`` (``quality`` 1-95).
+
+    Example: ``to_bytes(render(rec), "JPEG")[:2] == b"\\xff\\xd8"``.
+    """
+    buf = io.BytesIO()
+    fmt = format.upper()
+    if fmt == "PNG":
+        _palette_or_rgb(image).save(buf, format="PNG", compress_level=1)
+    elif fmt in ("JPEG", "JPG"):
+        image.convert("RGB").save(buf, format="JPEG", quality=int(quality))
+    else:
+        raise ValueError(f"unsupported image format {format!r}; use PNG or JPEG")
+    return buf.getvalue()
+
+
+def _palette_or_rgb(image: Image.Image) -> Image.Image:
+    """The image in "P" mode when that is lossless (at most 256 colours), else unchanged.
+
+    A rendered page has five colours; PNG-encoding it as a palette image is 3-4x faster and smaller.
+    The conversion is checked pixel for pixel, so the PNG always decodes to the same RGB page.
+    """
+    if image.mode != "RGB":
+        return image
+    colours = image.getcolors(256)
+    if colours is None:
+        return image
+    palette = Image.new("P", (1, 1))
+    palette.putpalette([v for _, rgb in colours for v in rgb])
+    indexed = image.quantize(palette=palette, dither=Image.Dither.NONE)
+    if indexed.convert("RGB").tobytes() != image.tobytes():  # quantize's colour cache can merge
+        return image
+    return indexed
