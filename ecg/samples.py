@@ -1,0 +1,297 @@
+"""Records -> sample rows: rendering, split assignment, failure rows and the manifest. No Ray, no torch.
+
+Every ``*_batch`` function is one stage of ``ecgvlm prepare``: a pure function from a batch of references
+(dict of columns or a pandas DataFrame) to a ``pyarrow.Table`` of :data:`ROW_SCHEMA` rows (the sample-row
+contract of ``ecg/rows.py`` plus the ``split`` the row goes to). A reference that cannot be turned into a
+sample becomes a *failure row*: ``split == FAILED``, no image, ``meta`` = ``{"error": "..."}``; the job
+counts and lists it, never drops it.
+
+Example::
+
+    rows = synthetic_batch({"start": [0], "count": [4]}, seed=0, splits={"train": 0.8, "test": 0.2})
+    rows.num_rows                          # 4
+    rows.column("split").to_pylist()       # e.g. ["train", "train", "test", "train"]
+    rows.column("answer").to_pylist()[0]   # e.g. "SB; 1dAVb"
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import traceback
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+from ecg.rows import SAMPLE_SCHEMA
+
+FAILED = "_failed"  # the pseudo-split of failure rows (leading "_": pyarrow dataset discovery skips it)
+ROW_SCHEMA = SAMPLE_SCHEMA.append(pa.field("split", pa.string()))
+DEFAULT_SPLITS = {"train": 0.8, "val": 0.1, "test": 0.1}
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    """How a record becomes an image. ``augment`` is the probability (0-1) that a page is augmented."""
+
+    width: int = 1100  # px
+    height: int = 850  # px
+    layout: str = "3x4"
+    augment: float = 0.0
+    image_format: str = "PNG"  # PNG or JPEG
+    quality: int = 90  # JPEG quality
+    extra: dict = field(default_factory=dict)  # passed on to ecg.render.render
+
+
+# ---- splits --------------------------------------------------------------------------------------------
+
+
+def parse_splits(text: str | dict | None) -> dict[str, float]:
+    """``"train=0.8,val=0.1,test=0.1"`` -> ``{"train": 0.8, "val": 0.1, "test": 0.1}`` (fractions sum to 1).
+
+    Example: ``parse_splits("train=3,test=1") == {"train": 0.75, "test": 0.25}`` (weights are normalised).
+    """
+    if text is None or text == "":
+        return dict(DEFAULT_SPLITS)
+    items = text.items() if isinstance(text, dict) else (p.split("=", 1) for p in str(text).split(",") if p.strip())
+    out: dict[str, float] = {}
+    for item in items:
+        if len(item) != 2:
+            raise ValueError(f"split {text!r}: expected NAME=FRACTION pairs separated by commas")
+        name, value = str(item[0]).strip(), float(item[1])
+        if not name or name.startswith("_") or value < 0:
+            raise ValueError(f"split {text!r}: bad entry {name!r}={value}")
+        out[name] = value
+    total = sum(out.values())
+    if total <= 0:
+        raise ValueError(f"split {text!r}: fractions must sum to more than 0")
+    return {k: v / total for k, v in out.items()}
+
+
+def assign_split(key: str, splits: dict[str, float], seed: int = 0) -> str:
+    """The split of a patient (or record) ``key``: a deterministic hash of ``(seed, key)`` into ``splits``.
+
+    The same patient always lands in the same split, whichever worker renders it.
+    Example: ``assign_split("patient-17", {"train": 0.8, "test": 0.2}, seed=0)`` -> ``"train"`` or ``"test"``.
+    """
+    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
+    u = int.from_bytes(digest[:8], "big") / 2**64  # uniform in [0, 1)
+    cumulative = 0.0
+    for name, fraction in splits.items():
+        cumulative += fraction
+        if u < cumulative:
+            return name
+    return list(splits)[-1]  # rounding: u just below 1
+
+
+def fold_split(fold, splits: dict[str, float]) -> str | None:
+    """PTB-XL's recommended split: ``strat_fold`` 9 -> val, 10 -> test, 1-8 -> train (when those splits exist)."""
+    if fold is None or not {"train", "val", "test"} <= set(splits):
+        return None
+    fold = int(fold)
+    return "test" if fold == 10 else "val" if fold == 9 else "train"
+
+
+def _unit(seed: int, key: str, salt: str) -> float:
+    return int.from_bytes(hashlib.sha256(f"{salt}:{seed}:{key}".encode()).digest()[:8], "big") / 2**64
+
+
+# ---- rows ----------------------------------------------------------------------------------------------
+
+
+def render_bytes(record, options: RenderOptions, *, seed: int = 0) -> bytes:
+    """The record's paper page, encoded (PNG or JPEG bytes). Augmented with probability ``options.augment``."""
+    from ecg.render import render, to_bytes
+
+    augment = options.augment > 0 and _unit(seed, record.id, "augment") < options.augment
+    image = render(record, width=options.width, height=options.height, layout=options.layout,
+                   augment=augment, seed=int(_unit(seed, record.id, "render-seed") * 2**31), **options.extra)
+    return to_bytes(image, format=options.image_format, quality=options.quality)
+
+
+def sample_row(*, id: str, task: str, image: bytes | None, question: str, answer: str, labels=(),
+               source: str, split: str, meta: dict | None = None) -> dict:
+    """One :data:`ROW_SCHEMA` row as a dict (``meta`` is stored as a JSON string)."""
+    return {"id": str(id), "task": task, "image": image, "question": question, "answer": answer,
+            "labels": [str(label) for label in labels], "source": source,
+            "meta": json.dumps(meta or {}, sort_keys=True, default=str), "split": split}
+
+
+def failure_row(id: str, error: BaseException | str, *, task: str = "", source: str = "", meta=None) -> dict:
+    """A row that stands for a reference that could not be made into a sample (``split == FAILED``)."""
+    message = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+    return sample_row(id=id, task=task, image=None, question="", answer="", source=source, split=FAILED,
+                      meta={**(meta or {}), "error": message})
+
+
+def record_row(record, *, task, source: str, split: str, options: RenderOptions, seed: int = 0) -> dict:
+    """A :class:`ecg.record.Record` -> a sample row: rendered page, the task's question and gold answer.
+
+    ``task`` is a ``metrics.tasks.Task``; the answer is ``task.format_answer(record.labels)``
+    (``"NORM"``, ``"ABNORMAL"`` or labels joined by ``"; "``).
+    """
+    meta = {**record.meta, "patient_id": record.patient_id, "fs": record.fs,
+            "duration_s": round(record.duration, 3), "split": split}
+    return sample_row(id=record.id, task=task.name, image=render_bytes(record, options, seed=seed),
+                      question=task.question, answer=task.format_answer(record.labels), labels=record.labels,
+                      source=source, split=split, meta=meta)
+
+
+def to_table(rows: list[dict]) -> pa.Table:
+    return pa.Table.from_pylist(rows, schema=ROW_SCHEMA)
+
+
+def _guard(ref_id: str, make, *, task: str, source: str) -> dict:
+    """``make()``, or a failure row naming ``ref_id`` when it raises (the job goes on)."""
+    try:
+        return make()
+    except Exception as exc:  # noqa: BLE001 - any bad record is counted, never fatal
+        error = f"{ref_id}: {type(exc).__name__}: {exc}"
+        tail = traceback.format_exception_only(type(exc), exc)[-1].strip()
+        return failure_row(ref_id, error, task=task, source=source, meta={"exception": tail})
+
+
+# ---- stages ---------------------------------------------------------------------------------------------
+
+
+def _columns(batch) -> dict[str, list]:
+    """A Ray/pandas/dict batch -> dict of plain Python lists."""
+    if hasattr(batch, "to_dict") and hasattr(batch, "columns"):  # pandas
+        return {c: batch[c].tolist() for c in batch.columns}
+    return {k: list(v.tolist() if hasattr(v, "tolist") else v) for k, v in batch.items()}
+
+
+def synthetic_records(start: int, count: int, seed: int = 0):
+    """Records ``start .. start+count-1`` of ``ecg.synth.generate(n, seed)`` for any ``n > start+count-1``.
+
+    ``generate`` is prefix-stable and gives record ``i`` its own stream ``default_rng([seed, i])`` and patient
+    group ``i // PATIENT_GROUP``, so a chunk can be made on any worker without generating the ones before it
+    (tests check the chunks equal ``generate``). Example: ``[r.id for r in synthetic_records(3, 2)]`` ->
+    ``["synth-0-000003", "synth-0-000004"]``.
+    """
+    import numpy as np
+
+    from ecg import synth
+
+    labels = synth.label_sets(start + count, seed)[start:]
+    for i, label_set in zip(range(start, start + count), labels):
+        p = i // synth.PATIENT_GROUP
+        patient = synth._patient(np.random.default_rng([seed, p, 1]))  # as generate() draws it
+        yield synth.make_record(label_set, np.random.default_rng([seed, i]), patient=patient,
+                                id=f"synth-{seed}-{i:06d}", patient_id=f"synth-{seed}-p{p:06d}")
+
+
+def synthetic_batch(batch, *, seed: int = 0, task: str = "code15", splits=None,
+                    options: RenderOptions | None = None) -> pa.Table:
+    """Generate and render synthetic records. ``batch`` columns: ``start``, ``count`` (record index ranges).
+
+    Rows equal those of ``ecg.synth.generate(n, seed)``; the split is drawn per patient (groups of three).
+    """
+    from metrics.tasks import get_task
+
+    task_, splits, options = get_task(task), parse_splits(splits), options or RenderOptions()
+    cols, rows = _columns(batch), []
+    for start, count in zip(cols["start"], cols["count"]):
+        start, count = int(start), int(count)
+        made = 0
+        try:
+            for record in synthetic_records(start, count, seed):
+                split = assign_split(record.patient_id, splits, seed)
+                rows.append(_guard(record.id, lambda: record_row(record, task=task_, source="synthetic",
+                                                                 split=split, options=options, seed=seed),
+                                   task=task_.name, source="synthetic"))
+                made += 1
+        except Exception as exc:  # noqa: BLE001 - the generator failed: one failure row per missing record
+            rows += [failure_row(f"synth-{seed}-{i:06d}", f"generator, record {i}: {type(exc).__name__}: {exc}",
+                                 task=task_.name, source="synthetic") for i in range(start + made, start + count)]
+    return to_table(rows)
+
+
+def synthetic_references(n: int, chunk: int = 50) -> list[dict]:
+    """``[{"start": 0, "count": 50}, {"start": 50, "count": 50}, ...]`` covering ``n`` records."""
+    return [{"start": s, "count": min(chunk, n - s)} for s in range(0, n, chunk)]
+
+
+# ---- manifest -------------------------------------------------------------------------------------------
+
+
+def _dataset(uri: str):
+    import pyarrow.dataset as pads
+
+    from ecg import storage
+
+    fs, path = storage.resolve(uri)
+    files = [f[len("s3://"):] if storage.is_s3(uri) else f for f in storage.list_files(uri, ".parquet")]
+    return pads.dataset(files, filesystem=fs, format="parquet") if files else None
+
+
+def count_split(uri: str) -> dict:
+    """``{"rows": n, "labels": {label: n}, "tasks": {task: n}}`` of the sample shards under ``uri``.
+
+    Reads only the ``labels`` and ``task`` columns (Parquet is columnar: no image bytes are read).
+    """
+    from collections import Counter
+
+    data = _dataset(uri)
+    if data is None:
+        return {"rows": 0, "labels": {}, "tasks": {}}
+    labels, tasks, rows = Counter(), Counter(), 0
+    for batch in data.to_batches(columns=["labels", "task"]):
+        rows += batch.num_rows
+        labels.update(v for v in batch.column("labels").flatten().to_pylist())
+        tasks.update(batch.column("task").to_pylist())
+    return {"rows": rows, "labels": dict(sorted(labels.items())), "tasks": dict(sorted(tasks.items()))}
+
+
+def read_failures(uri: str) -> list[dict]:
+    """``[{"id": ..., "error": ...}]`` of the failure rows written under ``uri`` (the ``FAILED`` folder)."""
+    data = _dataset(uri)
+    if data is None:
+        return []
+    table = data.to_table(columns=["id", "meta"])
+    out = [{"id": i, "error": json.loads(m or "{}").get("error", "")}
+           for i, m in zip(table.column("id").to_pylist(), table.column("meta").to_pylist())]
+    return sorted(out, key=lambda f: f["id"])
+
+
+def versions() -> dict:
+    """Versions of the packages that decide the bytes of a shard."""
+    from importlib import metadata
+
+    out = {}
+    for name in ("ecgvlm", "numpy", "pyarrow", "ray", "pillow", "wfdb", "h5py"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def build_manifest(out_uri: str, splits, *, info: dict) -> dict:
+    """The manifest of a prepared dataset: counts per split and label, failures, versions, plus ``info``.
+
+    ``counts.labels`` is ``{label: {split: n}}``; ``failures`` lists every record that could not be made,
+    with its error; ``failed`` is their count. Example::
+
+        build_manifest("./data/synth", ["train", "val", "test"], info={"source": "synthetic", "n": 10})
+        # {"source": "synthetic", "n": 10, "rows": 10, "failed": 0, "counts": {"splits": {"train": 8, ...},
+        #  "labels": {"AF": {"train": 1, ...}, ...}}, "failures": [], "versions": {...}}
+    """
+    from ecg import storage
+
+    per_split = {s: count_split(storage.join(out_uri, s)) for s in splits}
+    labels: dict[str, dict[str, int]] = {}
+    for split, counts in per_split.items():
+        for label, n in counts["labels"].items():
+            labels.setdefault(label, {})[split] = n
+    failures = read_failures(storage.join(out_uri, FAILED))
+    return {
+        **info,
+        "rows": sum(c["rows"] for c in per_split.values()),
+        "failed": len(failures),
+        "counts": {"splits": {s: c["rows"] for s, c in per_split.items()},
+                   "labels": dict(sorted(labels.items())),
+                   "tasks": {s: c["tasks"] for s, c in per_split.items()}},
+        "failures": failures,
+        "versions": versions(),
+    }
