@@ -1,0 +1,85 @@
+"""Sample rows -> prediction rows: the pure stage that batch evaluation and serving both call.
+
+Reads columns ``id``, ``task``, ``image`` (PNG/JPEG bytes), ``question``, ``answer``; writes the
+ecg/rows.py PREDICTION_SCHEMA columns. A row whose image does not decode or whose prompt is too long gets
+``error`` (naming the id) and an empty ``prediction``; the other rows of the batch proceed.
+
+Example::
+
+    out = predict_rows(Predictor("tiny"), samples_df)
+    out[["id", "prediction", "error", "latency_ms"]]
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+
+import pandas as pd
+from PIL import Image
+
+from ecg.rows import PREDICTION_COLUMNS, require_columns
+from metrics.tasks import MULTILABEL, get_task
+
+NEEDED = ("id", "task", "image", "question", "answer")
+
+
+def _decode(row_id: str, data) -> Image.Image:
+    if data is None or len(data) == 0:
+        raise ValueError(f"record {row_id}: empty image")
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()  # decode now, so truncated files fail here and not inside the model
+    except Exception as exc:  # PIL raises several types for bad bytes
+        raise ValueError(f"record {row_id}: image does not decode ({type(exc).__name__}: {exc})") from None
+    return image.convert("RGB")
+
+
+def predict_rows(predictor, batch: pd.DataFrame) -> pd.DataFrame:
+    """Prediction rows for a batch of sample rows; one forward batch per task present in ``batch``."""
+    require_columns(batch.columns, NEEDED, "predict_rows")
+    out = pd.DataFrame(
+        {
+            "id": batch["id"].astype(str).to_numpy(),
+            "task": batch["task"].to_numpy(),
+            "question": batch["question"].to_numpy(),
+            "answer": batch["answer"].to_numpy(),
+        }
+    )
+    out["prediction"], out["label_scores"], out["error"] = "", None, None
+    out["model"], out["latency_ms"] = predictor.name, 0.0
+    for task_name, positions in out.groupby("task", sort=False).indices.items():
+        _predict_task(predictor, batch, out, task_name, list(positions))
+    return out[list(PREDICTION_COLUMNS)]
+
+
+def _predict_task(predictor, batch: pd.DataFrame, out: pd.DataFrame, task_name: str, positions: list[int]) -> None:
+    start = time.perf_counter()
+    try:
+        task = get_task(task_name)
+    except KeyError as exc:
+        for pos in positions:
+            out.at[pos, "error"] = f"record {out.at[pos, 'id']}: {exc.args[0]}"
+        return
+    good, encoded = [], []
+    for pos in positions:  # decode and encode first; only the good rows go to the model, in one batch
+        row_id = out.at[pos, "id"]
+        try:
+            image = _decode(row_id, batch["image"].iat[pos])
+            encoded.append(predictor.encode_one(image, batch["question"].iat[pos], max_new_tokens=task.max_new_tokens))
+            good.append(pos)
+        except Exception as exc:
+            msg = str(exc) if row_id in str(exc) else f"record {row_id}: {exc}"
+            out.at[pos, "error"] = msg
+    if good:
+        answers = predictor.generate_encoded(encoded, max_new_tokens=task.max_new_tokens)
+        for pos, answer in zip(good, answers):
+            out.at[pos, "prediction"] = answer
+        if task.kind == MULTILABEL and task.labels:
+            scores = predictor.score_encoded(encoded, list(task.labels), answers=answers)
+            for pos, s in zip(good, scores):
+                out.at[pos, "label_scores"] = json.dumps({k: round(v, 6) for k, v in s.items()})
+    per_row = (time.perf_counter() - start) * 1000.0 / len(positions)  # ms: batch time shared by its rows
+    for pos in positions:
+        out.at[pos, "latency_ms"] = per_row

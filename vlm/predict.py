@@ -1,0 +1,197 @@
+"""Batched greedy generation and label scoring: the one model interface of evaluation, validation and serving.
+
+Example::
+
+    from vlm import Predictor
+    p = Predictor("tiny")
+    p.generate([page], ["<image>\\nWhich rhythm?"], max_new_tokens=8)          # ['SB']
+    p.score_labels([page], [question], ["SB", "ST", "NORM"])                    # [{'SB': 0.91, 'ST': 0.04, ...}]
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from vlm.load import Loaded, load
+from vlm.prompt import END_OF_UTTERANCE, chat_prompt, encode
+
+
+class Predictor:
+    """A loaded model plus its prompt format; images are PIL pages, questions in ECGBench form."""
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        adapter: str | None = None,
+        device="auto",
+        dtype="auto",
+        image_splitting: bool | None = False,
+        longest_edge: int | None = None,
+        max_prompt_tokens: int | None = None,
+        score_batch: int = 32,
+    ):
+        loaded = load(
+            model, adapter=adapter, device=device, dtype=dtype, image_splitting=image_splitting,
+            longest_edge=longest_edge,
+        )  # fmt: skip
+        self._init(loaded, max_prompt_tokens=max_prompt_tokens, score_batch=score_batch)
+
+    @classmethod
+    def from_loaded(cls, loaded: Loaded, *, max_prompt_tokens: int | None = None, score_batch: int = 32):
+        """Wrap a model already in memory (training's validation uses the model it is training)."""
+        self = cls.__new__(cls)
+        self._init(loaded, max_prompt_tokens=max_prompt_tokens, score_batch=score_batch)
+        return self
+
+    def _init(self, loaded: Loaded, *, max_prompt_tokens, score_batch) -> None:
+        self.loaded = loaded
+        self.name = loaded.name if not loaded.adapter else f"{loaded.name}+{loaded.adapter}"
+        tok = loaded.processor.tokenizer
+        self.tokenizer = tok
+        config = getattr(loaded.model, "config", None)
+        text_config = getattr(config, "text_config", config)
+        self.max_positions = int(getattr(text_config, "max_position_embeddings", 1 << 30))
+        self.max_prompt_tokens = max_prompt_tokens
+        self.score_batch = score_batch  # sequences per forward pass in score_labels
+        eou = tok.convert_tokens_to_ids(END_OF_UTTERANCE)
+        self.stop_ids = sorted({i for i in (eou, tok.eos_token_id) if i is not None and i != tok.unk_token_id})
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else self.stop_ids[0]
+
+    # ---- encoding, one row at a time so a bad row fails alone -------------------------------------------
+    def encode_one(self, image, question: str, *, max_new_tokens: int = 0) -> dict:
+        """Processor output for one row (tensors with a batch dim of 1); ValueError if the prompt is too long."""
+        page = self.loaded.prepare_image(image)
+        batch = encode(self.loaded.processor, [page], [chat_prompt(self.loaded.processor, question)])
+        n = batch["input_ids"].shape[1]
+        limit = self.max_prompt_tokens or self.max_positions - max_new_tokens
+        if n > limit:
+            raise ValueError(f"prompt too long: {n} tokens > limit {limit} (max positions {self.max_positions})")
+        return dict(batch)
+
+    def _stack(self, rows: list[dict], extra: list[list[int]] | None = None) -> dict:
+        """Left-pad token rows (plus optional continuation ids each) and pad image stacks to one batch."""
+        extra = extra or [[] for _ in rows]
+        ids = [r["input_ids"][0].tolist() + e for r, e in zip(rows, extra)]
+        width = max(map(len, ids))
+        input_ids = torch.full((len(ids), width), self.pad_id, dtype=torch.long)
+        attention = torch.zeros((len(ids), width), dtype=torch.long)
+        for i, seq in enumerate(ids):
+            input_ids[i, width - len(seq) :] = torch.tensor(seq)
+            attention[i, width - len(seq) :] = 1
+        out = {"input_ids": input_ids, "attention_mask": attention}
+        tiles = max(r["pixel_values"].shape[1] for r in rows)  # images (tiles) per row differ with splitting
+        shape = rows[0]["pixel_values"].shape[2:]  # (3, H, W)
+        pixels = torch.zeros((len(rows), tiles, *shape), dtype=rows[0]["pixel_values"].dtype)
+        masks = torch.zeros((len(rows), tiles, *shape[1:]), dtype=torch.long)
+        for i, r in enumerate(rows):
+            n = r["pixel_values"].shape[1]
+            pixels[i, :n] = r["pixel_values"][0]
+            masks[i, :n] = r["pixel_attention_mask"][0] if "pixel_attention_mask" in r else 1
+        out.update(pixel_values=pixels, pixel_attention_mask=masks)
+        return out
+
+    def _to_device(self, batch: dict) -> dict:
+        dev, dt = self.loaded.device, self.loaded.dtype
+        return {k: v.to(dev, dtype=dt) if k == "pixel_values" else v.to(dev) for k, v in batch.items()}
+
+    # ---- generation ------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def generate_encoded(self, rows: list[dict], *, max_new_tokens: int) -> list[str]:
+        """Greedy answers for rows from :meth:`encode_one`, in one batch; only the new tokens, stripped."""
+        if not rows:
+            return []
+        batch = self._to_device(self._stack(rows))
+        out = self.loaded.model.generate(
+            **batch, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+            eos_token_id=self.stop_ids, pad_token_id=self.pad_id,
+        )  # fmt: skip
+        new = out[:, batch["input_ids"].shape[1] :]  # (batch, new tokens)
+        return [t.strip() for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
+
+    def generate(self, images, questions: list[str], *, max_new_tokens: int) -> list[str]:
+        """Batched greedy answers (left padding) to one question per image; raises on a bad row."""
+        if len(images) != len(questions):
+            raise ValueError(f"generate: {len(images)} images but {len(questions)} questions")
+        rows = [self.encode_one(im, q, max_new_tokens=max_new_tokens) for im, q in zip(images, questions)]
+        return self.generate_encoded(rows, max_new_tokens=max_new_tokens)
+
+    # ---- label scoring ---------------------------------------------------------------------------------
+    def score_labels(self, images, questions, labels, *, answers: list[str] | None = None) -> list[dict]:
+        """P(label is in the answer) per row and label, from the model's own log-likelihood.
+
+        Method ("slot noisy-OR"): the answer is a list of labels joined by "; ". Take the model's own greedy
+        answer (or ``answers``), keep its labels g1..gk in order, and look at the k+1 places where a label may
+        start: after "Assistant:", after "g1; ", ..., after "g1; ...; gk; ". At each slot j the model gives
+        p_j(L) = P(the next tokens spell L | prompt, prefix_j), the product of L's token probabilities (exact
+        for multi-token labels). Then P(L) = 1 - prod_j (1 - p_j(L)): a co-occurring label that the canonical
+        order puts second still scores high, unlike P(answer starts with L). All rows x slots x labels are
+        scored in batched forward passes; the vision tower runs once per row.
+        """
+        rows = [self.encode_one(im, q) for im, q in zip(images, questions)]
+        return self.score_encoded(rows, list(labels), answers=answers)
+
+    @torch.inference_mode()
+    def score_encoded(self, rows: list[dict], labels: list[str], *, answers: list[str] | None = None) -> list[dict]:
+        if not rows:
+            return []
+        if answers is None:
+            budget = 4 + sum(len(self.tokenizer(" " + lab + ";", add_special_tokens=False)["input_ids"]) for lab in labels)
+            answers = self.generate_encoded(rows, max_new_tokens=budget)
+        label_ids = {lab: self._continuation("", lab) for lab in labels}
+        cands = []  # (row index, label, continuation ids, number of label tokens at the end)
+        for i, answer in enumerate(answers):
+            said = [p.strip() for p in answer.split(";") if p.strip() in label_ids]
+            for j in range(len(said) + 1):
+                prefix = "; ".join(said[:j]) + ";" if j else ""
+                for lab in labels:
+                    ids, n = self._continuation(prefix, lab) if j else label_ids[lab]
+                    cands.append((i, lab, ids, n))
+        features = self._image_features(rows)
+        miss = [{lab: 1.0 for lab in labels} for _ in rows]  # prod_j (1 - p_j(L))
+        for start in range(0, len(cands), self.score_batch):
+            chunk = cands[start : start + self.score_batch]
+            logps = self._label_logprobs(rows, features, chunk)
+            for (i, lab, _, _), lp in zip(chunk, logps):
+                miss[i][lab] *= 1.0 - math.exp(lp)
+        return [{lab: float(min(1.0, max(0.0, 1.0 - m[lab]))) for lab in labels} for m in miss]
+
+    def _continuation(self, prefix: str, label: str) -> tuple[list[int], int]:
+        """Token ids of " prefix label" after "Assistant:" and how many of the last ones spell ``label``."""
+        tok = self.tokenizer
+        head = tok(" " + prefix, add_special_tokens=False)["input_ids"] if prefix else []
+        full = tok(" " + (prefix + " " if prefix else "") + label, add_special_tokens=False)["input_ids"]
+        if full[: len(head)] != head:  # tokenizer merged across the boundary: score the whole tail
+            return full, len(full)
+        return full, len(full) - len(head)
+
+    def _image_features(self, rows: list[dict]) -> list[torch.Tensor]:
+        """Per row: the connector's output for its image tokens, (image tokens, text hidden)."""
+        model = self.loaded.model
+        out = []
+        for r in rows:
+            r = self._to_device({k: r[k] for k in ("pixel_values", "pixel_attention_mask") if k in r})
+            feats = model.get_image_features(**r)
+            feats = getattr(feats, "pooler_output", feats)  # transformers 5 wraps it in an output object
+            if isinstance(feats, (list, tuple)):
+                feats = torch.cat(list(feats), dim=0)
+            out.append(feats.reshape(-1, feats.shape[-1]))
+        return out
+
+    def _label_logprobs(self, rows, features, chunk) -> list[float]:
+        """log P(label tokens | prompt + prefix) for each candidate of ``chunk``, in one forward pass."""
+        model = self.loaded.model
+        batch = self._stack([rows[i] for i, *_ in chunk], extra=[ids for _, _, ids, _ in chunk])
+        ids = batch["input_ids"].to(self.loaded.device)  # (B, T), left padded
+        mask = batch["attention_mask"].to(self.loaded.device)
+        embeds = model.get_input_embeddings()(ids)  # (B, T, hidden)
+        image_slots = ids == self.loaded.processor.image_token_id
+        embeds[image_slots] = torch.cat([features[i] for i, *_ in chunk]).to(embeds.dtype)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # as generate() does for left padding
+        logits = model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).logits.float()
+        logp = torch.log_softmax(logits[:, :-1], dim=-1)  # (B, T-1, vocab): predicts token t+1
+        target = ids[:, 1:]
+        token_lp = logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)  # (B, T-1)
+        return [float(token_lp[b, token_lp.shape[1] - n :].sum()) for b, (_, _, _, n) in enumerate(chunk)]

@@ -1,0 +1,46 @@
+"""Chat prompts and processor batches shared by prediction and training (one format, so they cannot disagree).
+
+A question in ECGBench form carries an ``<image>`` placeholder ("<image>\\nWhich of ..."); the placeholder is
+removed and the image put first, as SmolVLM was trained::
+
+    chat_prompt(processor, "<image>\\nWhich rhythm?")
+    # '<|im_start|>User:<image>Which rhythm?<end_of_utterance>\\nAssistant:'
+    answer_text("SB; 1dAVb")   # ' SB; 1dAVb<end_of_utterance>' (what follows the prompt in training)
+"""
+
+from __future__ import annotations
+
+IMAGE_TOKEN = "<image>"
+END_OF_UTTERANCE = "<end_of_utterance>"
+
+
+def chat_prompt(processor, question: str) -> str:
+    """The user turn with one image and the generation prompt, through the processor's own chat template."""
+    text = question.replace(IMAGE_TOKEN, "").strip()
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
+    return processor.apply_chat_template(messages, add_generation_prompt=True)
+
+
+def answer_text(answer: str) -> str:
+    """The assistant's reply as the chat template writes it after "Assistant:" (a space, the answer, the end)."""
+    return f" {answer.strip()}{END_OF_UTTERANCE}"
+
+
+def encode(processor, images, texts: list[str], *, padding_side: str = "left"):
+    """Processor batch (``input_ids``, ``attention_mask``, ``pixel_values``, ...) as torch tensors.
+
+    A blank page normalised with image_mean 1.0 is all zeros, which Idefics3 takes for a padding image and drops
+    (then the image-token count no longer matches): one value is nudged off zero so it counts as a real image.
+    """
+    import torch
+
+    batch = processor(
+        text=texts, images=[[im] for im in images], return_tensors="pt", padding=True, padding_side=padding_side
+    )
+    pixels = batch["pixel_values"]  # (batch, images, 3, H, W)
+    mask = batch.get("pixel_attention_mask")  # (batch, images, H, W), 0 on padding images
+    real = mask.flatten(2).any(-1) if mask is not None else torch.ones(pixels.shape[:2], dtype=torch.bool)
+    blank = real & pixels.flatten(2).eq(0).all(-1)
+    if blank.any():
+        pixels[blank, 0, 0, 0] = 1e-3
+    return batch
