@@ -82,32 +82,27 @@ class Predictor:
 
         from PIL import Image
 
-        images = [Image.open(io.BytesIO(r["image"])).convert("RGB") for r in requests]
-        questions = [r["question"] for r in requests]
         budget = max(r["max_new_tokens"] for r in requests)  # one call; each answer is cut to its own budget
+        out: list[dict] = [{} for _ in requests]
+        good, encoded = [], []
+        for i, r in enumerate(requests):  # a request that cannot be encoded fails alone, not its batch
+            try:
+                image = Image.open(io.BytesIO(r["image"])).convert("RGB")
+                encoded.append(self.predictor.encode_one(image, r["question"], max_new_tokens=budget))
+                good.append(i)
+            except Exception as err:  # noqa: BLE001 - reported to that client as a 4xx
+                out[i] = {"error": str(err)}
         with self._lock:
-            answers = self.predictor.generate(images, questions, max_new_tokens=budget)
-        out = []
-        for r, answer in zip(requests, answers):
-            ids = self._tokens(answer)[: r["max_new_tokens"]]
-            out.append({"content": self._decode(ids) if len(ids) < len(self._tokens(answer)) else answer,
-                        "prompt_tokens": self._prompt_tokens(r["question"]), "completion_tokens": len(ids)})
+            answers = self.predictor.generate_encoded(encoded, max_new_tokens=budget)
+        tok = self.predictor.tokenizer
+        for i, row, answer in zip(good, encoded, answers):
+            ids = tok(answer, add_special_tokens=False)["input_ids"]
+            if len(ids) > requests[i]["max_new_tokens"]:
+                ids = ids[: requests[i]["max_new_tokens"]]
+                answer = tok.decode(ids, skip_special_tokens=True).strip()
+            out[i] = {"content": answer, "prompt_tokens": int(row["input_ids"].shape[1]),
+                      "completion_tokens": len(ids)}
         return out
-
-    def _tokenizer(self):
-        processor = self.predictor.loaded.processor
-        return getattr(processor, "tokenizer", processor)
-
-    def _tokens(self, text: str) -> list[int]:
-        return list(self._tokenizer()(text, add_special_tokens=False)["input_ids"])
-
-    def _decode(self, ids: list[int]) -> str:
-        return self._tokenizer().decode(ids, skip_special_tokens=True).strip()
-
-    def _prompt_tokens(self, question: str) -> int:
-        # the text tokens plus the image tokens the processor inserts for one (unsplit) image
-        image_tokens = int(getattr(self.predictor.loaded.processor, "image_seq_len", 0) or 0)
-        return len(self._tokens(question)) + image_tokens
 
 
 api = FastAPI(title="ecgvlm", description="ECG diagnosis with a small vision-language model")
@@ -239,6 +234,9 @@ class Ingress:
         except InputError as err:
             return _error(err)
         out = await self.predictor.chat.remote(req)
+        if out.get("error"):
+            return _error(InputError(f"the model could not read this request: {out['error']}", status=400,
+                                     field="messages"))
         return completion(out["content"], model=served, prompt_tokens=out["prompt_tokens"],
                           completion_tokens=out["completion_tokens"], max_new_tokens=req["max_new_tokens"])
 

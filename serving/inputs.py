@@ -122,7 +122,8 @@ def check_image(data: bytes, limits: Limits, *, name: str = "image") -> dict:
     except InputError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise InputError(f"{name} refused as a decompression bomb: {err}", status=413, field=name) from None
+        raise InputError(f"{name} refused as a decompression bomb ({err}); the limit is {limits.max_pixels} pixels",
+                         status=413, field=name) from None
     except Exception as err:  # PIL raises OSError, SyntaxError, ValueError... for broken files
         raise InputError(f"{name} is not a readable PNG/JPEG image: {err}", status=400, field=name) from None
     return {"width": width, "height": height, "format": image.format.lower()}
