@@ -146,7 +146,8 @@ def _guard(ref_id: str, make, *, task: str, source: str) -> dict:
     try:
         return make()
     except Exception as exc:  # noqa: BLE001 - any bad record is counted, never fatal
-        error = f"{ref_id}: {type(exc).__name__}: {exc}"
+        error = f"{type(exc).__name__}: {exc}"
+        error = error if ref_id in error else f"{ref_id}: {error}"  # the message must name the record
         tail = traceback.format_exception_only(type(exc), exc)[-1].strip()
         return failure_row(ref_id, error, task=task, source=source, meta={"exception": tail})
 
@@ -215,45 +216,6 @@ def synthetic_references(n: int, chunk: int = 50) -> list[dict]:
 # ---- manifest -------------------------------------------------------------------------------------------
 
 
-def _dataset(uri: str):
-    import pyarrow.dataset as pads
-
-    from ecg import storage
-
-    fs, path = storage.resolve(uri)
-    files = [f[len("s3://"):] if storage.is_s3(uri) else f for f in storage.list_files(uri, ".parquet")]
-    return pads.dataset(files, filesystem=fs, format="parquet") if files else None
-
-
-def count_split(uri: str) -> dict:
-    """``{"rows": n, "labels": {label: n}, "tasks": {task: n}}`` of the sample shards under ``uri``.
-
-    Reads only the ``labels`` and ``task`` columns (Parquet is columnar: no image bytes are read).
-    """
-    from collections import Counter
-
-    data = _dataset(uri)
-    if data is None:
-        return {"rows": 0, "labels": {}, "tasks": {}}
-    labels, tasks, rows = Counter(), Counter(), 0
-    for batch in data.to_batches(columns=["labels", "task"]):
-        rows += batch.num_rows
-        labels.update(v for v in batch.column("labels").flatten().to_pylist())
-        tasks.update(batch.column("task").to_pylist())
-    return {"rows": rows, "labels": dict(sorted(labels.items())), "tasks": dict(sorted(tasks.items()))}
-
-
-def read_failures(uri: str) -> list[dict]:
-    """``[{"id": ..., "error": ...}]`` of the failure rows written under ``uri`` (the ``FAILED`` folder)."""
-    data = _dataset(uri)
-    if data is None:
-        return []
-    table = data.to_table(columns=["id", "meta"])
-    out = [{"id": i, "error": json.loads(m or "{}").get("error", "")}
-           for i, m in zip(table.column("id").to_pylist(), table.column("meta").to_pylist())]
-    return sorted(out, key=lambda f: f["id"])
-
-
 def versions() -> dict:
     """Versions of the packages that decide the bytes of a shard."""
     from importlib import metadata
@@ -278,6 +240,7 @@ def build_manifest(out_uri: str, splits, *, info: dict) -> dict:
         #  "labels": {"AF": {"train": 1, ...}, ...}}, "failures": [], "versions": {...}}
     """
     from ecg import storage
+    from ecg.shards import count_split, read_failures
 
     per_split = {s: count_split(storage.join(out_uri, s)) for s in splits}
     labels: dict[str, dict[str, int]] = {}
@@ -295,3 +258,147 @@ def build_manifest(out_uri: str, splits, *, info: dict) -> dict:
         "failures": failures,
         "versions": versions(),
     }
+
+
+# ---- signal datasets: PTB-XL (WFDB) and CODE-15% (HDF5) ---------------------------------------------------
+
+
+def _csv(uri: str, needed: tuple[str, ...], **kwargs):
+    """A CSV as a DataFrame; ``ValueError`` naming the file and every missing column."""
+    import io
+
+    import pandas as pd
+
+    from ecg import storage
+
+    frame = pd.read_csv(io.BytesIO(storage.read_bytes(uri)), **kwargs)
+    missing = [c for c in needed if c not in frame.columns and c != frame.index.name]
+    if missing:
+        raise ValueError(f"{uri}: missing column(s) {missing}; has {list(frame.columns)}")
+    return frame
+
+
+def ptbxl_references(root: str, *, sampling_rate: int = 500) -> list[dict]:
+    """One reference per row of ``ptbxl_database.csv``: WFDB path, patient, superclass labels, strat_fold.
+
+    Labels come from ``ecg.readers.ptbxl_superclasses`` over ``scp_statements.csv``; a row whose
+    ``scp_codes`` does not parse becomes a reference carrying its ``error``.
+    """
+    import ast
+
+    from ecg import readers, storage
+
+    column = "filename_hr" if sampling_rate == 500 else "filename_lr"
+    db = _csv(storage.join(root, "ptbxl_database.csv"), ("ecg_id", "patient_id", "scp_codes", "strat_fold", column))
+    stm = _csv(storage.join(root, "scp_statements.csv"), ("diagnostic", "diagnostic_class"), index_col=0)
+    diag = stm[stm["diagnostic"] == 1]["diagnostic_class"].to_dict()
+    refs = []
+    for row in db.to_dict("records"):
+        rid, error, labels, codes = f"ptbxl-{int(row['ecg_id'])}", "", [], {}
+        try:
+            codes = ast.literal_eval(str(row["scp_codes"]))
+            labels = list(readers.ptbxl_superclasses(codes, diag))
+        except (ValueError, SyntaxError) as exc:
+            error = f"{rid}: bad scp_codes {row['scp_codes']!r}: {exc}"
+        patient = None if row["patient_id"] != row["patient_id"] else str(int(row["patient_id"]))
+        meta = {"ecg_id": int(row["ecg_id"]), "strat_fold": int(row["strat_fold"]), "scp_codes": codes,
+                "report": str(row.get("report", ""))}
+        refs.append({"kind": "ptbxl", "id": rid, "path": storage.join(root, str(row[column])), "index": -1,
+                     "patient_id": patient, "labels": labels, "fold": int(row["strat_fold"]),
+                     "row": json.dumps(meta, default=str), "error": error})
+    return refs
+
+
+def code15_references(root: str) -> list[dict]:
+    """One reference per exam in the ``*.hdf5`` files under ``root`` (exam ids read here; tracings later).
+
+    The ``exams.csv`` row travels with the reference (labels, patient). A file that cannot be opened or
+    lacks ``exam_id`` is one reference carrying its error; an exam missing from ``exams.csv`` too.
+    The all-zero padding row CODE-15 files end with (exam_id 0) is not an exam and is skipped.
+    """
+    import h5py
+    import numpy as np
+
+    from ecg import storage
+
+    needed = ("exam_id", "patient_id", "1dAVb", "RBBB", "LBBB", "SB", "ST", "AF")
+    exams = _csv(storage.join(root, "exams.csv"), needed).set_index("exam_id", drop=False)
+    refs = []
+    for path in storage.list_files(root, ".hdf5") + storage.list_files(root, ".h5"):
+        stem = path.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+        try:
+            fs, p = storage.resolve(path)
+            with h5py.File(fs.open_input_file(p), "r") as f:
+                ids = np.asarray(f["exam_id"][:]).astype(np.int64)  # (N,)
+        except Exception as exc:  # noqa: BLE001 - h5py raises OSError/KeyError/... for a bad file
+            refs.append({"kind": "code15", "id": stem, "path": path, "index": -1, "patient_id": None,
+                         "labels": [], "fold": None, "row": "{}",
+                         "error": f"{stem}: cannot read exam ids from {path}: {type(exc).__name__}: {exc}"})
+            continue
+        for index, exam_id in enumerate(ids.tolist()):
+            if exam_id == 0:
+                continue  # the documented padding row
+            known = exam_id in exams.index
+            row = exams.loc[exam_id].to_dict() if known else {}
+            refs.append({"kind": "code15", "id": f"code15-{exam_id}", "path": path, "index": index,
+                         "patient_id": None if not known else str(int(row["patient_id"])), "labels": [],
+                         "fold": None, "row": json.dumps(row, default=str),
+                         "error": "" if known else f"code15-{exam_id}: not in exams.csv ({path}[{index}])"})
+    return refs
+
+
+def signal_references(source: str, root: str) -> list[dict]:
+    """References of a signal dataset: ``source`` is ``"ptbxl"`` or ``"code15"``."""
+    if source == "ptbxl":
+        return ptbxl_references(root)
+    if source == "code15":
+        return code15_references(root)
+    raise ValueError(f"unknown signal source {source!r}")
+
+
+def load_reference(ref: dict):
+    """Read the record a reference points to (``ecg.readers``), labelled and keyed as the reference says."""
+    import pandas as pd
+
+    from ecg import readers
+
+    if ref.get("error"):
+        raise ValueError(ref["error"])
+    if ref["kind"] == "ptbxl":
+        record = readers.read_wfdb(ref["path"])
+        record.labels, record.patient_id = tuple(ref["labels"]), ref["patient_id"]
+        record.meta.update(json.loads(ref["row"]))
+    else:
+        row = json.loads(ref["row"])
+        exams = pd.DataFrame([row]).set_index("exam_id", drop=False)
+        record = readers.read_code15_hdf5(ref["path"], int(ref["index"]), exams=exams)
+        if record.id != ref["id"]:
+            raise ValueError(f"{ref['id']}: {ref['path']}[{ref['index']}] holds {record.id}")
+    record.id = ref["id"]
+    return record
+
+
+def signal_batch(batch, *, task: str | None = None, seed: int = 0, splits=None, folds: bool = True,
+                 options: RenderOptions | None = None) -> pa.Table:
+    """Read and render PTB-XL / CODE-15 references (columns of :func:`ptbxl_references` rows).
+
+    Split: PTB-XL's ``strat_fold`` (9 val, 10 test) when ``folds`` and the splits are train/val/test,
+    else the hash of the patient id (the record id when there is none).
+    """
+    from metrics.tasks import get_task
+
+    splits, options = parse_splits(splits), options or RenderOptions()
+    cols = _columns(batch)
+    rows = []
+    for i in range(len(cols["id"])):
+        ref = {k: v[i] for k, v in cols.items()}
+        task_ = get_task(task or ("ptbxl-super" if ref["kind"] == "ptbxl" else "code15"))
+
+        def make(ref=ref, task_=task_):
+            record = load_reference(ref)
+            split = (fold_split(ref["fold"], splits) if folds and ref["kind"] == "ptbxl" else None) \
+                or assign_split(record.patient_id or record.id, splits, seed)
+            return record_row(record, task=task_, source=ref["kind"], split=split, options=options, seed=seed)
+
+        rows.append(_guard(ref["id"], make, task=task_.name, source=ref["kind"]))
+    return to_table(rows)

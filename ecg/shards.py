@@ -1,0 +1,179 @@
+"""Parquet shards on a folder or ``s3://``: atomic writes, counting, ids already written, deduplicated reads.
+
+No Ray, no torch: the pipelines call these on the driver, where only small columns (ids, labels, text) are
+read; image bytes are never read here.
+
+Example::
+
+    writer = ShardWriter("s3://ecg/eval/predictions", rows_per_shard=256)
+    writer.add(table); writer.close()             # <run>-00000.parquet, ... each visible only when complete
+    done, duplicates = predicted_ids("s3://ecg/eval/predictions")
+    frame = read_predictions("s3://ecg/eval/predictions")   # one row per id
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import uuid
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ecg import storage
+
+
+def strip_scheme(uri: str) -> str:
+    """The path a pyarrow filesystem wants: ``s3://b/k`` -> ``b/k``; local paths unchanged."""
+    return uri[len("s3://"):] if storage.is_s3(uri) else uri
+
+
+def parquet_dataset(uri: str):
+    """A ``pyarrow.dataset`` over the ``*.parquet`` files under ``uri`` (recursive), or None if there are none."""
+    import pyarrow.dataset as pads
+
+    fs, _ = storage.resolve(uri)
+    files = [strip_scheme(f) for f in storage.list_files(uri, ".parquet")]
+    return pads.dataset(files, filesystem=fs, format="parquet") if files else None
+
+
+def count_split(uri: str) -> dict:
+    """``{"rows": n, "labels": {label: n}, "tasks": {task: n}}`` of the sample shards under ``uri``.
+
+    Reads only the ``labels`` and ``task`` columns (Parquet is columnar: no image bytes are read).
+    """
+    from collections import Counter
+
+    data = parquet_dataset(uri)
+    labels, tasks, rows = Counter(), Counter(), 0
+    for batch in data.to_batches(columns=["labels", "task"]) if data is not None else ():
+        rows += batch.num_rows
+        labels.update(batch.column("labels").flatten().to_pylist())
+        tasks.update(batch.column("task").to_pylist())
+    return {"rows": rows, "labels": dict(sorted(labels.items())), "tasks": dict(sorted(tasks.items()))}
+
+
+def read_failures(uri: str) -> list[dict]:
+    """``[{"id": ..., "error": ...}]`` of failure rows (error in ``meta``) written under ``uri``, by id."""
+    data = parquet_dataset(uri)
+    if data is None:
+        return []
+    table = data.to_table(columns=["id", "meta"])
+    out = [{"id": i, "error": json.loads(m or "{}").get("error", "")}
+           for i, m in zip(table.column("id").to_pylist(), table.column("meta").to_pylist())]
+    return sorted(out, key=lambda f: f["id"])
+
+
+def write_atomic(table: pa.Table, uri: str) -> None:
+    """Write one Parquet file so that readers never see a partial one.
+
+    Local disk: write ``.<name>.tmp`` beside it, then rename (atomic on POSIX). S3: a multipart upload
+    becomes visible only when it completes, so the object is written directly.
+    """
+    fs, path = storage.resolve(uri)
+    if storage.is_s3(uri):
+        pq.write_table(table, path, filesystem=fs)
+        return
+    folder, name = os.path.split(path)
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{name}.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+class ShardWriter:
+    """Buffers Arrow batches and writes ``<uri>/<run>-<k:05d>.parquet`` every ``rows_per_shard`` rows.
+
+    ``run`` is unique per writer (UTC time + random suffix), so reruns into the same folder never overwrite.
+    A process killed mid-way loses only its unwritten buffer; those ids are simply predicted again.
+    """
+
+    def __init__(self, uri: str, *, rows_per_shard: int = 256, schema: pa.Schema | None = None):
+        self.uri, self.rows_per_shard, self.schema = uri, rows_per_shard, schema
+        self.run = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
+        self.buffer: list[pa.Table] = []
+        self.buffered = self.written = 0
+
+    def add(self, table: pa.Table | pa.RecordBatch) -> None:
+        table = pa.Table.from_batches([table]) if isinstance(table, pa.RecordBatch) else table
+        if self.schema is not None:
+            table = table.select(self.schema.names).cast(self.schema)
+        self.buffer.append(table)
+        self.buffered += table.num_rows
+        if self.buffered >= self.rows_per_shard:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.buffered:
+            return
+        table = pa.concat_tables(self.buffer, promote_options="permissive")
+        write_atomic(table, storage.join(self.uri, f"{self.run}-{self.written:05d}.parquet"))
+        self.buffer, self.buffered, self.written = [], 0, self.written + 1
+
+    def close(self) -> None:
+        self.flush()
+
+
+def _readable(uri: str) -> list[str]:
+    """The ``*.parquet`` files under ``uri`` that have a valid footer; others are moved aside (warned)."""
+    fs, _ = storage.resolve(uri)
+    good = []
+    for f in storage.list_files(uri, ".parquet"):
+        try:
+            pq.read_metadata(strip_scheme(f), filesystem=fs)
+            good.append(f)
+        except Exception as exc:  # noqa: BLE001 - a torn file from another writer: never read it
+            print(f"warning: {f} is not a complete Parquet file ({exc}); moved to {f}.corrupt", file=sys.stderr)
+            fs.move(strip_scheme(f), strip_scheme(f) + ".corrupt")
+    return good
+
+
+def predicted_ids(uri: str) -> tuple[set[str], int]:
+    """``(ids, duplicates)``: the ids in the prediction shards under ``uri`` and how many repeat."""
+    fs, _ = storage.resolve(uri)
+    ids: set[str] = set()
+    total = 0
+    for f in _readable(uri):
+        column = pq.read_table(strip_scheme(f), columns=["id"], filesystem=fs).column("id").to_pylist()
+        total += len(column)
+        ids.update(column)
+    return ids, total - len(ids)
+
+
+def read_predictions(uri: str, columns: list[str] | None = None):
+    """The prediction rows under ``uri`` as a pandas DataFrame, one row per id.
+
+    Should an id appear twice (two runs writing into one folder at once), the row without an error wins,
+    then the one from the later shard.
+    """
+    import pandas as pd
+
+    from ecg.rows import PREDICTION_SCHEMA
+
+    fs, _ = storage.resolve(uri)
+    files = _readable(uri)
+    if not files:
+        return PREDICTION_SCHEMA.empty_table().to_pandas()
+    parts = [pq.read_table(strip_scheme(f), columns=columns, filesystem=fs).to_pandas().assign(_order=k)
+             for k, f in enumerate(files)]
+    frame = pd.concat(parts, ignore_index=True)
+    frame["_failed"] = frame["error"].notna() if "error" in frame else False
+    frame = frame.sort_values(["_failed", "_order"], ascending=[True, False], kind="stable")
+    frame = frame.drop_duplicates("id", keep="first").sort_values("id", kind="stable")
+    return frame.drop(columns=["_order", "_failed"]).reset_index(drop=True)
+
+
+def keep_rows(batch: pa.Table, *, done=(), tasks=None) -> pa.Table:
+    """The rows of ``batch`` whose id is not in ``done`` and whose task is in ``tasks`` (None: any).
+
+    ``done`` may be a set or, cheaper to ship to many tasks, a ``pyarrow`` string array.
+    """
+    import pyarrow.compute as pc
+
+    done = done if isinstance(done, pa.Array) else pa.array(list(done), pa.string())
+    mask = pc.invert(pc.is_in(batch.column("id"), value_set=done))
+    if tasks:
+        mask = pc.and_(mask, pc.is_in(batch.column("task"), value_set=pa.array(sorted(tasks), pa.string())))
+    return batch.filter(mask)
