@@ -34,15 +34,22 @@ def as_text(values) -> pd.Series:
     return s.map(lambda v: v if isinstance(v, str) else ("" if v is None or v != v else str(v)))
 
 
-def _per_unique(texts, fn) -> np.ndarray:
-    """Apply ``fn(list_of_distinct_texts) -> ndarray (u, ...)`` once per distinct text; rows in input order.
+def distinct(texts) -> tuple[np.ndarray, list[str]]:
+    """``(codes (n,), distinct texts)`` with ``texts[i] == distinct[codes[i]]``; None/NaN become ""."""
+    # factorize Arrow-backed strings as they are: converting a million of them to objects costs seconds
+    series = texts if isinstance(texts, pd.Series) else pd.Series(list(texts), dtype=object)
+    codes, uniques = pd.factorize(series, sort=False)
+    out = [u if isinstance(u, str) else str(u) for u in uniques.tolist()]
+    if (codes < 0).any():
+        codes = np.where(codes < 0, len(out), codes)
+        out.append("")
+    return codes, out
 
-    A missing text (None/NaN) is the empty answer "".
-    """
-    codes, uniques = pd.factorize(pd.Series(texts, copy=False), sort=False)
-    texts = [u if isinstance(u, str) else str(u) for u in uniques] + [""]
-    codes = np.where(codes < 0, len(uniques), codes)
-    return fn(texts)[codes]
+
+def _per_unique(texts, fn) -> np.ndarray:
+    """Apply ``fn(list_of_distinct_texts) -> ndarray (u, ...)`` once per distinct text; rows in input order."""
+    codes, uniques = distinct(texts)
+    return fn(uniques)[codes]
 
 
 # ---- ecgbench (reference rules) --------------------------------------------------------------------------
@@ -53,41 +60,43 @@ def _scan(texts: list[str], labels) -> np.ndarray:
 
 def ecgbench_gold(task: Task, gold) -> np.ndarray:
     """(n, L) bool gold matrix over ``task.labels``: substring scan; code15's exact NORM / ABNORMAL answers."""
+    return _per_unique(gold, lambda texts: ecgbench_gold_u(task, texts))
+
+
+def ecgbench_gold_u(task: Task, texts: list[str]) -> np.ndarray:
+    """``ecgbench_gold`` over a list of distinct texts."""
     labels = task.labels
     scan = [i for i, label in enumerate(labels) if label not in task.whole_answers]
-
-    def fn(texts):
-        m = np.zeros((len(texts), len(labels)), dtype=bool)
-        m[:, scan] = _scan(texts, [labels[i] for i in scan])
-        for i, t in enumerate(texts):
-            if t in task.whole_answers:  # exactly "NORM" / "ABNORMAL": that label alone
-                m[i] = False
-                m[i, labels.index(t)] = True
-        return m
-
-    return _per_unique(gold, fn)
+    m = np.zeros((len(texts), len(labels)), dtype=bool)
+    m[:, scan] = _scan(texts, [labels[i] for i in scan])
+    for i, t in enumerate(texts):
+        if t in task.whole_answers:  # exactly "NORM" / "ABNORMAL": that label alone
+            m[i] = False
+            m[i, labels.index(t)] = True
+    return m
 
 
 def ecgbench_labels(task: Task, text) -> np.ndarray:
     """(n, L) bool predicted matrix over ``task.labels`` by the reference rules."""
+    return _per_unique(text, lambda texts: ecgbench_labels_u(task, texts))
+
+
+def ecgbench_labels_u(task: Task, texts: list[str]) -> np.ndarray:
+    """``ecgbench_labels`` over a list of distinct texts."""
     labels = task.labels
     if not task.whole_answers:
-        return _per_unique(text, lambda texts: _scan(texts, labels))
+        return _scan(texts, labels)
     scan = [i for i, label in enumerate(labels) if label not in task.whole_answers]
     norm, abnormal = labels.index("NORM"), labels.index("ABNORMAL")
-
-    def fn(texts):
-        texts = [t.split("Answer:")[-1] for t in texts]  # only the part after the last "Answer:" counts
-        m = np.zeros((len(texts), len(labels)), dtype=bool)
-        m[:, scan] = _scan(texts, [labels[i] for i in scan])
-        for i, t in enumerate(texts):
-            if "ABNORMAL" in t:
-                m[i, abnormal] = True
-            elif "NORM" in t:  # NORM only when ABNORMAL (which contains it) is absent
-                m[i, norm] = True
-        return m
-
-    return _per_unique(text, fn)
+    texts = [t.split("Answer:")[-1] for t in texts]  # code15: only the part after the last "Answer:" counts
+    m = np.zeros((len(texts), len(labels)), dtype=bool)
+    m[:, scan] = _scan(texts, [labels[i] for i in scan])
+    for i, t in enumerate(texts):
+        if "ABNORMAL" in t:
+            m[i, abnormal] = True
+        elif "NORM" in t:  # NORM only when ABNORMAL (which contains it) is absent
+            m[i, norm] = True
+    return m
 
 
 def reference_letter(text: str) -> str | None:
@@ -151,23 +160,24 @@ def _label_pattern(label: str, synonyms: tuple[str, ...]) -> re.Pattern:
 
 def strict_labels(task: Task, text) -> np.ndarray:
     """(n, L) bool: labels named as whole tokens or synonyms, case-insensitive (code15: after the last "answer:")."""
+    return _per_unique(text, lambda texts: strict_labels_u(task, texts))
+
+
+def strict_labels_u(task: Task, texts: list[str]) -> np.ndarray:
+    """``strict_labels`` over a list of distinct texts."""
     synonyms = dict(task.synonyms)
     patterns = [_label_pattern(label, tuple(synonyms.get(label, ()))) for label in task.labels]
     whole = bool(task.whole_answers)
-
-    def fn(texts):
-        m = np.zeros((len(texts), len(patterns)), dtype=bool)
-        for i, t in enumerate(texts):
-            t = t.lower()
-            if whole:
-                t = t.split("answer:")[-1]
-            m[i] = [p.search(t) is not None for p in patterns]
-        if whole:  # NORM and ABNORMAL exclude each other: "abnormal" wins, as in the reference
-            norm, abnormal = task.labels.index("NORM"), task.labels.index("ABNORMAL")
-            m[m[:, abnormal], norm] = False
-        return m
-
-    return _per_unique(text, fn)
+    m = np.zeros((len(texts), len(patterns)), dtype=bool)
+    for i, t in enumerate(texts):
+        t = t.lower()
+        if whole:
+            t = t.split("answer:")[-1]
+        m[i] = [p.search(t) is not None for p in patterns]
+    if whole:  # NORM and ABNORMAL exclude each other: "abnormal" wins, as in the reference
+        norm, abnormal = task.labels.index("NORM"), task.labels.index("ABNORMAL")
+        m[m[:, abnormal], norm] = False
+    return m
 
 
 _LETTER_ALONE = re.compile(r"\(?([A-Ha-h])[.):]?")

@@ -24,13 +24,18 @@ Example::
 
 from __future__ import annotations
 
+import io
 import json
+import pickle
+import zlib
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.json as pajson
 
 from metrics import parsing
-from metrics.anls import anls_rows
+from metrics.anls import anls_codes
 from metrics.tasks import CHOICE, MULTILABEL, SETMATCH, Task
 
 N_BUCKETS = 100  # id-hash buckets: bootstrap units that do not depend on how rows are split into blocks
@@ -40,16 +45,35 @@ NEEDED = ("id", "answer", "prediction")
 
 
 def _buckets(ids) -> np.ndarray:
-    # pandas' hash is keyed and stable across processes and machines, unlike Python's hash()
-    h = pd.util.hash_pandas_object(pd.Series(ids, dtype=object).astype(str), index=False).to_numpy()
+    """(n,) int64 bucket per id: a polynomial hash of the id's UTF-8 bytes with a murmur finaliser.
+
+    Vectorised over the Arrow buffers (a million ids in ~50 ms) and stable across processes and machines,
+    unlike Python's ``hash()``, so a row's bucket never depends on which block it travelled in."""
+    arr = pa.array(pd.Series(ids, copy=False, dtype=object).astype(str) if not len(ids) else pd.Series(ids))
+    arr = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
+    arr = arr.cast(pa.large_string())
+    offsets = np.frombuffer(arr.buffers()[1], np.int64)[arr.offset: arr.offset + len(arr) + 1]
+    data = np.frombuffer(arr.buffers()[2], np.uint8) if arr.buffers()[2] is not None else np.zeros(0, np.uint8)
+    start, lengths = offsets[0], np.diff(offsets)
+    h = np.zeros(len(arr), dtype=np.uint64)
+    nz = lengths > 0
+    if nz.any():
+        pos = np.arange(offsets[-1] - start) - np.repeat(offsets[:-1] - start, lengths)  # byte index in its id
+        powers = np.cumprod(np.full(int(lengths.max()), 1099511628211, dtype=np.uint64))  # wraps mod 2**64
+        contrib = (data[start:offsets[-1]].astype(np.uint64) + np.uint64(1)) * powers[pos]
+        h[nz] = np.add.reduceat(contrib, (offsets[:-1] - start)[nz])
+    h ^= h >> np.uint64(33)
+    h *= np.uint64(0xFF51AFD7ED558CCD)
+    h ^= h >> np.uint64(33)
     return (h % np.uint64(N_BUCKETS)).astype(np.int64)
 
 
-def _per_bucket(bucket: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """(G, ...) sums of ``values`` (n, ...) per bucket."""
-    flat = values.reshape(len(values), -1).astype(np.float64)
-    out = np.stack([np.bincount(bucket, weights=flat[:, j], minlength=N_BUCKETS) for j in range(flat.shape[1])], 1)
-    return out.reshape((N_BUCKETS,) + values.shape[1:])
+def _cell_counts(bucket: np.ndarray, y: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """(G, L, 4) tp, fp, fn, tn per bucket and label from (n, L) bool gold and prediction."""
+    L = y.shape[1]
+    cell = 2 * (~p).astype(np.int64) + (~y)  # tp 0, fp 1, fn 2, tn 3
+    key = (bucket[:, None] * L + np.arange(L)) * 4 + cell  # (n, L)
+    return np.bincount(key.ravel(), minlength=N_BUCKETS * L * 4).reshape(N_BUCKETS, L, 4)
 
 
 def _error_mask(frame: pd.DataFrame) -> np.ndarray:
@@ -59,65 +83,71 @@ def _error_mask(frame: pd.DataFrame) -> np.ndarray:
     return (err.notna() & (err.astype(str).str.len() > 0)).to_numpy()
 
 
-def _parse_scores(values, labels) -> tuple[np.ndarray, int]:
-    """(n, L) float scores (0 where a row gives none: an unscored label ranks lowest), rows that had any."""
-    out = np.zeros((len(values), len(labels)))
-    index = {label: j for j, label in enumerate(labels)}
-    rows = 0
-    for i, v in enumerate(values):
-        if v is None or (isinstance(v, float) and v != v) or v == "":
-            continue
-        d = json.loads(v) if isinstance(v, (str, bytes)) else dict(v)
-        rows += 1
-        for label, s in d.items():
-            if label in index and s is not None:
-                out[i, index[label]] = float(s)
-    return out, rows
+def _parse_scores(values: pd.Series, labels) -> tuple[np.ndarray, int]:
+    """(n, L) float scores (0 where a row gives none: an unscored label ranks lowest), rows that had any.
+
+    Each value is a JSON object string or a dict; all rows are parsed in one pass by Arrow's JSON reader."""
+    values = pd.Series(values, copy=False)
+    valid = values.dropna()
+    if len(valid) and not isinstance(valid.iloc[0], str):  # dicts (or other mappings) rather than JSON text
+        values = values.map(lambda v: json.dumps(dict(v)) if v is not None and v == v else None)
+    given = values.notna().to_numpy() & (values.fillna("").str.len() > 0).to_numpy()
+    lines = values.where(given, "{}").tolist()
+    schema = pa.schema([pa.field(label, pa.float64()) for label in labels])
+    opts = pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
+    table = pajson.read_json(io.BytesIO("\n".join(lines).encode()), parse_options=opts,
+                             read_options=pajson.ReadOptions(block_size=1 << 26))
+    out = np.stack([table.column(label).to_numpy(zero_copy_only=False) for label in labels], 1)
+    return np.nan_to_num(out.astype(np.float64), nan=0.0).reshape(len(lines), len(labels)), int(given.sum())
+
+
+def _score_hists(bucket, y, scores) -> tuple[np.ndarray, np.ndarray]:
+    """Histograms per label and gold value: fine (L, 2, SCORE_BINS) and per bucket (G, L, 2, BOOT_BINS)."""
+    L = y.shape[1]
+    fine = np.clip(np.rint(scores * (SCORE_BINS - 1)), 0, SCORE_BINS - 1).astype(np.int64)  # (n, L)
+    coarse = np.clip((scores * BOOT_BINS).astype(np.int64), 0, BOOT_BINS - 1)
+    lab, g = np.arange(L), y.astype(np.int64)
+    hist = np.bincount(((lab * 2 + g) * SCORE_BINS + fine).ravel(), minlength=L * 2 * SCORE_BINS)
+    boot_key = (((bucket[:, None] * L + lab) * 2 + g) * BOOT_BINS + coarse).ravel()
+    boot = np.bincount(boot_key, minlength=N_BUCKETS * L * 2 * BOOT_BINS)
+    return hist.reshape(L, 2, SCORE_BINS), boot.reshape(N_BUCKETS, L, 2, BOOT_BINS)
 
 
 def _multilabel_stats(task: Task, gold, text, frame, bucket) -> dict:
-    y_eb, p_eb = parsing.ecgbench_gold(task, gold), parsing.ecgbench_labels(task, text)  # (n, L) bool
-    y_st, p_st = parsing.strict_labels(task, gold), parsing.strict_labels(task, text)
-
-    def counts(y, p):  # (n, L, 4): one-hot of tp, fp, fn, tn
-        return np.stack([y & p, ~y & p, y & ~p, ~y & ~p], axis=-1)
-
-    st = {"eb_counts": counts(y_eb, p_eb).sum(0).astype(np.int64),
-          "st_counts": _per_bucket(bucket, counts(y_st, p_st)),
-          "st_exact": _per_bucket(bucket, (y_st == p_st).all(1)),
+    (gc, gu), (tc, tu) = gold, text
+    y_eb, p_eb = parsing.ecgbench_gold_u(task, gu)[gc], parsing.ecgbench_labels_u(task, tu)[tc]  # (n, L) bool
+    y_st, p_st = parsing.strict_labels_u(task, gu)[gc], parsing.strict_labels_u(task, tu)[tc]
+    st = {"eb_counts": _cell_counts(np.zeros_like(bucket), y_eb, p_eb).sum(0),
+          "st_counts": _cell_counts(bucket, y_st, p_st),
+          "st_exact": np.bincount(bucket, weights=(y_st == p_st).all(1), minlength=N_BUCKETS),
           "score_rows": 0, "score_hist": None, "score_boot": None}
     if "label_scores" in frame and frame["label_scores"].notna().any():
-        scores, rows = _parse_scores(frame["label_scores"].tolist(), task.labels)
-        fine = np.clip(np.rint(scores * (SCORE_BINS - 1)), 0, SCORE_BINS - 1).astype(np.int64)
-        coarse = np.clip((scores * BOOT_BINS).astype(np.int64), 0, BOOT_BINS - 1)
-        hist = np.zeros((len(task.labels), 2, SCORE_BINS), dtype=np.int64)
-        boot = np.zeros((N_BUCKETS, len(task.labels), 2, BOOT_BINS), dtype=np.int64)
-        for j in range(len(task.labels)):
-            g = y_st[:, j].astype(np.int64)
-            np.add.at(hist[j], (g, fine[:, j]), 1)
-            np.add.at(boot[:, j], (bucket, g, coarse[:, j]), 1)
-        st.update(score_rows=rows, score_hist=hist, score_boot=boot)
+        scores, rows = _parse_scores(frame["label_scores"], task.labels)
+        st["score_hist"], st["score_boot"] = _score_hists(bucket, y_st, scores)
+        st["score_rows"] = rows
     return st
 
 
 def _choice_stats(task: Task, gold, text, bucket) -> dict:
-    letters = parsing.ecgbench_letters(text)
-    gold_eb = parsing.ecgbench_gold_letter(task, gold)
+    (gc, gu), (tc, tu) = gold, text
+    letters = np.array([parsing.reference_letter(t) for t in tu], dtype=object)[tc]
+    gold_eb = np.array([g[:1] if task.gold_rule == "first_char" else g for g in gu], dtype=object)[gc]
     parsed = np.array([x is not None for x in letters], dtype=bool)
-    strict = parsing.strict_letters(text)
-    gold_st = parsing.strict_letters(gold)
-    gold_st = np.where(pd.isna(gold_st), parsing.as_text(gold).str.strip().str[:1].to_numpy(object), gold_st)
-    in_range = np.array([x in task.labels for x in strict], dtype=bool)
+    strict = np.array([parsing.strict_letter(t) for t in tu], dtype=object)[tc]
+    gold_st = np.array([parsing.strict_letter(g) or g.strip()[:1] for g in gu], dtype=object)[gc]
+    in_range = np.isin(strict, list(task.labels))
     return {"eb_correct": int((parsed & (letters == gold_eb)).sum()),
             "eb_unparsed_gold": [str(g) for g in gold_eb[~parsed]],
-            "st_correct": _per_bucket(bucket, in_range & (strict == gold_st)),
-            "st_unparsed": int(pd.isna(strict).sum()),
-            "st_out_of_range": int((~pd.isna(strict) & ~in_range).sum())}
+            "st_correct": np.bincount(bucket, weights=in_range & (strict == gold_st), minlength=N_BUCKETS),
+            "st_unparsed": int((~np.array([x is not None for x in strict], dtype=bool)).sum()),
+            "st_out_of_range": int((np.array([x is not None for x in strict], dtype=bool) & ~in_range).sum())}
 
 
 def _setmatch_stats(gold, text, question, bucket) -> dict:
-    return {"eb_correct": int(parsing.ecgbench_setmatch(question, gold, text).sum()),
-            "st_correct": _per_bucket(bucket, parsing.strict_setmatch(question, gold, text))}
+    g, t = gold[1][gold[0]], text[1][text[0]]  # back to per-row texts: set match reads the question too
+    return {"eb_correct": int(parsing.ecgbench_setmatch(question, g, t).sum()),
+            "st_correct": np.bincount(bucket, weights=parsing.strict_setmatch(question, g, t),
+                                      minlength=N_BUCKETS)}
 
 
 def batch_stats(task: Task, frame: pd.DataFrame) -> dict:
@@ -127,22 +157,26 @@ def batch_stats(task: Task, frame: pd.DataFrame) -> dict:
     if missing:
         raise KeyError(f"score: missing column(s) {missing} for task {task.name!r}; have {sorted(frame.columns)}")
     errors = _error_mask(frame)
-    text = frame["prediction"].astype(object).where(~errors, "")
-    text = text.where(text.notna(), "")
-    gold = frame["answer"].astype(object).where(frame["answer"].notna(), "")
+    tc, tu = parsing.distinct(frame["prediction"])
+    if errors.any():  # an errored row is an empty answer, whatever text it carries
+        tu = tu + [""]
+        tc = np.where(errors, len(tu) - 1, tc)
+    gc, gu = parsing.distinct(frame["answer"])
     bucket = _buckets(frame["id"])
-    anls = anls_rows(text, gold)
+    anls = anls_codes(tc, tu, gc, gu)
+    blank = np.array([not t.strip() for t in tu], dtype=bool)[tc] if len(tc) else np.zeros(0, dtype=bool)
     stats = {"task": task.name, "kind": task.kind, "n": int(len(frame)), "errors": int(errors.sum()),
-             "empty": int(((text.str.strip() == "") & ~errors).sum()),
+             "empty": int((blank & ~errors).sum()),
              "bucket_n": np.bincount(bucket, minlength=N_BUCKETS).astype(np.float64),
              "anls_bucket": np.bincount(bucket, weights=anls, minlength=N_BUCKETS)}
+    gold, text = (gc, gu), (tc, np.array(tu, dtype=object) if task.kind == SETMATCH else tu)
     if task.kind == MULTILABEL:
         stats.update(_multilabel_stats(task, gold, text, frame, bucket))
     elif task.kind == CHOICE:
         stats.update(_choice_stats(task, gold, text, bucket))
     elif task.kind == SETMATCH:
         question = frame["question"] if "question" in frame else pd.Series([""] * len(frame), dtype=object)
-        stats.update(_setmatch_stats(gold, text, question, bucket))
+        stats.update(_setmatch_stats((gc, np.array(gu, dtype=object)), text, question, bucket))
     return stats
 
 
@@ -162,3 +196,39 @@ def merge(a: dict | None, b: dict | None) -> dict | None:
         else:
             out[key] = x + y  # ndarray, int, float add; lists concatenate
     return out
+
+
+def stats_table(batch: pd.DataFrame) -> pd.DataFrame:
+    """The map step at scale: a batch of prediction rows (any tasks) -> one row per task with its pickled
+    stats. Rows of an unknown task, or a batch part that cannot be scored, become a row with ``error`` set
+    (counted and reported by the driver, never fatal).
+
+    Columns out: ``task`` str, ``rows`` int, ``stats`` bytes (pickle of ``batch_stats``), ``error`` str|None.
+    """
+    from metrics.tasks import get_task
+
+    tasks = batch["task"].astype(object).fillna("") if "task" in batch else pd.Series([""] * len(batch))
+    out = []
+    for name, part in batch.groupby(tasks.to_numpy(), sort=False):
+        try:
+            task = get_task(str(name))
+            out.append({"task": task.name, "rows": len(part), "stats": pickle.dumps(batch_stats(task, part)),
+                        "error": None})
+        except Exception as e:  # noqa: BLE001  (a bad batch part is reported, the job goes on)
+            out.append({"task": str(name), "rows": len(part), "stats": b"", "error": f"{type(e).__name__}: {e}"})
+    return pd.DataFrame(out, columns=["task", "rows", "stats", "error"])
+
+
+def merge_table(rows) -> tuple[dict[str, dict], dict[str, dict]]:
+    """The reduce step: ``stats_table`` rows in order -> (merged stats per task, failures per task with
+    ``rows`` and the first ``errors``)."""
+    merged, failed = {}, {}
+    for row in rows:
+        if row["error"] is not None and row["error"] == row["error"]:
+            f = failed.setdefault(row["task"], {"rows": 0, "errors": []})
+            f["rows"] += int(row["rows"])
+            if len(f["errors"]) < 5:
+                f["errors"].append(row["error"])
+            continue
+        merged[row["task"]] = merge(merged.get(row["task"]), pickle.loads(row["stats"]))
+    return merged, failed

@@ -53,6 +53,21 @@ def hist_auc(neg: np.ndarray, pos: np.ndarray) -> np.ndarray:
     return _div(num, pos.sum(-1) * neg.sum(-1))
 
 
+def roc_points(hist: np.ndarray, labels, points: int = 101) -> dict:
+    """ROC curves per label from score histograms (L, 2, bins): ``{label: {"fpr": [...], "tpr": [...]}}``,
+    thresholds every bins/(points-1) bins, for plotting. Labels with one gold value are left out."""
+    out = {}
+    step = max(1, (hist.shape[-1] - 1) // (points - 1))
+    for label, (neg, pos) in zip(labels, hist):
+        if neg.sum() == 0 or pos.sum() == 0:
+            continue
+        # rate of scores at or above each threshold, from the top bin down
+        tpr = np.cumsum(pos[::-1])[::-1][::step] / pos.sum()
+        fpr = np.cumsum(neg[::-1])[::-1][::step] / neg.sum()
+        out[label] = {"fpr": np.round(np.append(fpr, 0.0), 4).tolist(), "tpr": np.round(np.append(tpr, 0.0), 4).tolist()}
+    return out
+
+
 def binary_auc(c: np.ndarray) -> np.ndarray:
     """AUC of 0/1 predictions from counts (..., 4) = tp, fp, fn, tn: (TPR + TNR) / 2; NaN if undefined."""
     tp, fp, fn, tn = np.moveaxis(c, -1, 0)
@@ -126,6 +141,8 @@ def _strict_multilabel(task: Task, st: dict, weights: np.ndarray, G: np.ndarray)
            "auc_undefined": [lab for lab, a in zip(labels, auc) if np.isnan(a)],
            "hamming_loss": pct2(_div(T[1] + T[2], T.sum())),
            "exact_match": pct2(_div(st["st_exact"].sum(), st["n"])), "per_class": rows}
+    if scores:
+        out["roc"] = roc_points(st["score_hist"], labels)
     # bootstrap: weights (R, g) over the non-empty buckets G
     bc = np.einsum("rg,glc->rlc", weights, st["st_counts"][G])  # (R, L, 4)
     bT = bc.sum(1)

@@ -1,0 +1,180 @@
+"""Reading references and predictions in every accepted form, and joining them with honest counts.
+
+References: ECGBench records (JSON list, JSONL or Parquet with ``id`` and ``conversations``; gold = the first
+``gpt`` turn, question = the first ``human`` turn) or our sample rows (Parquet file or folder, SAMPLE_SCHEMA).
+Predictions: the reference output form (JSONL with ``question_id`` or ``id``, and ``text`` or ``response``)
+or our prediction rows (Parquet file or folder, PREDICTION_SCHEMA). Paths are local or ``s3://``.
+
+Example::
+
+    refs = read_references("ecgbench/code15-test.json")      # id, question, answer
+    preds = read_predictions("runs/eval/predictions")        # id, prediction, label_scores, error, ...
+    frame, report = join(refs, preds)                        # report: counts of every mismatch
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+from ecg import storage
+
+MISSING = "missing prediction"
+
+
+def _files(uri: str) -> list[str]:
+    fs, path = storage.resolve(uri)
+    from pyarrow.fs import FileType
+
+    if fs.get_file_info(path).type == FileType.Directory:
+        files = storage.list_files(uri, ".parquet")
+        if not files:
+            raise FileNotFoundError(f"{uri}: a folder without .parquet files")
+        return files
+    if fs.get_file_info(path).type == FileType.NotFound:
+        raise FileNotFoundError(f"{uri}: no such file or folder")
+    return [uri]
+
+
+def _read_json_records(uri: str) -> list[dict]:
+    text = storage.read_text(uri)
+    stripped = text.lstrip()
+    if stripped.startswith("["):
+        return json.loads(text)
+    records = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{uri}: line {lineno} is not JSON ({e.msg})") from None
+    return records
+
+
+def read_table(uri: str) -> pd.DataFrame:
+    """Rows of a Parquet file or folder, a JSON list or a JSONL file, as a DataFrame."""
+    files = _files(uri)
+    if all(f.endswith(".parquet") for f in files):
+        fs, _ = storage.resolve(uri)
+        tables = [pq.read_table(storage.resolve(f)[1], filesystem=fs) for f in files]
+        return pd.concat([t.to_pandas() for t in tables], ignore_index=True) if tables else pd.DataFrame()
+    return pd.DataFrame.from_records(_read_json_records(files[0]))
+
+
+def _turn(conversations, speaker: str) -> str | None:
+    """The value of the first turn from ``speaker`` ("human" / "gpt") in an ECGBench conversation."""
+    if conversations is None or (isinstance(conversations, float) and np.isnan(conversations)):
+        return None
+    if isinstance(conversations, str):
+        conversations = json.loads(conversations)
+    for turn in conversations:
+        if turn.get("from") == speaker:
+            return turn.get("value")
+    return None
+
+
+def read_references(uri: str) -> pd.DataFrame:
+    """``id``, ``question``, ``answer`` (and ``task`` where given) from ECGBench records or sample rows."""
+    raw = read_table(uri)
+    if "id" not in raw and "No" in raw:  # the mmmu-ecg file keys its records by "No"
+        raw = raw.rename(columns={"No": "id"})
+    if "id" not in raw:
+        raise KeyError(f"{uri}: references need an `id` column; have {sorted(raw.columns)}")
+    if "conversations" in raw:
+        out = pd.DataFrame({"id": raw["id"].astype(str),
+                            "question": raw["conversations"].map(lambda c: _turn(c, "human")),
+                            "answer": raw["conversations"].map(lambda c: _turn(c, "gpt"))})
+    elif "answer" in raw:
+        out = raw[[c for c in ("id", "task", "question", "answer") if c in raw]].copy()
+        out["id"] = out["id"].astype(str)
+    else:
+        raise KeyError(f"{uri}: references need `conversations` (ECGBench) or `answer` (sample rows); "
+                       f"have {sorted(raw.columns)}")
+    return out.reset_index(drop=True)
+
+
+def read_predictions(uri: str) -> pd.DataFrame:
+    """``id``, ``prediction`` (+ ``label_scores``, ``error``, ``question``, ``answer``, ``task`` where given)."""
+    raw = read_table(uri)
+    ids = next((c for c in ("question_id", "id") if c in raw), None)
+    text = next((c for c in ("prediction", "text", "response") if c in raw), None)
+    if ids is None or text is None:
+        raise KeyError(f"{uri}: predictions need `question_id` or `id`, and `text`, `response` or `prediction`; "
+                       f"have {sorted(raw.columns)}")
+    out = pd.DataFrame({"id": raw[ids].astype(str), "prediction": raw[text]})
+    if "prompt" in raw and "question" not in raw:  # the reference output keeps the question as `prompt`
+        raw = raw.assign(question=raw["prompt"].map(lambda p: p.get("prompt") if isinstance(p, dict) else p))
+    for col in ("label_scores", "error", "question", "answer", "task"):
+        if col in raw:
+            out[col] = raw[col]
+    return out
+
+
+def join(references: pd.DataFrame | None, predictions: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+    """One row per reference id: its gold, question and prediction; and counts of every mismatch.
+
+    A reference without a prediction is kept with ``error = "missing prediction"`` (scored as an empty
+    answer); a prediction without a reference cannot be scored and is counted; duplicate ids keep the first.
+    Without references, the predictions' own ``answer`` column is the gold."""
+    def first_ids(frame):
+        return [str(x) for x in frame["id"].head(5)]
+
+    report = {"predictions": int(len(predictions))}
+    dup_p = predictions["id"].duplicated()
+    report["duplicate_prediction_ids"] = int(dup_p.sum())
+    report["duplicate_prediction_examples"] = first_ids(predictions[dup_p])
+    predictions = predictions[~dup_p]
+    if references is None:
+        if "answer" not in predictions:
+            raise KeyError("without references the predictions need an `answer` column (our prediction rows)")
+        frame = predictions.copy()
+        report.update(references=None, missing_predictions=0, unmatched_predictions=0)
+    else:
+        report["references"] = int(len(references))
+        dup_r = references["id"].duplicated()
+        report["duplicate_reference_ids"] = int(dup_r.sum())
+        report["duplicate_reference_examples"] = first_ids(references[dup_r])
+        references = references[~dup_r]
+        preds = predictions.drop(columns=[c for c in ("answer",) if c in predictions])
+        if "question" in references and "question" in preds:
+            preds = preds.rename(columns={"question": "prediction_question"})
+        frame = references.merge(preds, on="id", how="left", indicator=True)
+        missing = (frame["_merge"] == "left_only").to_numpy()
+        unmatched = ~predictions["id"].isin(references["id"])
+        report.update(missing_predictions=int(missing.sum()), missing_examples=first_ids(frame[missing]),
+                      unmatched_predictions=int(unmatched.sum()),
+                      unmatched_examples=first_ids(predictions[unmatched]))
+        if "error" not in frame:
+            frame["error"] = None
+        frame["error"] = frame["error"].astype(object).where(~missing, MISSING)
+        frame["prediction"] = frame["prediction"].astype(object).where(~missing, "")
+        if "prediction_question" in frame:
+            q = frame["question"].astype(object)
+            frame["question"] = q.where(q.notna() & (q.astype(str) != ""), frame["prediction_question"])
+        frame = frame.drop(columns=[c for c in ("_merge", "prediction_question") if c in frame])
+    text = frame["prediction"].astype(object)
+    report["empty_predictions"] = int((text.isna() | (text.astype(str).str.strip() == "")).sum())
+    report["warnings"] = _warnings(report)
+    return frame.reset_index(drop=True), report
+
+
+def _warnings(r: dict) -> list[str]:
+    out = []
+    if r.get("missing_predictions"):
+        out.append(f"{r['missing_predictions']} of {r['references']} reference ids have no prediction "
+                   f"(e.g. {r['missing_examples']}): scored as empty answers")
+    if r.get("unmatched_predictions"):
+        out.append(f"{r['unmatched_predictions']} of {r['predictions']} predictions have no reference "
+                   f"(e.g. {r['unmatched_examples']}): not scored")
+    if r.get("duplicate_reference_ids"):
+        out.append(f"{r['duplicate_reference_ids']} duplicate reference id(s) "
+                   f"(e.g. {r['duplicate_reference_examples']}): the first is kept")
+    if r.get("duplicate_prediction_ids"):
+        out.append(f"{r['duplicate_prediction_ids']} duplicate prediction id(s) "
+                   f"(e.g. {r['duplicate_prediction_examples']}): the first is kept")
+    if r.get("empty_predictions"):
+        out.append(f"{r['empty_predictions']} prediction(s) are empty (including missing ones)")
+    return out

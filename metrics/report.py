@@ -1,0 +1,200 @@
+"""Reports: a plain-text table, the published CODE-15 rows beside ours, and a Markdown + self-contained HTML
+page (plots embedded as base64 PNG) written to a local folder or ``s3://``.
+
+Example::
+
+    uris = write_report({"code15": score_frame("code15", frame)}, "runs/eval", samples=frame.head(8))
+    uris["html"]                       # "runs/eval/report.html"
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+
+from ecg import storage
+
+# ECGBENCH.md "Published numbers on CODE-15" (F1 / AUC / HL, x100): facts from the papers, not rerun here.
+PUBLISHED_CODE15 = (
+    ("random", 15.0, 48.8, 32.1, "PULSE Table 3"),
+    ("GPT-4o", 24.9, 59.9, 15.7, "PULSE Table 3"),
+    ("Gemini 1.5 Pro", 20.0, 56.7, 15.9, "PULSE Table 3"),
+    ("Claude 3.5 Sonnet", 20.3, 58.3, 17.8, "PULSE Table 3"),
+    ("LLaVA-Med", 27.0, 69.2, 33.4, "PULSE Table 3"),
+    ("MiniCPM-V-2.6", 25.3, 56.6, 22.0, "PULSE Table 3"),
+    ("PULSE-7B", 85.4, 90.7, 5.0, "PULSE Table 3"),
+    ("GEM-7B", 86.4, 91.5, 4.7, "GEM paper Table 2"),
+    ("SmolVLM-256M fine-tuned (a prior study)", 27.5, 65.3, 16.5, "with ANLS 68.7; not scored with this protocol"),
+)
+PUBLISHED_NOTE = "published, not rerun here"
+
+
+def _f(v, ci=None) -> str:
+    if v is None:
+        return "-"
+    out = f"{v:.1f}" if isinstance(v, (int, float)) else str(v)
+    return out + (f" [{ci[0]:.1f}, {ci[1]:.1f}]" if ci and None not in ci else "")
+
+
+def task_rows(results: dict) -> list[list[str]]:
+    """One row per task: task, n, errors, ecgbench F1 / AUC / HL / accuracy, ANLS, strict numbers with 95% CI."""
+    rows = []
+    for name, r in results.items():
+        s, iv = r.get("strict") or {}, (r.get("strict") or {}).get("intervals") or {}
+        rows.append([name, str(r.get("n", "-")), str(r.get("errors", 0)), _f(r.get("f1")), _f(r.get("auc")),
+                     _f(r.get("hamming_loss")), _f(r.get("accuracy")), _f(r.get("anls")),
+                     _f(s.get("f1_macro"), iv.get("f1_macro")), _f(s.get("f1_micro"), iv.get("f1_micro")),
+                     _f(s.get("auc"), iv.get("auc")), _f(s.get("accuracy"), iv.get("accuracy"))])
+    return rows
+
+
+TASK_HEADER = ["task", "n", "errors", "F1", "AUC", "HL", "acc", "ANLS",
+               "strict F1 macro [95% CI]", "strict F1 micro", "strict AUC", "strict acc"]
+CLASS_HEADER = ["task", "label", "support", "predicted", "precision", "recall", "F1", "AUC", "ecgbench F1"]
+
+
+def class_rows(results: dict) -> list[list[str]]:
+    rows = []
+    for name, r in results.items():
+        eb = (r.get("ecgbench") or {}).get("per_class") or {}
+        for c in (r.get("strict") or {}).get("per_class") or []:
+            rows.append([name, c["label"], str(c["support"]), str(c["predicted"]), _f(c["precision"]),
+                         _f(c["recall"]), _f(c["f1"]), _f(c["auc"]), _f((eb.get(c["label"]) or {}).get("f1"))])
+    return rows
+
+
+def _text_table(header, rows) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)] if rows else [len(h) for h in header]
+    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths))  # noqa: E731
+    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def format_table(results: dict) -> str:
+    """A readable plain-text summary: the task table, per-class rows, warnings."""
+    parts = ["ECGBench protocol (published rules; x100, one decimal) and strict protocol (95% bootstrap CI)",
+             _text_table(TASK_HEADER, task_rows(results))]
+    classes = class_rows(results)
+    if classes:
+        parts += ["", _text_table(CLASS_HEADER, classes)]
+    for name, r in results.items():
+        parts += [f"{name}: {w}" for w in r.get("warnings", [])]
+        parts += [f"{name}: {n}" for n in (r.get("ecgbench") or {}).get("notes", [])]
+    return "\n".join(parts)
+
+
+def published_rows(results: dict, ours_label: str = "ours, this run") -> list[list[str]]:
+    rows = [[m, _f(f1), _f(auc), _f(hl), f"{src}; {PUBLISHED_NOTE}"] for m, f1, auc, hl, src in PUBLISHED_CODE15]
+    r = results.get("code15")
+    if r:
+        rows.append([ours_label, _f(r.get("f1")), _f(r.get("auc")), _f(r.get("hamming_loss")),
+                     f"ECGBench protocol, n={r.get('n')}, ANLS {_f(r.get('anls'))}"])
+    return rows
+
+
+PUBLISHED_HEADER = ["model", "F1", "AUC", "HL", "source"]
+
+
+def published_table(results: dict, ours_label: str = "ours, this run") -> str:
+    """The published CODE-15 rows (marked "published, not rerun here") with ours below, as plain text."""
+    return "CODE-15 (F1 / AUC / HL, x100)\n" + _text_table(PUBLISHED_HEADER, published_rows(results, ours_label))
+
+
+def _md_table(header, rows) -> str:
+    esc = lambda x: str(x).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+    return "\n".join(["| " + " | ".join(map(esc, header)) + " |", "|" + "---|" * len(header)]
+                     + ["| " + " | ".join(map(esc, r)) + " |" for r in rows])
+
+
+def _html_table(header, rows) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def plots(results: dict) -> list[tuple[str, str]]:
+    """``[(title, base64 PNG)]``: per-class F1 bars per multi-label task; ROC curves where scores exist."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: files only
+    import matplotlib.pyplot as plt
+
+    out = []
+    for name, r in results.items():
+        per = [c for c in (r.get("strict") or {}).get("per_class") or [] if c["f1"] is not None]
+        eb = (r.get("ecgbench") or {}).get("per_class") or {}
+        if per:
+            fig, ax = plt.subplots(figsize=(7, 3))
+            x = range(len(per))
+            ax.bar([i - 0.2 for i in x], [c["f1"] for c in per], 0.4, label="strict")
+            ax.bar([i + 0.2 for i in x], [(eb.get(c["label"]) or {}).get("f1") or 0 for c in per], 0.4,
+                   label="ecgbench")
+            ax.set_xticks(list(x), [c["label"] for c in per])
+            ax.set_ylabel("F1 (x100)")
+            ax.set_ylim(0, 100)
+            ax.legend()
+            out.append((f"{name}: per-class F1", _png(fig)))
+        roc = (r.get("strict") or {}).get("roc") or {}
+        if roc:
+            fig, ax = plt.subplots(figsize=(4.5, 4.5))
+            for label, c in roc.items():
+                ax.plot(c["fpr"], c["tpr"], label=label)
+            ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+            ax.set_xlabel("false positive rate")
+            ax.set_ylabel("true positive rate")
+            ax.legend(fontsize=7)
+            out.append((f"{name}: ROC from label_scores", _png(fig)))
+    return out
+
+
+def sample_rows(samples, k: int = 8) -> list[list[str]]:
+    if samples is None or len(samples) == 0:
+        return []
+    cols = [c for c in ("id", "task", "answer", "prediction", "error") if c in samples]
+    rows = samples[cols].head(k).astype(object).where(samples[cols].head(k).notna(), "")
+    return [[str(v)[:200] for v in row] for row in rows.itertuples(index=False)], cols
+
+
+def write_report(results: dict, out_uri: str, samples=None) -> dict:
+    """Write ``report.md`` and ``report.html`` under ``out_uri`` (local or s3://); returns their URIs."""
+    results = {k: v for k, v in results.items()}
+    sections = [("Tasks", TASK_HEADER, task_rows(results)), ("Per class", CLASS_HEADER, class_rows(results)),
+                ("CODE-15: published numbers beside ours", PUBLISHED_HEADER, published_rows(results))]
+    got = sample_rows(samples)
+    if got:
+        rows, cols = got
+        sections.append(("Sample predictions with their gold answers", cols, rows))
+    notes = [f"{n}: {w}" for n, r in results.items()
+             for w in list(r.get("warnings", [])) + list((r.get("ecgbench") or {}).get("notes", []))]
+    title = "ecgvlm score report"
+    intro = ("ECGBench protocol: the published rules (x100, one decimal). Strict: whole-token, case-insensitive "
+             "parsing with synonyms, no random letters, 95% bootstrap intervals. Published rows are marked "
+             f"\"{PUBLISHED_NOTE}\".")
+    md = [f"# {title}", "", intro, ""]
+    for head, header, rows in sections:
+        md += [f"## {head}", "", _md_table(header, rows) if rows else "(none)", ""]
+    md += ["## Notes", ""] + [f"- {n}" for n in notes or ["none"]]
+    figs = plots(results)
+    body = [f"<h1>{title}</h1>", f"<p>{html.escape(intro)}</p>"]
+    for head, header, rows in sections:
+        body += [f"<h2>{html.escape(head)}</h2>", _html_table(header, rows) if rows else "<p>(none)</p>"]
+    body += ["<h2>Plots</h2>"] + [f'<figure><img alt="{html.escape(t)}" src="data:image/png;base64,{b}">'
+                                  f"<figcaption>{html.escape(t)}</figcaption></figure>" for t, b in figs]
+    body += ["<h2>Notes</h2><ul>"] + [f"<li>{html.escape(n)}</li>" for n in notes or ["none"]] + ["</ul>"]
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse;"
+             "margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}th{background:#eee}")
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title><style>{style}</style>"
+            f"</head><body>{''.join(body)}</body></html>")
+    uris = {"markdown": storage.join(out_uri, "report.md"), "html": storage.join(out_uri, "report.html")}
+    storage.write_text(uris["markdown"], "\n".join(md) + "\n")
+    storage.write_text(uris["html"], page)
+    return uris

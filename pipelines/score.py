@@ -1,0 +1,127 @@
+"""``ecgvlm score``: score predictions against references, by the published ECGBench rules and strictly.
+
+    ecgvlm score --task code15 --references code15-test.json --predictions out/code15-test.jsonl
+    ecgvlm score --task code15 --predictions runs/eval/predictions --json --report runs/eval
+    python -m pipelines.score --config my-score.yaml      # the same fields as ScoreConfig
+
+References: ECGBench records (JSON list / JSONL / Parquet with ``id`` and ``conversations``) or our sample rows;
+predictions: the reference output JSONL (``question_id``/``id``, ``text``/``response``) or our prediction rows.
+Without ``--references`` the prediction rows' own ``answer`` is the gold. Local paths or ``s3://``.
+
+``score_dataset(uri)`` does the same over millions of prediction rows with Ray Data: each block becomes
+per-task counts (``metrics.reduce.stats_table``), merged on the driver; no row is collected.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ScoreConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    task: str = Field(..., description="task name or ECGBench alias (metrics.tasks registry), e.g. code15-test")
+    references: str | None = Field(None, description="references file/folder (local or s3://); None: use the "
+                                                     "predictions' own `answer` column")
+    predictions: str = Field(..., description="predictions file/folder (local or s3://)")
+    protocol: Literal["ecgbench", "strict", "both"] = Field("both", description="which protocol(s) to compute")
+    json_out: bool = Field(False, description="print one JSON object instead of the table")
+    report: str | None = Field(None, description="folder (local or s3://) for report.md and report.html")
+    seed: int = Field(0, description="bootstrap seed of the strict protocol's 95% intervals")
+
+
+def parse_args(argv) -> ScoreConfig:
+    p = argparse.ArgumentParser(prog="ecgvlm score", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="YAML file with the fields below; command-line flags override it")
+    p.add_argument("--task")
+    p.add_argument("--references")
+    p.add_argument("--predictions")
+    p.add_argument("--protocol", choices=["ecgbench", "strict", "both"])
+    p.add_argument("--json", dest="json_out", action="store_true", default=None)
+    p.add_argument("--report")
+    p.add_argument("--seed", type=int)
+    args = vars(p.parse_args(argv))
+    config = args.pop("config")
+    base = (yaml.safe_load(open(config)) or {}) if config else {}
+    return ScoreConfig(**{**base, **{k: v for k, v in args.items() if v is not None}})
+
+
+def score_files(cfg: ScoreConfig) -> dict:
+    """The result dict of one task: ``metrics.score_frame`` on the joined rows, plus the join's counts."""
+    from metrics.inputs import join, read_predictions, read_references
+    from metrics.score import score_frame
+
+    refs = read_references(cfg.references) if cfg.references else None
+    frame, counts = join(refs, read_predictions(cfg.predictions))
+    result = score_frame(cfg.task, frame, protocol=cfg.protocol, seed=cfg.seed)
+    result["warnings"] = counts.pop("warnings") + result["warnings"]
+    result["input"] = counts
+    result["_samples"] = frame
+    return result
+
+
+def score_dataset(predictions_uri: str, *, protocol: str = "both", seed: int = 0,
+                  batch_size: int = 100_000) -> dict:
+    """``{task: result}`` over prediction shards (Parquet, PREDICTION_SCHEMA) with Ray Data: per-block
+    counts (``map_batches`` of a pure function), merged in block order on the driver. Uses the running Ray
+    cluster, or starts a local one (2 CPUs, no dashboard)."""
+    import ray
+
+    from ecg import storage
+    from metrics.reduce import merge_table, stats_table
+    from metrics.score import finalize
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False)
+    files = storage.list_files(predictions_uri, ".parquet") or [predictions_uri]
+    fs, _ = storage.resolve(predictions_uri)
+    ctx = ray.data.DataContext.get_current()
+    saved, ctx.execution_options.preserve_order = ctx.execution_options.preserve_order, True  # block order =
+    try:  # row order, so the reference's random letters are drawn in the same order as by score_frame
+        columns = ["id", "task", "question", "answer", "prediction", "label_scores", "error"]
+        ds = ray.data.read_parquet([storage.resolve(f)[1] for f in files], filesystem=fs, columns=columns)
+        stats = ds.map_batches(stats_table, batch_format="pandas", batch_size=batch_size)
+        merged, failed = merge_table(row for batch in stats.iter_batches(batch_format="pandas", batch_size=None)
+                                     for row in batch.to_dict("records"))
+    finally:
+        ctx.execution_options.preserve_order = saved
+    results = {task: finalize(task, st, protocol=protocol, seed=seed) for task, st in sorted(merged.items())}
+    for task, f in failed.items():
+        entry = results.setdefault(task, {"task": task, "n": 0, "warnings": []})
+        entry["failed_rows"] = f["rows"]
+        entry["warnings"] = entry.get("warnings", []) + [f"{f['rows']} rows could not be scored: {f['errors']}"]
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_args(argv)
+    from metrics.report import format_table, write_report
+
+    start = time.perf_counter()
+    try:
+        result = score_files(cfg)
+    except (FileNotFoundError, KeyError, ValueError) as e:
+        print(f"ecgvlm score: {e}", file=sys.stderr)
+        return 2
+    samples = result.pop("_samples")
+    for w in result["warnings"]:
+        print(f"ecgvlm score: warning: {w}", file=sys.stderr)
+    if cfg.report:
+        result["report"] = write_report({result["task"]: result}, cfg.report, samples=samples)
+    if cfg.json_out:
+        print(json.dumps(result, default=str))
+    else:
+        print(format_table({result["task"]: result}))
+        print(f"({time.perf_counter() - start:.1f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
