@@ -150,23 +150,42 @@ def _af_times(rr: float, rng) -> np.ndarray:
     return rng.uniform(-1.0, 0) - 1.0 + np.concatenate([[0], np.cumsum(rrs[:-1])])
 
 
+# Limb leads from the two recorded ones, as an electrocardiograph derives them: rows are the 12 leads,
+# columns the 8 recorded channels (I, II, V1..V6); III = II - I, aVR = -(I + II) / 2, ...
+_DERIVE = np.zeros((12, 8))
+_DERIVE[[0, 1], [0, 1]] = 1.0
+_DERIVE[2, :2] = (-1.0, 1.0)
+_DERIVE[3, :2] = (-0.5, -0.5)
+_DERIVE[4, :2] = (1.0, -0.5)
+_DERIVE[5, :2] = (-0.5, 1.0)
+_DERIVE[6:, 2:] = np.eye(6)
+_DERIVE = _DERIVE.astype(np.float32)
+_TIME = (np.arange(N_SAMPLES) / FS).astype(np.float32)  # (N,), s
+
+
 def _noise(rng, af: bool) -> np.ndarray:
-    """Baseline wander + mains hum + EMG-like noise (+ fibrillatory f-waves for AF): (12, N) mV."""
-    t = np.arange(N_SAMPLES) / FS  # (N,), s
-    f = rng.uniform(0.05, 0.45, 3)
+    """Baseline wander + mains hum + EMG-like noise (+ fibrillatory f-waves for AF): (12, N) mV.
+
+    Made on the 8 recorded channels and projected through :data:`_DERIVE`, so III = II - I etc. hold
+    for the noise too, as on a real electrocardiograph.
+    """
+    t = _TIME  # (N,), s, float32: noise needs no double precision and float32 halves the cost
+    f = rng.uniform(0.05, 0.45, 3).astype(np.float32)
     wander = np.sin(2 * np.pi * f[:, None] * t + rng.uniform(0, 2 * np.pi, (3, 1)))  # (3, N)
-    out = rng.uniform(-0.12, 0.12, (12, 3)) @ wander  # (12, N)
-    hum_amp = rng.uniform(0.0, 0.02) * rng.uniform(0.5, 1.0, (12, 1))
-    out += hum_amp * np.sin(2 * np.pi * rng.choice([50.0, 60.0]) * t + rng.uniform(0, 2 * np.pi))
-    emg = rng.uniform(0.004, 0.02) * rng.uniform(0.5, 1.5, (12, 1))
-    out += emg * rng.standard_normal((12, N_SAMPLES), dtype=np.float32)
+    out = rng.uniform(-0.12, 0.12, (8, 3)).astype(np.float32) @ wander  # (8, N)
+    hum_amp = (rng.uniform(0.0, 0.02) * rng.uniform(0.5, 1.0, (8, 1))).astype(np.float32)
+    hum = np.sin(np.float32(2 * np.pi * rng.choice([50.0, 60.0])) * t + np.float32(rng.uniform(0, 6.28)))
+    out += hum_amp * hum
+    emg = (rng.uniform(0.004, 0.02) * rng.uniform(0.5, 1.5, (8, 1))).astype(np.float32)
+    out += emg * rng.standard_normal((8, N_SAMPLES), dtype=np.float32)
     if af:
-        # f-waves at 4-9 Hz with a wandering frequency; largest in V1 and the inferior leads.
-        base = rng.uniform(4.0, 9.0) + 0.6 * np.sin(2 * np.pi * rng.uniform(0.1, 0.4) * t)
-        fw = np.sin(2 * np.pi * np.cumsum(base) / FS) + 0.5 * np.sin(2 * np.pi * np.cumsum(base * 1.7) / FS)
-        lead_amp = np.array([0.3, 0.8, 0.8, 0.5, 0.3, 0.8, 1.0, 0.8, 0.6, 0.5, 0.4, 0.3])
-        out += rng.uniform(0.05, 0.1) * lead_amp[:, None] * fw
-    return out
+        # f-waves at 4-9 Hz with a wandering frequency; largest in V1 and lead II.
+        base = rng.uniform(4.0, 9.0) + 0.6 * np.sin(2 * np.pi * rng.uniform(0.1, 0.4) * t.astype(float))
+        phase = 2 * np.pi * np.cumsum(base) / FS
+        fw = np.sin(phase) + 0.4 * np.sin(1.7 * phase + rng.uniform(0, 2 * np.pi))
+        lead_amp = np.array([0.3, 0.8, 1.0, 0.8, 0.6, 0.5, 0.4, 0.3])  # I, II, V1..V6
+        out += (rng.uniform(0.05, 0.1) * lead_amp[:, None] * fw).astype(np.float32)
+    return _DERIVE @ out  # (12, N)
 
 
 def _physiology(labels: tuple[str, ...], rng, patient: dict) -> dict:
@@ -216,7 +235,7 @@ def _beat_times(phys: dict, rng) -> tuple[np.ndarray, np.ndarray]:
 def _place(templates: dict, times: np.ndarray, pvc: np.ndarray, pre: float, rng) -> np.ndarray:
     """Add each beat's template at its onset into a padded buffer; returns ``(12, N)`` mV."""
     L = next(iter(templates.values())).shape[1]
-    buf = np.zeros((12, N_SAMPLES + 2 * L), np.float64)
+    buf = np.zeros((12, N_SAMPLES + 2 * L), np.float32)
     starts = np.round((times - pre) * FS).astype(int) + L
     scale = 1 + 0.04 * rng.standard_normal(len(times))  # beat-to-beat amplitude variation
     for s, is_pvc, k in zip(starts, pvc, scale):
@@ -241,6 +260,7 @@ def make_record(labels: tuple[str, ...], rng: np.random.Generator, *, patient: d
     if pvc.any():
         kinds["pvc"] = {**phys["kind"], "conduction": "pvc", "qrs": 0.15, "p": False}
     templates = {name: _template(_beat_waves(k, rr, rng), pre, post) for name, k in kinds.items()}
+    templates = {name: tpl.astype(np.float32) for name, tpl in templates.items()}
     signal = _place(templates, times, pvc, pre, rng) + _noise(rng, phys["af"])  # (12, N), mV
     k = phys["kind"]
     meta = {"hr_bpm": round(float(phys["hr"]), 1),
@@ -248,7 +268,7 @@ def make_record(labels: tuple[str, ...], rng: np.random.Generator, *, patient: d
             "qrs_ms": round(k["qrs"] * 1000, 1), "conduction": k["conduction"],
             "rhythm": "af" if phys["af"] else "sinus", "abnormal": phys["abnormal"],
             "axis_deg": round(float(k["axis"]), 1), "generator": "ecg.synth/1"}
-    return Record(signal=signal.astype(np.float32), fs=FS, leads=STANDARD_LEADS, id=id,
+    return Record(signal=signal, fs=FS, leads=STANDARD_LEADS, id=id,
                   patient_id=patient_id, labels=tuple(labels), meta=meta)
 
 

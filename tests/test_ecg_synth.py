@@ -1,0 +1,170 @@
+"""The synthetic generator: determinism, balance, and labels checked independently with neurokit2.
+
+The physiology checks do not trust the generator's own meta: heart rate and RR irregularity come from
+neurokit2's R-peak detector, PR from neurokit2's delineator, and QRS width from the 12-lead spatial
+velocity around each detected R peak (neurokit2's own QRS on/offsets are unreliable on any input, so the
+width is measured the way multi-lead QRS duration is defined: first to last high-slope sample).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from ecg.record import STANDARD_LEADS
+from ecg.synth import LABEL_CYCLE, generate, label_sets
+
+nk = pytest.importorskip("neurokit2")
+FS = 500
+
+
+@pytest.fixture(scope="module")
+def records():
+    return list(generate(108, seed=5))  # four cycles of LABEL_CYCLE
+
+
+def test_shapes_ids_patients(records):
+    rec = records[0]
+    assert rec.signal.shape == (12, 5000) and rec.signal.dtype == np.float32 and rec.fs == 500
+    assert rec.leads == STANDARD_LEADS and rec.id == "synth-5-000000"
+    assert rec.patient_id == records[2].patient_id != records[3].patient_id
+    assert len({r.id for r in records}) == 108
+    # Limb leads are derived as a device derives them (Einthoven / Goldberger).
+    assert np.allclose(rec.lead("III"), rec.lead("II") - rec.lead("I"), atol=1e-5)
+    assert np.allclose(rec.lead("aVR"), -(rec.lead("I") + rec.lead("II")) / 2, atol=1e-5)
+    assert 0.3 < np.abs(rec.signal).max() < 6  # mV, physiological
+
+
+def test_deterministic_and_prefix_stable(records):
+    again = list(generate(10, seed=5))
+    for a, b in zip(again, records):
+        assert a.id == b.id and a.labels == b.labels and a.meta == b.meta
+        assert np.array_equal(a.signal, b.signal)
+    other = next(generate(1, seed=6))
+    assert not np.array_equal(other.signal, records[0].signal)
+
+
+def test_balanced_label_sets(records):
+    counts = Counter(label for r in records for label in r.labels)
+    per_cycle = Counter(label for labels, w in LABEL_CYCLE for label in labels for _ in range(w))
+    assert counts == Counter({k: 4 * v for k, v in per_cycle.items()})
+    assert set(counts) == {"NORM", "ABNORMAL", "SB", "ST", "AF", "1dAVb", "RBBB", "LBBB"}
+    assert min(counts.values()) / max(counts.values()) >= 0.5
+    assert label_sets(27, seed=1) != label_sets(27, seed=2)
+    assert Counter(label_sets(27, seed=1)) == Counter(label_sets(27, seed=2))
+
+
+def test_meta_follows_the_physiology_table(records):
+    for r in records:
+        s, m = set(r.labels), r.meta
+        if "SB" in s:
+            assert 40 <= m["hr_bpm"] <= 55
+        elif "ST" in s:
+            assert 110 <= m["hr_bpm"] <= 150
+        elif "AF" not in s:
+            assert 62 <= m["hr_bpm"] <= 95
+        assert (m["pr_ms"] is None) == ("AF" in s)
+        if m["pr_ms"] is not None:
+            assert (240 <= m["pr_ms"] <= 340) if "1dAVb" in s else (130 <= m["pr_ms"] <= 180)
+        wide = bool(s & {"RBBB", "LBBB"})
+        assert (130 <= m["qrs_ms"] <= 170) if wide else (80 <= m["qrs_ms"] <= 100)
+        assert (m["abnormal"] is not None) == ("ABNORMAL" in s)
+
+
+# ----------------------------------------------------------------------------------- neurokit2 checks
+
+
+def _r_peaks(rec) -> np.ndarray:
+    clean = nk.ecg_clean(rec.lead("II").astype(float), sampling_rate=FS)
+    _, info = nk.ecg_peaks(clean, sampling_rate=FS)
+    return np.asarray(info["ECG_R_Peaks"]), clean
+
+
+def _pr_ms(rec) -> float:
+    """Median over beats of R onset - P onset on lead II, from neurokit2's delineator."""
+    r, clean = _r_peaks(rec)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _, waves = nk.ecg_delineate(clean, r, sampling_rate=FS, method="prominence")
+    on = np.asarray(waves["ECG_R_Onsets"], float) - np.asarray(waves["ECG_P_Onsets"], float)
+    return float(np.nanmedian(on)) / FS * 1000
+
+
+def _qrs_ms(rec) -> float:
+    """Median over beats of the QRS width: the span around each R peak where the 12-lead spatial
+    velocity exceeds 10% of its peak, gaps under 24 ms bridged (a notch or rsR' is one complex)."""
+    from scipy.signal import butter, filtfilt
+
+    r, _ = _r_peaks(rec)
+    b, a = butter(2, [1, 40], btype="band", fs=FS)
+    x = filtfilt(b, a, rec.signal.astype(float), axis=1)  # (12, samples), mV
+    v = np.sqrt((np.diff(x, axis=1) ** 2).sum(0))  # (samples - 1,), mV per sample
+    widths = []
+    for p in r[(r > 100) & (r < v.size - 100)]:
+        w = v[p - 100:p + 100]
+        m = int(np.argmax(w))
+        above = w > 0.1 * w[m]
+        lo, hi = m, m
+        while lo > 0 and above[max(0, lo - 12):lo].any():
+            lo -= 1
+        while hi < w.size - 1 and above[hi + 1:hi + 13].any():
+            hi += 1
+        widths.append((hi - lo) / FS * 1000)
+    return float(np.median(widths))
+
+
+def _pick(records, label, k=3):
+    chosen = [r for r in records if label in r.labels][:k]
+    assert len(chosen) == k
+    return chosen
+
+
+def test_heart_rate_by_neurokit(records):
+    for label, lo, hi in (("SB", 0, 60), ("ST", 100, 999), ("NORM", 60, 100)):
+        for rec in _pick(records, label, 4):
+            r, _ = _r_peaks(rec)
+            hr = 60 * FS / np.median(np.diff(r))
+            assert lo < hr < hi, (rec.id, rec.labels, hr)
+
+
+def test_af_rr_irregular_by_neurokit(records):
+    def irregularity(rec):
+        """Median |successive RR difference| / median RR: robust to one missed or extra beat."""
+        rr = np.diff(_r_peaks(rec)[0])
+        return np.median(np.abs(np.diff(rr))) / np.median(rr)
+
+    for rec in _pick(records, "AF", 4):
+        assert irregularity(rec) > 0.08, (rec.id, irregularity(rec))
+    for rec in _pick(records, "NORM", 2) + _pick(records, "SB", 2) + _pick(records, "ST", 2):
+        assert irregularity(rec) < 0.05, (rec.id, irregularity(rec))
+
+
+def test_pr_interval_by_neurokit(records):
+    for rec in [r for r in records if r.labels == ("1dAVb",)][:3]:
+        assert _pr_ms(rec) > 200, (rec.id, rec.meta["pr_ms"], _pr_ms(rec))
+    for rec in _pick(records, "NORM", 3):
+        assert 110 < _pr_ms(rec) < 200, (rec.id, rec.meta["pr_ms"], _pr_ms(rec))
+
+
+def test_qrs_width_of_bundle_branch_blocks(records):
+    for label in ("RBBB", "LBBB"):
+        for rec in [r for r in records if r.labels == (label,)][:3]:
+            assert _qrs_ms(rec) >= 120, (rec.id, rec.meta["qrs_ms"], _qrs_ms(rec))
+    for rec in _pick(records, "NORM", 3):
+        assert _qrs_ms(rec) < 110, (rec.id, rec.meta["qrs_ms"], _qrs_ms(rec))
+
+
+def test_bundle_branch_morphology(records):
+    """RBBB: terminal R' in V1 (positive late QRS); LBBB: deep S in V1 and no septal q in I / V6."""
+    for rec in [r for r in records if r.labels == ("RBBB",)][:2]:
+        r, _ = _r_peaks(rec)
+        v1 = rec.lead("V1")
+        late = [v1[p:p + 60].max() - v1[p - 60:p - 40].mean() for p in r[1:-1]]
+        assert np.median(late) > 0.3, rec.id  # R' of at least 0.3 mV
+    for rec in [r for r in records if r.labels == ("LBBB",)][:2]:
+        r, _ = _r_peaks(rec)
+        v1 = rec.lead("V1")
+        assert np.median([v1[p - 60:p + 60].min() - v1[p - 80:p - 60].mean() for p in r[1:-1]]) < -0.8
