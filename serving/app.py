@@ -16,8 +16,8 @@ Start: ``serve run serving/config.yaml`` or ``ecgvlm serve --model tiny --port 8
     serve.run(build_app({"model": "tiny", "batching": {"enabled": False}}))
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: FastAPI must see the real `Request` class in the signatures of the
+# ingress methods (Serve rebuilds them, and string annotations then turn into query parameters).
 import asyncio
 import json
 import logging
@@ -112,6 +112,13 @@ def _error(err: InputError) -> JSONResponse:
     return JSONResponse(error_body(str(err), status=err.status, field=err.field), status_code=err.status)
 
 
+@api.exception_handler(Exception)
+async def _unexpected(request: Request, err: Exception) -> JSONResponse:
+    """A bug or a dead replica: still an OpenAI-shaped error body, and the replica keeps serving."""
+    log.exception("unexpected error on %s", request.url.path)
+    return JSONResponse(error_body(f"internal error: {type(err).__name__}: {err}", status=500), status_code=500)
+
+
 async def read_capped(request: Request, limit: int) -> bytes:
     """The request body, refusing (413) a declared or actual size over ``limit`` bytes without buffering it all."""
     declared = request.headers.get("content-length")
@@ -146,6 +153,22 @@ async def read_form(request: Request, body: bytes, limits: Limits) -> tuple[list
         else:
             files.append((value.filename or key, await value.read()))
     return files, fields
+
+
+def _float(value) -> float | None:
+    return None if value is None or value != value else round(float(value), 2)  # NaN -> None
+
+
+def parse_labels(task_name: str, text: str) -> list[str]:
+    """The labels an answer names, by the strict protocol of ``metrics.parsing`` (in the task's label order)."""
+    from metrics.parsing import strict_labels
+    from metrics.tasks import get_task
+
+    task = get_task(task_name)
+    if not task.labels:
+        return []
+    row = strict_labels(task, [text or ""])[0]  # (labels,) bool
+    return [label for label, hit in zip(task.labels, row) if hit]
 
 
 @serve.deployment(name="Ingress")
@@ -239,22 +262,6 @@ class Ingress:
                                      field="messages"))
         return completion(out["content"], model=served, prompt_tokens=out["prompt_tokens"],
                           completion_tokens=out["completion_tokens"], max_new_tokens=req["max_new_tokens"])
-
-
-def _float(value) -> float | None:
-    return None if value is None or value != value else round(float(value), 2)  # NaN -> None
-
-
-def parse_labels(task_name: str, text: str) -> list[str]:
-    """The labels an answer names, by the strict protocol of ``metrics.parsing`` (in the task's label order)."""
-    from metrics.parsing import strict_labels
-    from metrics.tasks import get_task
-
-    task = get_task(task_name)
-    if not task.labels:
-        return []
-    row = strict_labels(task, [text or ""])[0]  # (labels,) bool
-    return [label for label, hit in zip(task.labels, row) if hit]
 
 
 def build_app(args: dict | AppConfig | None = None):

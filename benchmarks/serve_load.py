@@ -1,0 +1,164 @@
+"""Load test of the Serve app: N concurrent clients on 127.0.0.1, dynamic batching on vs off, in one run.
+
+Starts a local Ray (2 CPUs) and Serve on a free port, deploys ``serving.app:build_app`` with batching on,
+drives ``--clients`` threads that each POST the same upload to /v1/diagnose back to back for
+``--seconds``, then redeploys with batching off and repeats. One predictor replica in both runs (no
+autoscaling), so the ratio measures batching alone. Prints requests/s, p50/p99 latency, errors and the
+mean batch size per run, then the throughput ratio.
+
+    python benchmarks/serve_load.py --model tiny --clients 16 --seconds 20
+    python benchmarks/serve_load.py --payload csv      # signal upload: adds parsing + rendering per request
+
+Example output (figures depend on the machine and its load)::
+
+    batching  clients  requests  req/s  p50_ms  p99_ms  errors  mean_batch
+    on             16       ...
+    off            16       ...
+    batching on / off throughput: 3.2x
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+def payload(kind: str) -> tuple[list, dict]:
+    """(multipart files, form fields) of one synthetic 12-lead ECG as a PNG page or a CSV signal."""
+    from ecg.samples import RenderOptions, render_bytes
+    from ecg.synth import generate
+
+    rec = next(generate(1, seed=7))  # (12, 5000) mV at 500 Hz
+    if kind == "png":
+        return [("file", ("ecg.png", render_bytes(rec, RenderOptions()), "image/png"))], {}
+    import pandas as pd
+
+    csv = pd.DataFrame(rec.signal.T, columns=list(rec.leads)).to_csv(index=False, float_format="%.4f")
+    return [("file", ("ecg.csv", csv.encode(), "text/csv"))], {"sampling_rate": "500"}
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0-100) by nearest rank; NaN for no values. Example: percentile([1, 2, 3], 50) == 2."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = max(1, -(-len(ordered) * q // 100))  # ceil(n q / 100), at least 1
+    return ordered[int(rank) - 1]
+
+
+def drive(url: str, clients: int, seconds: float, files, fields) -> dict:
+    """``clients`` threads POST back to back until ``seconds`` have passed; latencies in ms, errors counted."""
+    import requests
+
+    latencies, batches, errors, lock = [], [], [], threading.Lock()
+    deadline = time.perf_counter() + seconds
+
+    def client():
+        session = requests.Session()
+        while time.perf_counter() < deadline:
+            t0 = time.perf_counter()
+            try:
+                resp = session.post(f"{url}/v1/diagnose", files=files, data=fields, timeout=300)
+                ok, body = resp.status_code == 200, resp.json() if resp.status_code == 200 else resp.text[:200]
+            except Exception as err:  # noqa: BLE001 - a failed request is counted, not fatal
+                ok, body = False, repr(err)
+            with lock:
+                if ok:
+                    latencies.append((time.perf_counter() - t0) * 1000)
+                    batches.append(body.get("batch_size", 1))
+                else:
+                    errors.append(body)
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - start  # until the last in-flight request finished
+    return {"clients": clients, "seconds": round(elapsed, 2), "requests": len(latencies),
+            "rps": round(len(latencies) / elapsed, 3), "p50_ms": round(percentile(latencies, 50), 1),
+            "p99_ms": round(percentile(latencies, 99), 1), "errors": len(errors),
+            "mean_batch": round(sum(batches) / len(batches), 2) if batches else 0.0,
+            "first_error": errors[0] if errors else None}
+
+
+def wait_healthy(url: str, timeout: float = 300) -> None:
+    import requests
+
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            if requests.get(f"{url}/healthz", timeout=10).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} not healthy after {timeout} s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="tiny")
+    p.add_argument("--clients", type=int, default=16)
+    p.add_argument("--seconds", type=float, default=20.0, help="measured load per run, s")
+    p.add_argument("--warmup", type=float, default=5.0, help="unmeasured load before each run, s")
+    p.add_argument("--max-batch-size", type=int, default=16)
+    p.add_argument("--batch-wait-s", type=float, default=0.01)
+    p.add_argument("--payload", choices=("png", "csv"), default="png")
+    p.add_argument("--json", action="store_true", help="also print the results as one JSON line")
+    args = p.parse_args(argv)
+
+    import ray
+    from ray import serve
+
+    from serving.app import build_app
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from conftest import free_port
+
+    files, fields = payload(args.payload)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    results = {}
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        for mode in ("on", "off"):
+            cfg = {"model": args.model, "predictor": {"min_replicas": 1, "max_replicas": 1},
+                   "batching": {"enabled": mode == "on", "max_batch_size": args.max_batch_size,
+                                "batch_wait_timeout_s": args.batch_wait_s}}
+            serve.run(build_app(cfg), name="ecgvlm", route_prefix="/")
+            wait_healthy(url)
+            drive(url, args.clients, args.warmup, files, fields)
+            results[mode] = drive(url, args.clients, args.seconds, files, fields)
+            print(f"batching {mode}: {results[mode]}", file=sys.stderr, flush=True)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+    cols = ("clients", "requests", "rps", "p50_ms", "p99_ms", "errors", "mean_batch")
+    print(f"model={args.model} payload={args.payload} seconds={args.seconds} max_batch_size={args.max_batch_size} "
+          f"batch_wait_s={args.batch_wait_s} cpus={os.cpu_count()} load_avg={os.getloadavg()[0]:.1f}")
+    print("batching  " + "  ".join(f"{c:>10}" for c in cols))
+    for mode, r in results.items():
+        print(f"{mode:<8}  " + "  ".join(f"{r[c]:>10}" for c in cols))
+    ratio = results["on"]["rps"] / results["off"]["rps"] if results["off"]["rps"] else float("inf")
+    print(f"batching on / off throughput: {ratio:.2f}x")
+    if args.json:
+        print(json.dumps({"results": results, "ratio": ratio}))
+    return 0 if all(r["errors"] == 0 for r in results.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

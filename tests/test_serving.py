@@ -1,0 +1,146 @@
+"""The Serve application over real HTTP on 127.0.0.1 with the ``tiny`` model: one Serve start per module.
+
+Every input format gets labels back, the ``openai`` client works unchanged, and each bad input is a 4xx
+with a message while the replica keeps serving.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import requests
+from conftest import free_port
+from test_serving_inputs import bomb_png, page_png, signal_uploads
+
+from metrics.tasks import get_task
+
+pytestmark = pytest.mark.slow
+CODE15 = get_task("code15")
+MAX_UPLOAD = 2_000_000  # bytes: small, so the oversized-upload test sends little
+
+
+@pytest.fixture(scope="module")
+def server():
+    """Base URL of a Serve app (tiny model, batching on, one predictor replica) on a free local port."""
+    import ray
+    from ray import serve
+
+    from serving.app import build_app
+
+    port = free_port()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        app = build_app({"model": "tiny", "limits": {"max_upload_bytes": MAX_UPLOAD},
+                         "batching": {"max_batch_size": 8, "batch_wait_timeout_s": 0.05},
+                         "predictor": {"min_replicas": 1, "max_replicas": 1}})
+        serve.run(app, name="ecgvlm", route_prefix="/")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def uploads(tmp_path_factory):
+    return signal_uploads(tmp_path_factory.mktemp("uploads"))
+
+
+def diagnose(url: str, files, fields=None) -> requests.Response:
+    parts = [("file", (name, data)) for name, data in files]
+    return requests.post(f"{url}/v1/diagnose", files=parts, data=fields or {}, timeout=120)
+
+
+def assert_diagnosis(resp: requests.Response, kind: str) -> dict:
+    assert resp.status_code == 200, (kind, resp.status_code, resp.text[:500])
+    out = resp.json()
+    assert out["model"] == "tiny" and out["task"] == "code15" and out["input"]["kind"] == kind
+    assert isinstance(out["answer"], str) and set(out["labels"]) <= set(CODE15.labels)
+    assert set(out["label_scores"]) == set(CODE15.labels)  # a probability for every label
+    assert all(0.0 <= p <= 1.0 for p in out["label_scores"].values())
+    assert out["latency_ms"] > 0 and out["batch_size"] >= 1
+    return out
+
+
+def test_health_models_tasks(server):
+    health = requests.get(f"{server}/healthz", timeout=60).json()
+    assert health["status"] == "ok" and health["model"] == "tiny" and health["max_batch_size"] == 8
+    models = requests.get(f"{server}/v1/models", timeout=10).json()
+    assert models["object"] == "list" and [m["id"] for m in models["data"]] == ["tiny"]
+    tasks = {t["name"]: t for t in requests.get(f"{server}/v1/tasks", timeout=10).json()["data"]}
+    assert tasks["code15"]["kind"] == "multilabel" and tasks["code15"]["labels"] == list(CODE15.labels)
+
+
+def test_image_and_every_signal_format_get_labels(server, uploads):
+    png = page_png()
+    jpeg = io.BytesIO()
+    from PIL import Image
+
+    Image.open(io.BytesIO(png)).convert("RGB").save(jpeg, format="JPEG", quality=90)
+    jobs = {"png": ([("ecg.png", png)], {}), "jpeg": ([("ecg.jpg", jpeg.getvalue())], {}), **uploads}
+    with ThreadPoolExecutor(len(jobs)) as pool:  # sent together: the predictor batches them
+        futures = {kind: pool.submit(diagnose, server, *job) for kind, job in jobs.items()}
+        results = {kind: assert_diagnosis(f.result(), kind) for kind, f in futures.items()}
+    assert results["npy"]["input"] == {"kind": "npy", "leads": 12, "lead_names": list(CODE15_LEADS),
+                                       "fs": 500.0, "seconds": 10.0}
+    assert max(r["batch_size"] for r in results.values()) > 1  # concurrent requests shared a model call
+    raw = requests.post(f"{server}/v1/diagnose?task=code15", data=png, timeout=120,
+                        headers={"content-type": "image/png"})  # curl --data-binary @ecg.png
+    assert_diagnosis(raw, "png")
+
+
+CODE15_LEADS = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
+
+
+def test_openai_client_chat_completion(server):
+    import openai
+
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0, timeout=120)
+    url = "data:image/png;base64," + base64.b64encode(page_png()).decode()
+    messages = [{"role": "user", "content": [{"type": "text", "text": "Which rhythm is this?"},
+                                             {"type": "image_url", "image_url": {"url": url}}]}]
+    out = client.chat.completions.create(model="tiny", messages=messages, max_tokens=5)
+    assert out.object == "chat.completion" and out.model == "tiny" and out.id.startswith("chatcmpl-")
+    choice = out.choices[0]
+    assert choice.message.role == "assistant" and isinstance(choice.message.content, str)
+    assert choice.finish_reason in ("stop", "length") and out.usage.completion_tokens <= 5
+    assert out.usage.prompt_tokens > 49  # the question's tokens plus 49 image tokens
+    with pytest.raises(openai.NotFoundError, match="not served here"):
+        client.chat.completions.create(model="gpt-4o", messages=messages)
+    with pytest.raises(openai.BadRequestError, match="URLs are not fetched"):
+        client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "https://example.com/ecg.png"}}]}])
+
+
+def test_bad_inputs_get_4xx_and_the_replica_keeps_serving(server, uploads):
+    (csv_name, csv), = uploads["csv"][0]
+    five_leads = np.zeros((5, 5000), np.float32)
+    npy = io.BytesIO()
+    np.save(npy, five_leads)
+    cases = {
+        "not an image, not a signal": (415, "neither a PNG/JPEG image nor a signal",
+                                       [("x.bin", b"\x00\x01garbage\xff" * 10)], {}),
+        "decompression bomb": (413, "decompression bomb", [("bomb.png", bomb_png())], {}),
+        "over the pixel limit": (413, "6000x6000 = 36000000 pixels", [("big.png", bomb_png(6000, 6000))], {}),
+        "wrong lead count (CSV)": (422, "signal has 5 leads", [(csv_name, csv)],
+                                   {"sampling_rate": "500", "leads": "I,II,III,aVR,aVL"}),
+        "wrong lead count (npy)": (422, "no axis of 12 leads", [("x.npy", npy.getvalue())], {"fs": "500"}),
+        "impossible sampling rate": (422, "sampling_rate 0.0 Hz is impossible", [(csv_name, csv)],
+                                     {"sampling_rate": "0"}),
+        "empty file": (400, "empty", [("ecg.png", b"")], {}),
+        "oversized upload": (413, f"over the limit of {MAX_UPLOAD} bytes",
+                             [("big.csv", b"1," * (MAX_UPLOAD // 2 + 10))], {"fs": "500"}),
+    }
+    for what, (status, message, files, fields) in cases.items():
+        resp = diagnose(server, files, fields)
+        assert resp.status_code == status, (what, resp.status_code, resp.text[:300])
+        assert message in resp.json()["error"]["message"], (what, resp.json())
+    empty = requests.post(f"{server}/v1/diagnose", timeout=30)  # no body at all
+    assert empty.status_code == 400 and "empty upload" in empty.json()["error"]["message"]
+    not_json = requests.post(f"{server}/v1/chat/completions", data=b"{oops", timeout=30)
+    assert not_json.status_code == 400 and "not JSON" in not_json.json()["error"]["message"]
+    assert_diagnosis(diagnose(server, [("ecg.png", page_png())]), "png")  # still serving
