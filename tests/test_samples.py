@@ -57,13 +57,12 @@ def make_ptbxl(root: str) -> str:
 
 def make_code15(root: str) -> str:
     """exams_part0.hdf5: 6 exams + the padding row; exams_part1.hdf5: 2 exams of the wrong shape (8 leads)."""
-    from ecg.readers import resample
-
     os.makedirs(root, exist_ok=True)
-    recs = [resample(r, 400.0) for r in samples.synthetic_records(0, 6, seed=6)]
+    recs = list(samples.synthetic_records(0, 6, seed=6))  # 500 Hz
+    t400, t500 = np.arange(4000) / 400.0, np.arange(5000) / 500.0  # s
     tracings = np.zeros((7, 4096, 12), np.float32)  # (exams, samples, leads), zero-padded as CODE-15 stores them
     for k, rec in enumerate(recs):
-        tracings[k, 48:4048] = rec.signal.T
+        tracings[k, 48:4048] = np.stack([np.interp(t400, t500, lead) for lead in rec.signal], axis=1)
     with h5py.File(os.path.join(root, "exams_part0.hdf5"), "w") as f:
         f["tracings"], f["exam_id"] = tracings, np.array([1000 + k for k in range(6)] + [0])
     with h5py.File(os.path.join(root, "exams_part1.hdf5"), "w") as f:
