@@ -73,13 +73,33 @@ def _predict_task(predictor, batch: pd.DataFrame, out: pd.DataFrame, task_name: 
             msg = str(exc) if row_id in str(exc) else f"record {row_id}: {exc}"
             out.at[pos, "error"] = msg
     if good:
-        answers = predictor.generate_encoded(encoded, max_new_tokens=task.max_new_tokens)
-        for pos, answer in zip(good, answers):
-            out.at[pos, "prediction"] = answer
-        if task.kind == MULTILABEL and task.labels:
-            scores = predictor.score_encoded(encoded, list(task.labels), answers=answers)
-            for pos, s in zip(good, scores):
-                out.at[pos, "label_scores"] = json.dumps({k: round(v, 6) for k, v in s.items()})
+        _run_model(predictor, task, out, good, encoded)
     per_row = (time.perf_counter() - start) * 1000.0 / len(positions)  # ms: batch time shared by its rows
     for pos in positions:
         out.at[pos, "latency_ms"] = per_row
+
+
+def _run_model(predictor, task, out: pd.DataFrame, positions: list[int], encoded: list[dict]) -> None:
+    """Generate (and score labels) for the good rows in one batch; if the batch fails, retry row by row so
+    only the row that breaks the model (e.g. out of memory on a huge page) gets the error."""
+    try:
+        results = _answers_and_scores(predictor, task, encoded)
+    except Exception as exc:
+        if len(positions) > 1:
+            for pos, enc in zip(positions, encoded):
+                _run_model(predictor, task, out, [pos], [enc])
+        else:
+            out.at[positions[0], "error"] = f"record {out.at[positions[0], 'id']}: model failed: {exc}"
+        return
+    for pos, (answer, scores) in zip(positions, results):
+        out.at[pos, "prediction"] = answer
+        if scores is not None:
+            out.at[pos, "label_scores"] = json.dumps({k: round(v, 6) for k, v in scores.items()})
+
+
+def _answers_and_scores(predictor, task, encoded: list[dict]) -> list[tuple[str, dict | None]]:
+    answers = predictor.generate_encoded(encoded, max_new_tokens=task.max_new_tokens)
+    if task.kind != MULTILABEL or not task.labels:
+        return [(a, None) for a in answers]
+    scores = predictor.score_encoded(encoded, list(task.labels), answers=answers)
+    return list(zip(answers, scores))

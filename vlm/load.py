@@ -146,7 +146,8 @@ def _from_config(folder: str, dtype, device, seed: int = 0):
     state = torch.random.get_rng_state()
     torch.manual_seed(seed)  # the same random weights every time: comparable benchmark runs
     try:
-        model = AutoModelForImageTextToText.from_config(config, dtype=dtype)
+        with torch.device(device):  # "meta" builds the architecture without memory (parameter counts)
+            model = AutoModelForImageTextToText.from_config(config, dtype=dtype)
     finally:
         torch.random.set_rng_state(state)
     return model, processor

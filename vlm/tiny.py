@@ -14,6 +14,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 
 # The SmolVLM-256M-Instruct chat template, verbatim: the tiny model speaks the same prompt format as the real one.
@@ -75,16 +76,27 @@ class TinySpec:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
-def _pre_tokenizer():
-    from tokenizers import pre_tokenizers
+def _label_atoms() -> list[str]:
+    """Labels of registered tasks that punctuation splitting would break (e.g. cpsc's "I-AVB"), longest first."""
+    from metrics.tasks import all_tasks
 
-    # Newlines stand alone, spaces become a "▁" prefix of the next word (Metaspace), punctuation is split off:
-    # "SB; 1dAVb" -> ["SB", ";", "▁1dAVb"]; the Metaspace decoder turns it back into "SB; 1dAVb" exactly.
+    labels = {label for task in all_tasks() for label in task.labels}
+    return sorted((lab for lab in labels if re.search(r"[^\w]", lab)), key=lambda lab: (-len(lab), lab))
+
+
+def _pre_tokenizer():
+    from tokenizers import Regex, pre_tokenizers
+
+    # Newlines stand alone, spaces become a "▁" prefix of the next word (Metaspace), punctuation is split off,
+    # except inside a label: "SB; 1dAVb" -> ["SB", ";", "▁1dAVb"], "I-AVB; AF" -> ["I-AVB", ";", "▁AF"].
+    # The Metaspace decoder turns the pieces back into the same text exactly.
+    atoms = "|".join(re.escape(lab) for lab in _label_atoms())
+    label = rf"▁?(?<![\w-])(?:{atoms})(?![\w-])|" if atoms else ""
     return pre_tokenizers.Sequence(
         [
             pre_tokenizers.Split("\n", behavior="isolated"),
             pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never"),
-            pre_tokenizers.Punctuation(),
+            pre_tokenizers.Split(Regex(label + r"[^\w▁\s]"), behavior="isolated"),
         ]
     )
 
