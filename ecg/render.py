@@ -110,32 +110,28 @@ def _grid_positions(first_mm: float, step_mm: float, ppm: float, size: int) -> n
 
 
 def _envelope(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Min/max per pixel column, in time order: ``(2 * columns, 2)`` points for a polyline."""
+    """Min/max per pixel column: ``(2 * columns, 2)`` polyline points (px) that keep every spike.
+
+    Within a column the pair is ordered by the column's trend (rising: min then max), so consecutive
+    columns join where the signal really goes. Sparse input (under 2 samples per column) is kept as is.
+    """
     col = np.floor(x).astype(np.int64)
-    if len(col) < 2 or col[-1] - col[0] + 1 >= len(col) // 2:
-        return np.stack([x, y], 1)  # already sparse: keep every sample
-    bounds = np.flatnonzero(np.diff(col)) + 1
-    starts = np.concatenate([[0], bounds])
-    lo, hi = np.minimum.reduceat(y, starts), np.maximum.reduceat(y, starts)
-    # Order each column's pair by which extreme comes first, so the line follows the signal.
-    i_lo = _arg_reduceat(y, starts, lo)
-    i_hi = _arg_reduceat(y, starts, hi)
-    first = np.where(i_lo <= i_hi, lo, hi)
-    second = np.where(i_lo <= i_hi, hi, lo)
-    xs = col[starts].astype(np.float64)
+    if len(col) < 4 or col[-1] - col[0] + 1 >= len(col) // 2:
+        return np.stack([x, y], 1)
+    starts = np.concatenate([[0], np.flatnonzero(np.diff(col)) + 1])
+    ends = np.concatenate([starts[1:], [len(y)]]) - 1
+    # Each column also spans the previous column's last sample, so a jump between two columns is
+    # drawn as a vertical stroke inside one column rather than a slanted join.
+    prev = y[np.maximum(starts - 1, 0)]
+    lo = np.minimum(np.minimum.reduceat(y, starts), prev)
+    hi = np.maximum(np.maximum.reduceat(y, starts), prev)
+    rising = y[ends] <= prev  # y in px grows downwards: rising signal -> falling y
     pts = np.empty((2 * len(starts), 2))
-    pts[0::2, 0], pts[1::2, 0] = xs, xs + 0.5
-    pts[0::2, 1], pts[1::2, 1] = first, second
+    pts[0::2, 0] = col[starts]
+    pts[1::2, 0] = col[starts] + 0.5
+    pts[0::2, 1] = np.where(rising, hi, lo)
+    pts[1::2, 1] = np.where(rising, lo, hi)
     return pts
-
-
-def _arg_reduceat(y: np.ndarray, starts: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """Index within each group of the first sample equal to that group's ``target`` value."""
-    group = np.repeat(np.arange(len(starts)), np.diff(np.concatenate([starts, [len(y)]])))
-    hit = np.flatnonzero(y == target[group])
-    first = np.full(len(starts), len(y))
-    np.minimum.at(first, group[hit], hit)
-    return first
 
 
 def _lead_signal(record: Record, name: str) -> np.ndarray | None:
@@ -152,79 +148,115 @@ def _panels(record: Record, g: Geometry, layout: str):
         yield "II", len(rows), 0.0, 10.0, g.x0
 
 
-def _draw_traces(draw: ImageDraw.ImageDraw, record: Record, g: Geometry, layout: str,
-                 width_px: int, ink: tuple) -> None:
+@lru_cache(maxsize=8)
+def _font(size_px: int) -> ImageFont.ImageFont:
+    return ImageFont.load_default(size=size_px)
+
+
+@lru_cache(maxsize=256)
+def _text_mask(text: str, size_px: int) -> Image.Image:
+    """A cached 1-bit mask of a label: rasterising text with FreeType on every page is costly."""
+    font = _font(size_px)
+    left, top, right, bottom = font.getbbox(text)
+    mask = Image.new("1", (right + 1, bottom + 1), 0)
+    ImageDraw.Draw(mask).text((0, 0), text, fill=1, font=font)
+    return mask
+
+
+def _put_text(canvas: Image.Image, xy: tuple[float, float], text: str, size_px: int, index: int) -> None:
+    mask = _text_mask(text, size_px)
+    x, y = int(round(xy[0])), int(round(xy[1]))
+    canvas.paste(index, (x, y, x + mask.width, y + mask.height), mask)
+
+
+def _draw_traces(canvas: Image.Image, draw: ImageDraw.ImageDraw, record: Record, g: Geometry,
+                 layout: str, width_px: int) -> None:
     px_per_s, px_per_mv = SPEED * g.ppm, GAIN * g.ppm
-    font = ImageFont.load_default()
+    size = max(8, round(3.2 * g.ppm))  # lead labels about 3 mm tall
     for name, row, t0, t1, x_start in _panels(record, g, layout):
         base = g.baselines[row]
-        draw.text((x_start + 0.6 * g.ppm, base - 9 * g.ppm), name, fill=ink, font=font)
+        _put_text(canvas, (x_start + 0.8 * g.ppm, base - 9 * g.ppm), name, size, I_INK)
         if t0 > 0:  # a short tick marks where the lead changes
-            draw.line([(x_start, base - 2 * g.ppm), (x_start, base + 2 * g.ppm)], fill=ink, width=1)
+            draw.line([(x_start, base - 2 * g.ppm), (x_start, base + 2 * g.ppm)], fill=I_INK, width=1)
         sig = _lead_signal(record, name)
         if sig is None:
             continue
         i0, i1 = int(round(t0 * record.fs)), min(int(round(t1 * record.fs)), len(sig))
         if i1 - i0 < 2:
             continue
-        x = x_start + (np.arange(i0, i1) / record.fs - t0) * px_per_s
-        y = base - sig[i0:i1].astype(np.float64) * px_per_mv  # paper y grows downwards
-        pts = _envelope(x, y)
-        draw.line(pts.ravel().tolist(), fill=ink, width=width_px, joint="curve")
+        x = x_start + (np.arange(i0, i1) / record.fs - t0) * px_per_s  # (n,), px
+        y = base - sig[i0:i1].astype(np.float64) * px_per_mv  # (n,), px; paper y grows downwards
+        draw.line(_envelope(x, y).ravel().tolist(), fill=I_INK, width=width_px, joint="curve")
 
 
-def _draw_calibration(draw: ImageDraw.ImageDraw, g: Geometry, width_px: int, ink: tuple) -> None:
-    """1 mV x 200 ms pulse ending 2 mm before t = 0 on every row."""
-    h, w = GAIN * g.ppm, 0.2 * SPEED * g.ppm  # 10 mm tall, 5 mm wide
+def _draw_calibration(draw: ImageDraw.ImageDraw, g: Geometry, width_px: int) -> None:
+    """1 mV x 200 ms pulse (10 mm x 5 mm) ending 2 mm before t = 0 on every row."""
+    h, w = GAIN * g.ppm, 0.2 * SPEED * g.ppm
     for base in g.baselines:
         x1 = g.x0 - 2 * g.ppm
         xa = x1 - w - 2 * g.ppm
         pts = [(xa - 2 * g.ppm, base), (xa, base), (xa, base - h), (xa + w, base - h),
                (xa + w, base), (x1, base)]
-        draw.line(pts, fill=ink, width=width_px)
+        draw.line(pts, fill=I_INK, width=width_px)
 
 
 def render(record: Record, *, width: int = 1100, height: int = 850, layout: str = "3x4",
            augment: bool = False, seed: int | None = None) -> Image.Image:
     """The record as an RGB paper page of ``width`` x ``height`` px (25 mm/s, 10 mm/mV).
 
-    ``augment=True`` applies seeded paper-style augmentations (paper colour, missing grid, trace
-    width, header text, pixel noise, small rotation); ``seed=None`` derives the seed from the record
-    id, so a page is reproducible either way. Example: ``render(rec, layout="6x2").size`` -> (1100, 850).
+    ``augment=True`` applies seeded paper-style augmentations (paper and grid colour, missing grid,
+    trace width and ink, header text, speckle noise, rotation up to 2 degrees); ``seed=None`` derives the
+    seed from the record id, so a page is reproducible either way. Records shorter than 10 s leave the
+    rest blank; a missing lead leaves its panel blank. Example: ``render(rec, layout="6x2").size``
+    -> ``(1100, 850)``.
     """
     g = geometry(width, height, layout)
     rng = np.random.default_rng(zlib.crc32(record.id.encode()) if seed is None else seed)
-    paper, grid, ink = PAPER, True, INK
+    palette = [PAPER, GRID_MINOR, GRID_MAJOR, INK, (40, 40, 40)]
+    grid = True
     line_w = max(1, int(round(0.35 * g.ppm)))  # about 0.35 mm, as a thermal printer's trace
     if augment:
-        paper = PAPERS[rng.integers(len(PAPERS))]
-        grid = bool(rng.random() > 0.15)
-        line_w = max(1, line_w + int(rng.integers(-1, 2)))
-        ink = tuple(int(v) for v in rng.integers(0, 60, 3))
-    canvas = _background(width, height, layout, grid).copy()
-    canvas.putpalette([*paper, *GRID_MINOR, *GRID_MAJOR, *ink, 40, 40, 40])
+        palette, grid, line_w = _augment_style(rng, line_w)
+    canvas = _background(width, height, layout, grid).copy()  # (H, W) palette indices
     draw = ImageDraw.Draw(canvas)
-    _draw_calibration(draw, g, line_w, I_INK)
-    _draw_traces(draw, record, g, layout, line_w, I_INK)
+    _draw_calibration(draw, g, line_w)
+    _draw_traces(canvas, draw, record, g, layout, line_w)
     if augment:
-        return _augment(canvas, draw, g, rng, paper)
+        canvas = _augment_page(canvas, draw, g, rng, palette)
+    canvas.putpalette([v for rgb in palette for v in rgb])
     return canvas.convert("RGB")
 
 
-def _augment(canvas: Image.Image, draw: ImageDraw.ImageDraw, g: Geometry, rng, paper) -> Image.Image:
-    """Header text, pixel noise and a small rotation, all drawn from ``rng``; returns RGB."""
+def _augment_style(rng: np.random.Generator, line_w: int) -> tuple[list, bool, int]:
+    """Paper colour, grid colour (a little lighter or darker), ink, grid on/off and trace width."""
+    paper = PAPERS[rng.integers(len(PAPERS))]
+    shade = rng.uniform(-25, 15)
+    minor, major = (tuple(int(np.clip(c + shade, 0, 255)) for c in col) for col in (GRID_MINOR, GRID_MAJOR))
+    ink = tuple(int(v) for v in rng.integers(0, 60, 3))
+    return [paper, minor, major, ink, (40, 40, 40)], bool(rng.random() > 0.15), max(1, line_w + int(rng.integers(-1, 2)))
+
+
+def _augment_page(canvas: Image.Image, draw: ImageDraw.ImageDraw, g: Geometry, rng,
+                  palette: list) -> Image.Image:
+    """Header text, speckle noise and a small rotation on the palette canvas.
+
+    Everything stays in palette colours (noise is speckles of a few greys, rotation is nearest-
+    neighbour), so an augmented page is still cheap to PNG-encode.
+    """
     if rng.random() < 0.5:
-        draw.text((g.x0, 0.25 * TOP_MM * g.ppm), "25 mm/s   10 mm/mV   0.05-150 Hz", fill=I_TEXT)
-    image = canvas.convert("RGB")
+        _put_text(canvas, (g.x0, 0.3 * TOP_MM * g.ppm), "25 mm/s   10 mm/mV   0.05-150 Hz",
+                  max(8, round(2.8 * g.ppm)), I_TEXT)
     if rng.random() < 0.5:
-        arr = np.asarray(image).astype(np.int16)
-        sigma = rng.uniform(3, 12)
-        noise = rng.normal(0, sigma, arr.shape[:2]).astype(np.int16)  # (H, W), grey noise
-        image = Image.fromarray(np.clip(arr + noise[..., None], 0, 255).astype(np.uint8))
+        greys = [(int(v),) * 3 for v in rng.integers(60, 230, 8)]
+        palette.extend(greys)
+        arr = np.asarray(canvas).copy()  # (H, W) palette indices
+        hit = rng.random(arr.shape) < rng.uniform(0.005, 0.03)
+        arr[hit] = rng.integers(5, 5 + len(greys), int(hit.sum()))
+        canvas = Image.fromarray(arr, mode="P")
     if rng.random() < 0.6:
         angle = float(rng.uniform(-2.0, 2.0))  # degrees
-        image = image.rotate(angle, resample=Image.BILINEAR, fillcolor=paper)
-    return image
+        canvas = canvas.rotate(angle, resample=Image.NEAREST, fillcolor=I_PAPER)
+    return canvas
 
 
 def to_bytes(image: Image.Image, format: str = "PNG", quality: int = 90) -> bytes:
@@ -247,7 +279,7 @@ def _palette_or_rgb(image: Image.Image) -> Image.Image:
     """The image in "P" mode when that is lossless (at most 256 colours), else unchanged.
 
     A rendered page has five colours; PNG-encoding it as a palette image is 3-4x faster and smaller.
-    The conversion is checked pixel for pixel, so the PNG always decodes to the same RGB page.
+    The conversion is checked to be exact, so the PNG always decodes to the same RGB page.
     """
     if image.mode != "RGB":
         return image
@@ -256,7 +288,10 @@ def _palette_or_rgb(image: Image.Image) -> Image.Image:
         return image
     palette = Image.new("P", (1, 1))
     palette.putpalette([v for _, rgb in colours for v in rgb])
-    indexed = image.quantize(palette=palette, dither=Image.Dither.NONE)
-    if indexed.convert("RGB").tobytes() != image.tobytes():  # quantize's colour cache can merge
+    # quantize maps a pixel by its colour alone (through a colour cache that can merge near colours),
+    # so mapping each distinct colour once, on a 1 x K strip, shows whether the whole image is exact.
+    strip = Image.new("RGB", (len(colours), 1))
+    strip.putdata([rgb for _, rgb in colours])
+    if list(strip.quantize(palette=palette, dither=Image.Dither.NONE).getdata()) != list(range(len(colours))):
         return image
-    return indexed
+    return image.quantize(palette=palette, dither=Image.Dither.NONE)
