@@ -88,22 +88,31 @@ def _ecgbench(task: Task, st: dict) -> tuple[dict, dict]:
         seen = (c[:, 0] + c[:, 2]) > 0  # binarisation: only classes that occur in the gold labels
         cs = c[seen]
         f1, auc = f1_from(cs), binary_auc(cs)
-        n_cells = cs[:, :].sum()  # = rows x seen classes
-        top = {"f1": pct1(np.mean(f1)) if len(cs) else None,
-               "auc": pct1(np.mean(auc)) if len(cs) else None,  # NaN if any class has one gold value
-               "hamming_loss": pct1((cs[:, 1] + cs[:, 2]).sum() / n_cells) if n_cells else None}
+        n_cells = cs.sum()  # = rows x seen classes
+        if len(cs) == 1 and cs[0, 1:].sum() > 0:
+            # the reference's quirk: with one class, sklearn sees an (n, 1) column as binary 0/1 targets and
+            # f1_score(average=None) also returns the F1 of value 0 (tn as hits), which enters the mean
+            tp, fp, fn, tn = cs[0]
+            f1 = np.append(f1, f1_from(np.array([tn, fn, fp, tp])))
+        raw = {"f1": float(np.mean(f1)) if len(cs) else math.nan,
+               "auc": float(np.mean(auc)) if len(cs) else math.nan,  # NaN if any class has one gold value
+               "hamming_loss": float((cs[:, 1] + cs[:, 2]).sum() / n_cells) if n_cells else math.nan}
+        top = {k: pct1(v) for k, v in raw.items()}
         classes = sorted(np.array(task.labels)[seen].tolist())  # MultiLabelBinarizer's sorted classes
         per = {lab: {"f1": pct1(f), "auc": pct1(a)} for lab, f, a in zip(np.array(task.labels)[seen], f1, auc)}
         notes = [f"class {k} has one gold value: its AUC is undefined and the mean is NaN (null)"
                  for k, v in per.items() if v["auc"] is None]
-        return top, {"classes": classes, "per_class": {k: per[k] for k in classes}, "notes": notes}
+        return top, {"classes": classes, "per_class": {k: per[k] for k in classes}, "notes": notes,
+                     "raw": {k: (None if math.isnan(v) else v) for k, v in raw.items()}}
     if task.kind == CHOICE:
         rng = random.Random(REFERENCE_SEED)
         options = list(task.labels)
         lucky = sum(rng.choice(options) == g for g in st["eb_unparsed_gold"])
         n = st["n"]
-        return ({"accuracy": pct1((st["eb_correct"] + lucky) / n) if n else None},
+        acc = (st["eb_correct"] + lucky) / n if n else None
+        return ({"accuracy": pct1(acc) if n else None},
                 {"random_letters": len(st["eb_unparsed_gold"]), "random_letters_correct": int(lucky),
+                 "raw": {"accuracy": acc},
                  "notes": ["unparsable answers get a random letter (random.Random(42), in row order), "
                            "as the reference does"] if st["eb_unparsed_gold"] else []})
     if task.kind == SETMATCH:
