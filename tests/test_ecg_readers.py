@@ -148,3 +148,27 @@ def test_resample_keeps_waveform(records):
     back = resample(down, 500.0)
     lead_ii = rec.lead("II")
     assert np.corrcoef(back.lead("II"), lead_ii)[0, 1] > 0.95
+
+
+def test_readers_from_s3(tmp_path, records, s3_server):
+    """The same readers on s3:// URIs (a real S3 wire server): WFDB, CSV and a CODE-15 folder."""
+    import h5py
+
+    from ecg import storage
+
+    rec = records[0]
+    base = _write_wfdb(tmp_path / "w", "r9", rec.signal)
+    for ext in (".hea", ".dat"):
+        storage.write_bytes(f"s3://ecg/wfdb/r9{ext}", base.with_suffix(ext).read_bytes())
+    assert np.abs(read_wfdb("s3://ecg/wfdb/r9").signal - rec.signal).max() < 0.01
+    frame = pd.DataFrame(rec.signal.T, columns=list(STANDARD_LEADS))
+    storage.write_text("s3://ecg/csv/x.csv", frame.to_csv(index=False))
+    assert read_csv("s3://ecg/csv/x.csv", fs=500).signal.shape == (12, 5000)
+    with h5py.File(tmp_path / "exams_part0.hdf5", "w") as f:
+        f["tracings"] = _padded(rec, 10)[None]
+        f["exam_id"] = np.array([5])
+    storage.write_bytes("s3://ecg/c15/exams_part0.hdf5", (tmp_path / "exams_part0.hdf5").read_bytes())
+    exams = pd.DataFrame({"exam_id": [5], "patient_id": [1], "normal_ecg": [True], "AF": [True]})
+    storage.write_text("s3://ecg/c15/exams.csv", exams.to_csv(index=False))
+    (only,) = list(read_code15("s3://ecg/c15"))
+    assert only.id == "code15-5" and only.labels == ("AF",) and only.signal.shape == (12, 4000)
