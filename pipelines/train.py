@@ -1,0 +1,299 @@
+"""``ecgvlm train``: fine-tune a model on sample shards with Ray Train (TorchTrainer, DDP on gloo or NCCL).
+
+    ecgvlm train --model tiny --data ./data/synth --out ./runs/tiny --config configs/tiny-code15.yaml
+    python -m pipelines.train --config configs/train-smolvlm-lora.yaml --data s3://ecg/synth --out s3://ecg/runs/a
+
+Flow: Ray Data reads ``<data>/train`` and encodes every row once (decode, the model's image recipe, processor,
+answer-only labels; ``vlm.finetune.encode_rows``) into a materialized dataset; each worker iterates its shard
+with ``vlm.finetune.Collator`` and runs ``vlm.finetune.train_loop``. Checkpoints go to ``<out>/checkpoints/<name>``
+through ``ray.train.report``; rerunning the same command resumes from the latest one. Rank 0 validates on
+``<data>/val`` and writes ``<out>/export`` (``vlm.load``-able) and ``<out>/train_summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from ecg import storage
+
+TEXT_ATTENTION = r".*text_model.*\.(q_proj|k_proj|v_proj|o_proj)"
+
+
+class TrainConfig(BaseModel):
+    """Every setting of a training run; the YAML files in configs/ and command-line flags fill it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field("tiny", description="'tiny', a Hugging Face id, a local folder or 'random:PATH' (vlm.load)")
+    data: str = Field(..., description="sample shards (local folder or s3://) with train/ and val/ Parquet")
+    out: str = Field(..., description="run folder (local or s3://): checkpoints/, export/, train_summary.json")
+    task: str = Field("code15", description="task scored by validation (metrics.tasks registry name)")
+    name: str = Field("train", description="run name under <out>/checkpoints; the same name resumes")
+    tiny: dict[str, Any] = Field(default_factory=dict, description="vlm.tiny.TinySpec overrides (model 'tiny' only)")
+    finetune: Literal["lora", "full"] = Field("lora", description="LoRA adapters or full fine-tuning")
+    lora_rank: int = Field(8, ge=1, description="LoRA rank r")
+    lora_alpha: int = Field(16, ge=1, description="LoRA alpha (scale = alpha / r)")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the LoRA input")
+    lora_targets: str | list[str] = Field(TEXT_ATTENTION, description="modules with adapters (regex or names)")
+    freeze_vision: bool = Field(True, description="keep the vision tower frozen (False trains it)")
+    lr: float = Field(2e-4, gt=0, description="peak learning rate (AdamW)")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay on matrices")
+    warmup_fraction: float = Field(0.05, ge=0, lt=1, description="fraction of the run with linear warmup")
+    cosine: bool = Field(True, description="cosine decay after warmup (else constant)")
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="final lr as a fraction of the peak")
+    batch_size: int = Field(8, ge=1, description="rows per micro-batch per worker")
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    max_steps: int | None = Field(None, ge=1, description="optimizer steps (None: from epochs)")
+    epochs: float | None = Field(1.0, gt=0, description="passes over train rows when max_steps is None")
+    max_minutes: float | None = Field(None, gt=0, description="wall-clock bound; the lr schedule follows it too")
+    train_rows: int | None = Field(None, ge=1, description="use only the first N train rows")
+    val_rows: int = Field(200, ge=0, description="val rows generated and scored at each validation (0: none)")
+    num_workers: int = Field(1, ge=1, description="Ray Train workers (DDP when > 1)")
+    use_gpu: bool = Field(False, description="one GPU per worker")
+    cpus_per_worker: float = Field(1.0, gt=0, description="Ray CPUs reserved per worker (fractions leave room)")
+    threads_per_worker: int | None = Field(None, ge=1, description="torch threads (None: cores / workers)")
+    encode_actors: int = Field(1, ge=1, description="Ray Data actors that encode rows (0.5 CPU each)")
+    bf16: bool | None = Field(None, description="bf16 autocast (None: on with a GPU)")
+    gradient_checkpointing: bool | None = Field(None, description="recompute activations (None: on with a GPU)")
+    log_every: int = Field(50, ge=1, description="steps between progress lines")
+    checkpoint_every: int = Field(200, ge=1, description="steps between checkpoints")
+    keep_checkpoints: int = Field(2, ge=1, description="checkpoints kept in storage")
+    validate_every: int | None = Field(500, ge=1, description="steps between validations (None: only at the end)")
+    seed: int = Field(0, description="torch seed for adapters, dropout and data order")
+    ray_cpus: int = Field(2, ge=1, description="CPUs of the local Ray cluster started when none is running")
+    stop_after_steps: int | None = Field(None, ge=1, description="tests: stop like a crash after N steps of a run")
+
+
+def parse_config(argv: list[str] | None) -> TrainConfig:
+    """``--config FILE.yaml`` then ``--field value`` overrides (values parsed as YAML: ``--tiny '{image_size: 448}'``)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("-h", "--help"):
+        fields = "\n".join(f"  --{k.replace('_', '-'):<24} {f.description}" for k, f in TrainConfig.model_fields.items())
+        print(f"usage: ecgvlm train [--config FILE.yaml] [--field value ...]\n\n{fields}")
+        raise SystemExit(0)
+    values: dict[str, Any] = {}
+    overrides: dict[str, Any] = {}
+    it = iter(argv)
+    for flag in it:
+        if not flag.startswith("--"):
+            raise SystemExit(f"ecgvlm train: unexpected argument {flag!r}")
+        key, _, value = flag[2:].partition("=")
+        value = value if _ else next(it, None)
+        if value is None:
+            raise SystemExit(f"ecgvlm train: {flag} needs a value")
+        if key == "config":
+            values.update(yaml.safe_load(open(value)) or {})
+        else:
+            overrides[key.replace("-", "_")] = yaml.safe_load(value) if key not in ("model", "data", "out") else value
+    return TrainConfig(**{**values, **overrides})
+
+
+class Encode:
+    """Ray Data stage: sample rows -> cached training examples (``vlm.finetune.encode_rows``); one model load per actor.
+
+    A row whose image does not decode is counted and named on stderr, and the rest of its batch goes on.
+    """
+
+    def __init__(self, model: str, tiny: dict):
+        from vlm.finetune import load_for_training
+
+        self.loaded = load_for_training(model, tiny=tiny)
+
+    def __call__(self, batch):
+        from vlm.finetune import decode_image, encode_rows
+
+        good = []
+        for i, (row_id, data) in enumerate(zip(batch["id"], batch["image"])):
+            try:
+                decode_image(row_id, data)
+                good.append(i)
+            except ValueError as e:
+                print(f"train: skipping row: {e}", file=sys.stderr, flush=True)
+        return encode_rows(self.loaded, batch.iloc[good])
+
+
+def worker(c: dict) -> None:
+    """The Ray Train worker: load, set up trainable parameters, resume, run the loop, checkpoint, export."""
+    import dataclasses
+    import math
+
+    import ray.train
+    import ray.train.torch
+    import torch
+
+    from vlm import finetune as ft
+
+    cfg, n_train = TrainConfig(**{k: v for k, v in c.items() if k != "n_train"}), c["n_train"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(cfg.threads_per_worker or max(1, (os.cpu_count() or 1) // world))
+    torch.manual_seed(cfg.seed + rank)
+    gpu = cfg.use_gpu and torch.cuda.is_available()
+    loaded = ft.load_for_training(cfg.model, tiny=cfg.tiny)
+    model = ft.configure_trainable(loaded.model, mode=cfg.finetune, lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha,
+                                   lora_dropout=cfg.lora_dropout, lora_targets=cfg.lora_targets,
+                                   freeze_vision=cfg.freeze_vision)
+    if cfg.gradient_checkpointing if cfg.gradient_checkpointing is not None else gpu:
+        ft.unwrap(model).gradient_checkpointing_enable()
+    model = ray.train.torch.prepare_model(model)
+    opt = ft.build_optimizer(model, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    state = ft.LoopState()
+    if (ckpt := ray.train.get_checkpoint()) is not None:
+        with ckpt.as_directory() as d:
+            state = ft.load_checkpoint(d, model, opt)
+        if rank == 0:
+            print(f"resuming from checkpoint at step {state.step} ({ckpt.path})", flush=True)
+    trainable, total = ft.count_parameters(model)
+    per_step = cfg.batch_size * cfg.grad_accum * world
+    max_steps = cfg.max_steps or max(1, math.ceil((cfg.epochs or 1.0) * n_train / per_step))
+    if rank == 0 and state.step == 0:
+        print(f"training {cfg.model} ({cfg.finetune}): {trainable:,} of {total:,} parameters, {world} worker(s), "
+              f"{n_train} rows, {per_step} rows/step, up to {max_steps} steps / {cfg.max_minutes} min", flush=True)
+    collate = ft.Collator.for_loaded(loaded)
+    shard = ray.train.get_dataset_shard("train")
+
+    def batches(epoch: int):
+        return shard.iter_torch_batches(batch_size=cfg.batch_size, collate_fn=collate, drop_last=True,
+                                        local_shuffle_buffer_size=max(4 * cfg.batch_size, 256),
+                                        local_shuffle_seed=cfg.seed + 1000 * epoch + rank)
+
+    validator = None
+
+    def validate(st):
+        nonlocal validator
+        if rank != 0 or ray.train.get_dataset_shard("val") is None:
+            return None
+        if validator is None:
+            rows = _val_rows()
+            validator = ft.Validator(dataclasses.replace(loaded, model=ft.unwrap(model)), model, rows, task=cfg.task)
+        result = validator(st)
+        print(f"validation at step {st.step}: " + " ".join(f"{k} {v:.1f}" for k, v in result.items()), flush=True)
+        return result
+
+    def checkpoint(st):
+        metrics = {"step": st.step, "loss": st.losses[-1][1] if st.losses else float("nan")}
+        if st.validations:
+            metrics.update({f"val_{k}": v for k, v in st.validations[-1].items() if k != "step"})
+        with tempfile.TemporaryDirectory() as d:
+            if rank == 0:
+                ft.save_checkpoint(d, model, opt, st)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d) if rank == 0 else None)
+
+    def _val_rows():
+        import pandas as pd
+
+        it = ray.train.get_dataset_shard("val").iter_batches(batch_size=256, batch_format="pandas")
+        return pd.concat(list(it), ignore_index=True)
+
+    settings = ft.LoopSettings(
+        max_steps=max_steps, max_minutes=cfg.max_minutes, lr=cfg.lr, warmup_fraction=cfg.warmup_fraction,
+        min_lr_ratio=cfg.min_lr_ratio, cosine=cfg.cosine, grad_accum=cfg.grad_accum, clip=1.0,
+        bf16=cfg.bf16 if cfg.bf16 is not None else gpu, log_every=cfg.log_every,
+        checkpoint_every=cfg.checkpoint_every, validate_every=cfg.validate_every,
+        stop_after_steps=cfg.stop_after_steps)
+    hooks = ft.Hooks(log=lambda line: print(line, flush=True), checkpoint=checkpoint, validate=validate)
+    state = ft.train_loop(model, opt, batches, settings, state, hooks)
+    summary = {"step": state.step, "start_step": state.start_step, "interrupted": state.interrupted,
+               "minutes": round(state.elapsed_s / 60, 2), "samples": state.samples, "epochs": state.epoch,
+               "losses": state.losses, "last_loss": state.losses[-1][1] if state.losses else None,
+               "first_loss": state.losses[0][1] if state.losses else None, "workers": world}
+    if not state.interrupted:
+        if not state.validations or state.validations[-1]["step"] != state.step:
+            ft._validate(model, state, hooks)  # every rank calls; rank 0 computes
+        if state.step % cfg.checkpoint_every:
+            checkpoint(state)
+        summary.update(validation=state.validations[-1] if state.validations else None,
+                       validations=state.validations)
+        if rank == 0:
+            export_uri = storage.join(cfg.out, "export")
+            with tempfile.TemporaryDirectory() as d:
+                vlm_export(dataclasses.replace(loaded, model=ft.unwrap(model).eval()), d)
+                storage.upload_dir(d, export_uri)
+            summary["export"] = export_uri
+    if rank == 0:
+        storage.write_text(storage.join(cfg.out, "train_summary.json"), json.dumps(summary, indent=1))
+
+
+def vlm_export(loaded, out_dir: str) -> None:
+    import vlm
+
+    vlm.export(loaded, out_dir, merge_adapter=True)
+
+
+def _datasets(cfg: TrainConfig):
+    """The encoded, materialized train dataset and the val rows (a small un-split dataset)."""
+    import ray
+
+    fs, path = storage.resolve(storage.join(cfg.data, "train"))
+    train = ray.data.read_parquet(path, filesystem=fs, columns=["id", "image", "question", "answer"])
+    if cfg.train_rows:
+        train = train.limit(cfg.train_rows)
+    encoded = train.map_batches(
+        Encode, fn_constructor_kwargs={"model": cfg.model, "tiny": cfg.tiny}, batch_size=32,
+        batch_format="pandas", num_cpus=0.5, compute=ray.data.ActorPoolStrategy(min_size=1, max_size=cfg.encode_actors),
+    ).materialize()  # encode once: every epoch then reads cached tensors, not PNGs through the processor
+    datasets = {"train": encoded}
+    if cfg.val_rows and storage.list_files(storage.join(cfg.data, "val"), ".parquet"):
+        vfs, vpath = storage.resolve(storage.join(cfg.data, "val"))
+        val = ray.data.read_parquet(vpath, filesystem=vfs, columns=["id", "image", "question", "answer"])
+        datasets["val"] = val.limit(cfg.val_rows).materialize()
+    return datasets
+
+
+def run(cfg: TrainConfig) -> dict:
+    """Train, checkpoint, validate and export; returns the summary written to ``<out>/train_summary.json``."""
+    import ray
+    from ray.train import CheckpointConfig, DataConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    if not ray.is_initialized():
+        if os.environ.get("RAY_ADDRESS"):
+            ray.init()
+        else:
+            ray.init(num_cpus=cfg.ray_cpus, include_dashboard=False)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False  # progress lines come from the loop; bars would bury them
+    ctx.enable_operator_progress_bars = False
+    datasets = _datasets(cfg)
+    n_train = datasets["train"].count()
+    if n_train == 0:
+        raise ValueError(f"{cfg.data}/train: no rows could be encoded")
+    print(f"train rows encoded: {n_train}; val rows: {datasets['val'].count() if 'val' in datasets else 0}", flush=True)
+    storage_uri = storage.join(cfg.out, "checkpoints")
+    fs, path = storage.resolve(storage_uri)
+    if not storage.is_s3(storage_uri):
+        os.makedirs(path, exist_ok=True)
+    trainer = TorchTrainer(
+        worker,
+        train_loop_config={**cfg.model_dump(), "n_train": n_train},
+        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
+                                     resources_per_worker={"CPU": cfg.cpus_per_worker}),
+        run_config=RunConfig(name=cfg.name, storage_path=path, storage_filesystem=fs,
+                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints)),
+        datasets=datasets,
+        dataset_config=DataConfig(datasets_to_split=["train"]),
+    )
+    result = trainer.fit()
+    summary = json.loads(storage.read_text(storage.join(cfg.out, "train_summary.json")))
+    print(f"done: step {summary['step']} (started at {summary['start_step']}), last loss {summary['last_loss']}, "
+          f"validation {summary.get('validation')}, export {summary.get('export')}, "
+          f"checkpoint {result.checkpoint.path if result.checkpoint else None}", flush=True)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_config(argv)
+    run(cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
