@@ -285,26 +285,37 @@ def label_sets(n: int, seed: int = 0) -> list[tuple[str, ...]]:
 
     Example: ``label_sets(3, seed=0)`` -> e.g. ``[("AF",), ("NORM",), ("SB", "1dAVb")]``.
     """
-    cycle = [labels for labels, weight in LABEL_CYCLE for _ in range(weight)]
-    out: list[tuple[str, ...]] = []
-    block = 0
-    while len(out) < n:
-        order = np.random.default_rng([seed, block, 7]).permutation(len(cycle))
-        out.extend(cycle[j] for j in order)
-        block += 1
-    return out[:n]
+    return [label_set(i, seed) for i in range(n)]
+
+
+_CYCLE = [labels for labels, weight in LABEL_CYCLE for _ in range(weight)]
+
+
+def label_set(i: int, seed: int = 0) -> tuple[str, ...]:
+    """The label set of record ``i``: position ``i % 27`` of cycle ``i // 27``, shuffled by ``seed``."""
+    block, pos = divmod(i, len(_CYCLE))
+    order = np.random.default_rng([seed, block, 7]).permutation(len(_CYCLE))
+    return _CYCLE[order[pos]]
+
+
+def record(i: int, seed: int = 0) -> Record:
+    """Record ``i`` of ``generate(n, seed)`` for any ``n > i``, made on its own (for parallel workers).
+
+    Id ``f"synth-{seed}-{i:06d}"``, patient ``f"synth-{seed}-p{i // 3:06d}"`` (groups of three consecutive
+    records share a patient and its heart geometry), random stream ``default_rng([seed, i])``.
+    Example: ``record(5, seed=1).id`` -> ``"synth-1-000005"``.
+    """
+    p = i // PATIENT_GROUP
+    patient = _patient(np.random.default_rng([seed, p, 1]))
+    return make_record(label_set(i, seed), np.random.default_rng([seed, i]), patient=patient,
+                       id=f"synth-{seed}-{i:06d}", patient_id=f"synth-{seed}-p{p:06d}")
 
 
 def generate(n: int, seed: int = 0) -> Iterator[Record]:
     """Yield ``n`` synthetic records; deterministic for ``(n, seed)`` and prefix-stable in ``n``.
 
-    Record ``i`` has id ``f"synth-{seed}-{i:06d}"``, patient ``f"synth-{seed}-p{i // 3:06d}"`` (groups
-    of three consecutive records share a patient and its heart geometry) and its own random stream
-    ``default_rng([seed, i])``. Example: ``[r.labels for r in generate(2, seed=1)]``.
+    Record ``i`` equals :func:`record` ``(i, seed)``; label sets cycle through :data:`LABEL_CYCLE` so
+    classes stay balanced. Example: ``[r.labels for r in generate(2, seed=1)]``.
     """
-    for i, labels in enumerate(label_sets(n, seed)):
-        p = i // PATIENT_GROUP
-        patient = _patient(np.random.default_rng([seed, p, 1]))
-        rng = np.random.default_rng([seed, i])
-        yield make_record(labels, rng, patient=patient, id=f"synth-{seed}-{i:06d}",
-                          patient_id=f"synth-{seed}-p{p:06d}")
+    for i in range(n):
+        yield record(i, seed)

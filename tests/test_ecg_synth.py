@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from ecg.record import STANDARD_LEADS
-from ecg.synth import LABEL_CYCLE, generate, label_sets
+from ecg.synth import LABEL_CYCLE, generate, label_sets, record
 
 nk = pytest.importorskip("neurokit2")
 FS = 500
@@ -45,6 +45,8 @@ def test_deterministic_and_prefix_stable(records):
         assert np.array_equal(a.signal, b.signal)
     other = next(generate(1, seed=6))
     assert not np.array_equal(other.signal, records[0].signal)
+    late = record(100, seed=5)  # any record on its own, as a parallel worker makes it
+    assert late.id == records[100].id and np.array_equal(late.signal, records[100].signal)
 
 
 def test_balanced_label_sets(records):
