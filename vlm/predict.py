@@ -124,11 +124,14 @@ class Predictor:
 
         Method ("slot noisy-OR"): the answer is a list of labels joined by "; ". Take the model's own greedy
         answer (or ``answers``), keep its labels g1..gk in order, and look at the k+1 places where a label may
-        start: after "Assistant:", after "g1; ", ..., after "g1; ...; gk; ". At each slot j the model gives
-        p_j(L) = P(the next tokens spell L | prompt, prefix_j), the product of L's token probabilities (exact
-        for multi-token labels). Then P(L) = 1 - prod_j (1 - p_j(L)): a co-occurring label that the canonical
-        order puts second still scores high, unlike P(answer starts with L). All rows x slots x labels are
-        scored in batched forward passes; the vision tower runs once per row.
+        start: after "Assistant:", after "g1", ..., after "g1; ...; gk". At slot 0 the model gives
+        p_0(L) = P(the answer starts with L | prompt); at slot j > 0, p_j(L) = P("; L" | prompt, "g1; ...; gj"),
+        i.e. the separator is scored too, so the slot after the model's last label counts only as much as the
+        model wanted to go on instead of ending. Token probabilities are multiplied (exact for multi-token
+        labels). Then P(L) = 1 - prod_j (1 - p_j(L)) (noisy-OR): a co-occurring label that the canonical order
+        puts second still scores high, unlike P(answer starts with L) alone. All rows x slots x labels are
+        scored in batched forward passes; the vision tower runs once per row. For labels whose tokens are a
+        prefix of another label's, P(L) also counts the longer label (no end-of-label check).
         """
         rows = [self.encode_one(im, q) for im, q in zip(images, questions)]
         return self.score_encoded(rows, list(labels), answers=answers)
@@ -145,7 +148,7 @@ class Predictor:
         for i, answer in enumerate(answers):
             said = [p.strip() for p in answer.split(";") if p.strip() in label_ids]
             for j in range(len(said) + 1):
-                prefix = "; ".join(said[:j]) + ";" if j else ""
+                prefix = "; ".join(said[:j])
                 for lab in labels:
                     ids, n = self._continuation(prefix, lab) if j else label_ids[lab]
                     cands.append((i, lab, ids, n))
@@ -159,10 +162,11 @@ class Predictor:
         return [{lab: float(min(1.0, max(0.0, 1.0 - m[lab]))) for lab in labels} for m in miss]
 
     def _continuation(self, prefix: str, label: str) -> tuple[list[int], int]:
-        """Token ids of " prefix label" after "Assistant:" and how many of the last ones spell ``label``."""
+        """Token ids of " prefix; label" (or " label" with no prefix) to follow "Assistant:", and how many of the
+        last ones are scored: the label's, plus the separator's after a prefix (P(the answer goes on with L))."""
         tok = self.tokenizer
         head = tok(" " + prefix, add_special_tokens=False)["input_ids"] if prefix else []
-        full = tok(" " + (prefix + " " if prefix else "") + label, add_special_tokens=False)["input_ids"]
+        full = tok(" " + (prefix + "; " if prefix else "") + label, add_special_tokens=False)["input_ids"]
         if full[: len(head)] != head:  # tokenizer merged across the boundary: score the whole tail
             return full, len(full)
         return full, len(full) - len(head)

@@ -1,0 +1,84 @@
+"""vlm.training.collate: the loss sees only the answer and <end_of_utterance>; a model trained on it answers
+exactly and stops, and its label scores rank the gold labels first."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import vlm
+from ecg.render import render
+from ecg.synth import generate
+
+QUESTIONS = ["<image>\nWhich of the following diagnoses fit this 12-lead ECG?", "<image>\nAnswer only with the options."]
+ANSWERS = ["SB; 1dAVb", "NORM"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # shared 2-core machine: one thread is much faster and deterministic
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def pages():
+    return [render(r) for r in generate(2, seed=0)]
+
+
+@pytest.fixture(scope="module")
+def trained(pages):
+    """The tiny model overfitted on two (page, question, answer) rows: 30 AdamW steps, about 5 s."""
+    loaded = vlm.load("tiny")
+    batch = vlm.training.collate(loaded, pages, QUESTIONS, ANSWERS)
+    torch.manual_seed(0)
+    opt = torch.optim.AdamW(loaded.model.parameters(), lr=3e-3, betas=(0.9, 0.98))
+    loaded.model.train()
+    losses = []
+    for _ in range(30):
+        loss = loaded.model(**batch).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    loaded.model.eval()
+    return loaded, losses
+
+
+def _kept_text(loaded, batch, row):
+    labels = batch["labels"][row]
+    return loaded.processor.tokenizer.decode(labels[labels != -100])
+
+
+def test_collate_keeps_only_the_answer_and_end_token(pages):
+    loaded = vlm.load("tiny")
+    batch = vlm.training.collate(loaded, pages, QUESTIONS, ANSWERS)
+    assert set(batch) >= {"input_ids", "attention_mask", "pixel_values", "labels"}
+    for row, answer in enumerate(ANSWERS):
+        assert _kept_text(loaded, batch, row) == f" {answer}<end_of_utterance>"
+    image_id = loaded.processor.image_token_id
+    assert (batch["labels"][batch["input_ids"] == image_id] == -100).all()
+    assert (batch["labels"][batch["attention_mask"] == 0] == -100).all()
+    # right padding: the shorter row's padding is at its end
+    assert batch["attention_mask"][1, 0] == 1 and batch["attention_mask"][1, -1] == 0
+
+
+def test_training_on_collate_learns_exact_answers_that_stop(trained, pages):
+    loaded, losses = trained
+    assert losses[-1] < 0.3 * losses[0]
+    predictor = vlm.Predictor.from_loaded(loaded)
+    # max_new_tokens well above the answer: generation must stop on <end_of_utterance>
+    assert predictor.generate(pages, QUESTIONS, max_new_tokens=12) == ANSWERS
+
+
+def test_score_labels_ranks_the_gold_labels_first(trained, pages):
+    loaded, _ = trained
+    predictor = vlm.Predictor.from_loaded(loaded)
+    labels = ["1dAVb", "SB", "AF", "NORM"]
+    scores = predictor.score_labels(pages, QUESTIONS, labels)
+    assert [sorted(s) for s in scores] == [sorted(labels)] * 2
+    assert all(0.0 <= p <= 1.0 for s in scores for p in s.values())
+    # row 0 says "SB; 1dAVb": both gold labels (SB second in the answer) beat the others
+    assert min(scores[0]["SB"], scores[0]["1dAVb"]) > max(scores[0]["AF"], scores[0]["NORM"])
+    assert scores[1]["NORM"] > max(scores[1][k] for k in ("1dAVb", "SB", "AF"))
