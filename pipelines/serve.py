@@ -84,9 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     from serving.app import build_app
 
     stop = threading.Event()
-    # SIGTERM (a process manager) stops as cleanly as Ctrl-C does
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     ray.init(num_cpus=job.num_cpus, include_dashboard=False)
+    # after ray.init, which installs its own handler: SIGTERM (a process manager) stops as cleanly as Ctrl-C
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         serve.start(http_options={"host": job.host, "port": job.port})
         serve.run(build_app(job.app), name="ecgvlm", route_prefix="/")

@@ -1,19 +1,25 @@
 """The Serve application over real HTTP on 127.0.0.1 with the ``tiny`` model: one Serve start per module.
 
-Every input format gets labels back, the ``openai`` client works unchanged, and each bad input is a 4xx
-with a message while the replica keeps serving.
+The server is ``ecgvlm serve`` itself (pipelines/serve.py, the golden CLI test): every input format gets
+labels back, the ``openai`` client works unchanged, each bad input is a 4xx with a message while the replica
+keeps serving, and Ctrl-C stops it cleanly (the last test).
 """
 
 from __future__ import annotations
 
 import base64
 import io
+import os
+import signal
+import subprocess
+import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 import requests
-from conftest import free_port
+from conftest import REPO, free_port
 from test_serving_inputs import bomb_png, page_png, signal_uploads
 
 from metrics.tasks import get_task
@@ -24,30 +30,53 @@ MAX_UPLOAD = 2_000_000  # bytes: small, so the oversized-upload test sends littl
 
 
 @pytest.fixture(scope="module")
-def server():
-    """Base URL of a Serve app (tiny model, batching on, one predictor replica) on a free local port."""
-    import ray
-    from ray import serve
+def serve_process(tmp_path_factory):
+    """``ecgvlm serve`` (the real CLI: local Ray with 2 CPUs, Serve on a free 127.0.0.1 port) with the tiny model,
+    batching on, one predictor replica and a 2 MB upload cap; yields (base URL, process, log path, signal uploads)."""
+    import yaml
 
-    from serving.app import build_app
-
-    port = free_port()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    tmp = tmp_path_factory.mktemp("serve")
+    doc = yaml.safe_load((REPO / "serving" / "config.yaml").read_text())
+    args = doc["applications"][0]["args"]
+    args["limits"]["max_upload_bytes"] = MAX_UPLOAD
+    args["batching"].update(max_batch_size=8, batch_wait_timeout_s=0.05)
+    (tmp / "serve.yaml").write_text(yaml.safe_dump(doc))
+    port, log_path = free_port(), tmp / "serve.log"
+    cmd = [sys.executable, "-m", "pipelines.cli", "serve", "--config", str(tmp / "serve.yaml"), "--model", "tiny",
+           "--host", "127.0.0.1", "--port", str(port), "--max-replicas", "1"]
+    with open(log_path, "w") as log:
+        # its own session: if a test fails midway, killing the group ends everything it started
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
     try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        app = build_app({"model": "tiny", "limits": {"max_upload_bytes": MAX_UPLOAD},
-                         "batching": {"max_batch_size": 8, "batch_wait_timeout_s": 0.05},
-                         "predictor": {"min_replicas": 1, "max_replicas": 1}})
-        serve.run(app, name="ecgvlm", route_prefix="/")
-        yield f"http://127.0.0.1:{port}"
+        uploads = signal_uploads(tmp)  # built while the server comes up
+        deadline = time.time() + 300
+        while proc.poll() is None and time.time() < deadline:
+            try:
+                if requests.get(f"{url}/healthz", timeout=5).status_code == 200:
+                    break
+            except requests.RequestException:
+                time.sleep(0.5)
+        assert proc.poll() is None and time.time() < deadline, log_path.read_text()[-3000:]
+        yield url, proc, log_path, uploads
     finally:
-        serve.shutdown()
-        ray.shutdown()
+        if proc.poll() is None:  # test_ctrl_c_stops_the_server did not run or did not stop it
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
 
 
 @pytest.fixture(scope="module")
-def uploads(tmp_path_factory):
-    return signal_uploads(tmp_path_factory.mktemp("uploads"))
+def server(serve_process) -> str:
+    return serve_process[0]
+
+
+@pytest.fixture(scope="module")
+def uploads(serve_process) -> dict:
+    return serve_process[3]
 
 
 def diagnose(url: str, files, fields=None) -> requests.Response:
@@ -144,3 +173,12 @@ def test_bad_inputs_get_4xx_and_the_replica_keeps_serving(server, uploads):
     not_json = requests.post(f"{server}/v1/chat/completions", data=b"{oops", timeout=30)
     assert not_json.status_code == 400 and "not JSON" in not_json.json()["error"]["message"]
     assert_diagnosis(diagnose(server, [("ecg.png", page_png())]), "png")  # still serving
+
+
+def test_ctrl_c_stops_the_server(serve_process):
+    url, proc, log_path, _ = serve_process
+    proc.send_signal(signal.SIGINT)  # Ctrl-C to the CLI process alone
+    assert proc.wait(timeout=90) == 0, log_path.read_text()[-3000:]
+    assert "shutting down" in log_path.read_text()
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"{url}/healthz", timeout=5)  # the port is free again
