@@ -31,7 +31,8 @@ def _write(loaded: Loaded, folder: Path, merge_adapter: bool) -> None:
         sidecar["adapter"] = None
     elif loaded.adapter:
         model.save_pretrained(folder / ADAPTER_SUBDIR)  # peft writes the adapter only
-        model = model.get_base_model()
+        # the base weights without the injected LoRA layers (their keys would not load into a plain model)
+        model = copy.deepcopy(model).unload()
         sidecar["adapter"] = ADAPTER_SUBDIR
     model.save_pretrained(folder)
     loaded.processor.save_pretrained(folder)
