@@ -68,10 +68,10 @@ def score_files(cfg: ScoreConfig) -> dict:
 
 
 def score_dataset(predictions_uri: str, *, protocol: str = "both", seed: int = 0,
-                  batch_size: int = 100_000) -> dict:
+                  batch_size: int | None = None) -> dict:
     """``{task: result}`` over prediction shards (Parquet, PREDICTION_SCHEMA) with Ray Data: per-block
-    counts (``map_batches`` of a pure function), merged in block order on the driver. Uses the running Ray
-    cluster, or starts a local one (2 CPUs, no dashboard)."""
+    counts (``map_batches`` of a pure function; ``batch_size`` None = one batch per block), merged in block
+    order on the driver. Uses the running Ray cluster, or starts a local one (2 CPUs, no dashboard)."""
     import ray
 
     from ecg import storage
@@ -85,8 +85,7 @@ def score_dataset(predictions_uri: str, *, protocol: str = "both", seed: int = 0
     ctx = ray.data.DataContext.get_current()
     saved, ctx.execution_options.preserve_order = ctx.execution_options.preserve_order, True  # block order =
     try:  # row order, so the reference's random letters are drawn in the same order as by score_frame
-        columns = ["id", "task", "question", "answer", "prediction", "label_scores", "error"]
-        ds = ray.data.read_parquet([storage.resolve(f)[1] for f in files], filesystem=fs, columns=columns)
+        ds = ray.data.read_parquet([storage.resolve(f)[1] for f in files], filesystem=fs)
         stats = ds.map_batches(stats_table, batch_format="pandas", batch_size=batch_size)
         merged, failed = merge_table(row for batch in stats.iter_batches(batch_format="pandas", batch_size=None)
                                      for row in batch.to_dict("records"))
@@ -108,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = score_files(cfg)
     except (FileNotFoundError, KeyError, ValueError) as e:
-        print(f"ecgvlm score: {e}", file=sys.stderr)
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e  # KeyError's str() adds quotes
+        print(f"ecgvlm score: {message}", file=sys.stderr)
         return 2
     samples = result.pop("_samples")
     for w in result["warnings"]:
