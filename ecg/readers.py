@@ -52,9 +52,6 @@ class ReadFailure:
     error: str
 
 
-# ----------------------------------------------------------------------------------------- units
-
-
 def to_millivolts(x: np.ndarray, units: str | None, where: str) -> tuple[np.ndarray, str]:
     """Scale ``x`` to mV from the declared ``units`` or, when unknown, from its amplitude.
 
@@ -81,9 +78,6 @@ def _check_finite(signal: np.ndarray, where: str) -> None:
     if not np.all(np.isfinite(signal)):
         bad = int((~np.isfinite(signal)).sum())
         raise ECGReadError(f"{where}: {bad} non-finite sample(s) (NaN/inf)")
-
-
-# ----------------------------------------------------------------------------------------- arrays
 
 
 def _orient(arr: np.ndarray, n_leads: int, where: str) -> np.ndarray:
@@ -177,7 +171,8 @@ def _wfdb_local(record_path: str) -> tuple[str, str | None]:
         return base, None
     tmp = tempfile.mkdtemp(prefix="ecgvlm-wfdb-")
     header = storage.read_text(base + ".hea")
-    names = {line.split()[0] for line in header.splitlines()[1:] if line.strip() and not line.startswith("#")}
+    lines = [x for x in header.splitlines()[1:] if x.strip() and not x.startswith("#")]
+    names = {x.split()[0] for x in lines}  # the signal files the header names
     with open(os.path.join(tmp, os.path.basename(base) + ".hea"), "w") as f:
         f.write(header)
     for name in names:
@@ -305,6 +300,9 @@ def _code15_record(tracing: np.ndarray, exam_id: int, row, source: str) -> Recor
     arr = np.asarray(tracing, dtype=np.float64).T  # (12, 4096)
     _check_finite(arr, rid)
     arr, pad = _trim_padding(arr, rid)
+    # Units: the authors' README says "scale 1e-4V ... multiply by 1000 to obtain V", which contradicts
+    # itself; measured lead-II R waves of 1-2 in public analyses say millivolts. Taken as mV unless the
+    # amplitude says volts or microvolts (to_millivolts), and the decision is kept in meta["units"].
     arr, how = to_millivolts(arr, None, rid)
     meta = {"source": source, "exam_id": exam_id, "units": how, "padding_removed": pad}
     labels: tuple[str, ...] = ()

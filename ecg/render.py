@@ -233,7 +233,8 @@ def _augment_style(rng: np.random.Generator, line_w: int) -> tuple[list, bool, i
     shade = rng.uniform(-25, 15)
     minor, major = (tuple(int(np.clip(c + shade, 0, 255)) for c in col) for col in (GRID_MINOR, GRID_MAJOR))
     ink = tuple(int(v) for v in rng.integers(0, 60, 3))
-    return [paper, minor, major, ink, (40, 40, 40)], bool(rng.random() > 0.15), max(1, line_w + int(rng.integers(-1, 2)))
+    grid = bool(rng.random() > 0.15)
+    return [paper, minor, major, ink, (40, 40, 40)], grid, max(1, line_w + int(rng.integers(-1, 2)))
 
 
 def _augment_page(canvas: Image.Image, draw: ImageDraw.ImageDraw, g: Geometry, rng,
