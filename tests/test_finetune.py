@@ -97,7 +97,7 @@ def test_loop_learns_stops_and_resumes(loaded, cached, tmp_path):
     settings.stop_after_steps = None
     final = ft.train_loop(model2, opt2, batches, settings, resumed, hooks)
     assert final.start_step == 4 and final.step == 8 and not final.interrupted
-    losses = [loss for _, loss in final.losses]
+    losses = [loss for _, loss, _ in final.losses]
     assert len(losses) == 8 and all(math.isfinite(x) for x in losses)
     assert np.mean(losses[-2:]) < np.mean(losses[:2]) - 0.5  # from ~5.5 (uniform over the vocabulary)
 

@@ -56,8 +56,8 @@ def test_one_worker_resumes_after_interruption_and_exports(ray_cluster, shards, 
     assert train.main(argv) == 0  # the same command again
     done = _summary(out)
     assert done["start_step"] == 3 and done["step"] == 6 and not done["interrupted"]
-    losses = [loss for _, loss in done["losses"]]  # steps 1-3 from the first run (restored), 4-6 from this one
-    assert [s for s, _ in done["losses"]] == [1, 2, 3, 4, 5, 6]
+    losses = [loss for _, loss, _ in done["losses"]]  # steps 1-3 from the first run (restored), 4-6 from this one
+    assert [s for s, _, _ in done["losses"]] == [1, 2, 3, 4, 5, 6]
     assert sum(losses[-2:]) / 2 < sum(losses[:2]) / 2
     assert 0 <= done["validation"]["f1"] <= 100
 
@@ -78,7 +78,7 @@ def test_two_workers_ddp_loss_falls(ray_cluster, shards, tmp_path):
     done = _summary(out)
     assert done["workers"] == 2 and done["step"] == 4
     assert done["samples"] == 4 * 3 * 2  # every step consumed one micro-batch on each worker
-    losses = [loss for _, loss in done["losses"]]
+    losses = [loss for _, loss, _ in done["losses"]]
     assert losses[-1] < losses[0]
     assert os.path.isdir(out / "export")
 

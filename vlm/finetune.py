@@ -256,7 +256,7 @@ class LoopState:
     epoch: int = 0
     start_step: int = 0  # the step this invocation started from (> 0 after a resume)
     interrupted: bool = False
-    losses: list = field(default_factory=list)  # [(step, mean loss over the log window)]
+    losses: list = field(default_factory=list)  # [(step, mean loss over the log window, elapsed seconds)]
     validations: list = field(default_factory=list)  # [{"step": s, **metrics}]
 
 
@@ -358,7 +358,7 @@ def train_loop(model, optimizer, batches: Callable[[int], Iterable[dict]], setti
             if state.step % settings.log_every == 0 or progress >= 1.0:
                 loss = _reduce(sum(window) / len(window), "sum") / world
                 rate = _reduce(window_samples / max(1e-9, time.monotonic() - window_t), "sum")
-                state.losses.append((state.step, round(loss, 5)))
+                state.losses.append((state.step, round(loss, 5), round(state.elapsed_s, 3)))
                 run_s = time.monotonic() - t_start
                 eta = run_s / max(1e-9, progress - progress0) * (1.0 - progress) / 60 if progress < 1 else 0.0
                 if rank == 0:
