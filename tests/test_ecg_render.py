@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from ecg.record import STANDARD_LEADS, Record
-from ecg.render import GRID_MAJOR, GRID_MINOR, geometry, render, to_bytes
+from ecg.render import GRID_MAJOR, GRID_MINOR, geometry, render, render_bytes, to_bytes
 from ecg.synth import generate
 
 FS = 500.0
@@ -125,3 +125,15 @@ def test_short_record_other_rate_and_missing_leads():
         render(rec, layout="4x3")
     with pytest.raises(ValueError, match="format"):
         to_bytes(image, "GIF")
+
+
+def test_render_bytes_matches_render_then_to_bytes():
+    rec = next(generate(1, seed=4))
+    for opts in ({}, {"layout": "6x2", "augment": True, "seed": 3}):
+        fast = render_bytes(rec, **opts)
+        assert fast[:4] == b"\x89PNG"
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(fast)).convert("RGB")),
+                              np.asarray(render(rec, **opts)))
+    assert render_bytes(rec, format="JPEG")[:2] == b"\xff\xd8"
+    with pytest.raises(TypeError, match="dpi"):
+        render_bytes(rec, dpi=300)
