@@ -1,12 +1,13 @@
 """Load test of the Serve app: N concurrent clients on 127.0.0.1, dynamic batching on vs off, in one run.
 
-Starts a local Ray (2 CPUs) and Serve on a free port, deploys ``serving.app:build_app`` with batching on,
-drives ``--clients`` threads that each POST the same upload to /v1/diagnose back to back for
-``--seconds``, then redeploys with batching off and repeats. One predictor replica in both runs (no
-autoscaling), so the ratio measures batching alone. Prints requests/s, p50/p99 latency, errors and the
-mean batch size per run, then the throughput ratio.
+Starts a local Ray (2 CPUs) and Serve on a free port and deploys ``serving.app:build_app`` twice, batching
+on at /on and off at /off, one predictor replica each (no autoscaling: the ratio measures batching alone).
+``--clients`` threads each POST the same upload to /v1/diagnose back to back for ``--seconds``; the
+measured windows alternate between the two apps for ``--rounds`` rounds, so a busy machine's changing load
+hits both alike. Prints requests/s, p50/p99 latency, errors and the mean batch size per mode, then the
+throughput ratio.
 
-    python benchmarks/serve_load.py --model tiny --clients 16 --seconds 20
+    python benchmarks/serve_load.py --model tiny --clients 16 --seconds 10 --rounds 3
     python benchmarks/serve_load.py --payload csv      # signal upload: adds parsing + rendering per request
 
 Example output (figures depend on the machine and its load)::
@@ -57,7 +58,11 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def drive(url: str, clients: int, seconds: float, files, fields) -> dict:
-    """``clients`` threads POST back to back until ``seconds`` have passed; latencies in ms, errors counted."""
+    """``clients`` threads POST back to back until ``seconds`` have passed.
+
+    Returns raw figures: ``latencies`` (ms) and ``batches`` (the server's batch size) of the successful
+    requests, ``errors`` (one entry per failed request) and ``elapsed`` (s, until the last request ended).
+    """
     import requests
 
     latencies, batches, errors, lock = [], [], [], threading.Lock()
@@ -85,10 +90,18 @@ def drive(url: str, clients: int, seconds: float, files, fields) -> dict:
         t.start()
     for t in threads:
         t.join()
-    elapsed = time.perf_counter() - start  # until the last in-flight request finished
-    return {"clients": clients, "seconds": round(elapsed, 2), "requests": len(latencies),
-            "rps": round(len(latencies) / elapsed, 3), "p50_ms": round(percentile(latencies, 50), 1),
-            "p99_ms": round(percentile(latencies, 99), 1), "errors": len(errors),
+    return {"latencies": latencies, "batches": batches, "errors": errors, "elapsed": time.perf_counter() - start}
+
+
+def summarize(runs: list[dict], clients: int) -> dict:
+    """requests/s over all windows of one mode, p50/p99 latency (ms), errors, mean batch size."""
+    lat = [x for r in runs for x in r["latencies"]]
+    batches = [x for r in runs for x in r["batches"]]
+    errors = [x for r in runs for x in r["errors"]]
+    elapsed = sum(r["elapsed"] for r in runs)
+    return {"clients": clients, "seconds": round(elapsed, 1), "requests": len(lat),
+            "rps": round(len(lat) / elapsed, 3), "p50_ms": round(percentile(lat, 50), 1),
+            "p99_ms": round(percentile(lat, 99), 1), "errors": len(errors),
             "mean_batch": round(sum(batches) / len(batches), 2) if batches else 0.0,
             "first_error": errors[0] if errors else None}
 
@@ -111,8 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="tiny")
     p.add_argument("--clients", type=int, default=16)
-    p.add_argument("--seconds", type=float, default=20.0, help="measured load per run, s")
-    p.add_argument("--warmup", type=float, default=5.0, help="unmeasured load before each run, s")
+    p.add_argument("--seconds", type=float, default=10.0, help="measured load per window, s")
+    p.add_argument("--rounds", type=int, default=3, help="measured windows per mode, alternating on/off")
+    p.add_argument("--warmup", type=float, default=5.0, help="unmeasured load per mode before the first window, s")
     p.add_argument("--max-batch-size", type=int, default=16)
     p.add_argument("--batch-wait-s", type=float, default=0.01)
     p.add_argument("--payload", choices=("png", "csv"), default="png")
@@ -129,27 +143,35 @@ def main(argv: list[str] | None = None) -> int:
 
     files, fields = payload(args.payload)
     port = free_port()
-    url = f"http://127.0.0.1:{port}"
+    urls = {mode: f"http://127.0.0.1:{port}/{mode}" for mode in ("on", "off")}
+    runs: dict[str, list[dict]] = {"on": [], "off": []}
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    results = {}
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        for mode in ("on", "off"):
+        # both apps stay up and the measured windows alternate, so a change in the machine's load (other
+        # processes) hits both modes alike; one predictor replica each, so the ratio measures batching alone
+        for mode in urls:
             cfg = {"model": args.model, "predictor": {"min_replicas": 1, "max_replicas": 1},
                    "batching": {"enabled": mode == "on", "max_batch_size": args.max_batch_size,
                                 "batch_wait_timeout_s": args.batch_wait_s}}
-            serve.run(build_app(cfg), name="ecgvlm", route_prefix="/")
+            serve.run(build_app(cfg), name=f"ecgvlm-{mode}", route_prefix=f"/{mode}")
+        for mode, url in urls.items():
             wait_healthy(url)
             drive(url, args.clients, args.warmup, files, fields)
-            results[mode] = drive(url, args.clients, args.seconds, files, fields)
-            print(f"batching {mode}: {results[mode]}", file=sys.stderr, flush=True)
+        for i in range(args.rounds):
+            for mode in (("on", "off") if i % 2 == 0 else ("off", "on")):
+                runs[mode].append(drive(urls[mode], args.clients, args.seconds, files, fields))
+                r = summarize(runs[mode][-1:], args.clients)
+                print(f"round {i} batching {mode}: {r}", file=sys.stderr, flush=True)
     finally:
         serve.shutdown()
         ray.shutdown()
 
-    cols = ("clients", "requests", "rps", "p50_ms", "p99_ms", "errors", "mean_batch")
-    print(f"model={args.model} payload={args.payload} seconds={args.seconds} max_batch_size={args.max_batch_size} "
-          f"batch_wait_s={args.batch_wait_s} cpus={os.cpu_count()} load_avg={os.getloadavg()[0]:.1f}")
+    results = {mode: summarize(r, args.clients) for mode, r in runs.items()}
+    cols = ("clients", "seconds", "requests", "rps", "p50_ms", "p99_ms", "errors", "mean_batch")
+    print(f"model={args.model} payload={args.payload} rounds={args.rounds}x{args.seconds}s "
+          f"max_batch_size={args.max_batch_size} batch_wait_s={args.batch_wait_s} cpus={os.cpu_count()} "
+          f"load_avg_1min={os.getloadavg()[0]:.1f}")
     print("batching  " + "  ".join(f"{c:>10}" for c in cols))
     for mode, r in results.items():
         print(f"{mode:<8}  " + "  ".join(f"{r[c]:>10}" for c in cols))

@@ -30,6 +30,7 @@ from fastapi.responses import JSONResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from serving.answers import parse_labels
 from serving.chat import completion, error_body, parse_chat
 from serving.config import AppConfig
 from serving.inputs import FIELDS, InputError, Limits, parse_upload
@@ -45,6 +46,10 @@ class Predictor:
         import vlm
 
         cfg = AppConfig.model_validate(config)
+        if cfg.predictor.torch_threads:
+            import torch
+
+            torch.set_num_threads(cfg.predictor.torch_threads)
         self.predictor = vlm.Predictor(cfg.model, adapter=cfg.adapter, device=cfg.device, dtype=cfg.dtype)
         self.name = cfg.model_id or self.predictor.name
         self.batching = cfg.batching.effective()
@@ -137,7 +142,9 @@ async def read_form(request: Request, body: bytes, limits: Limits) -> tuple[list
     """(files, text fields) of a multipart body; a raw image/signal body with fields in the query also works."""
     content_type = request.headers.get("content-type", "")
     if not content_type.startswith("multipart/form-data"):  # curl --data-binary @ecg.png
-        return ([(request.query_params.get("filename", ""), body)] if body else []), dict(request.query_params)
+        query = dict(request.query_params)
+        name = query.pop("filename", "")  # ?filename=ecg.csv names a raw upload; every other key is a form field
+        return ([(name, body)] if body else []), query
 
     async def replay():  # the body is read already (with the cap): hand it to the multipart parser again
         return {"type": "http.request", "body": body, "more_body": False}
@@ -157,18 +164,6 @@ async def read_form(request: Request, body: bytes, limits: Limits) -> tuple[list
 
 def _float(value) -> float | None:
     return None if value is None or value != value else round(float(value), 2)  # NaN -> None
-
-
-def parse_labels(task_name: str, text: str) -> list[str]:
-    """The labels an answer names, by the strict protocol of ``metrics.parsing`` (in the task's label order)."""
-    from metrics.parsing import strict_labels
-    from metrics.tasks import get_task
-
-    task = get_task(task_name)
-    if not task.labels:
-        return []
-    row = strict_labels(task, [text or ""])[0]  # (labels,) bool
-    return [label for label, hit in zip(task.labels, row) if hit]
 
 
 @serve.deployment(name="Ingress")
@@ -229,7 +224,7 @@ class Ingress:
         scores = out.get("label_scores")
         return {
             "id": row["id"], "model": out["model"], "task": upload.task, "answer": out["prediction"],
-            "labels": parse_labels(upload.task, out["prediction"]),
+            "labels": parse_labels(upload.task, upload.question, out["prediction"]),
             "label_scores": json.loads(scores) if isinstance(scores, str) else scores,
             "input": {"kind": upload.kind, **upload.meta},
             "batch_size": int(out.get("batch_size", 1)),

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from serving.inputs import Limits
 
@@ -43,6 +43,8 @@ class PredictorScaling(BaseModel):
     target_ongoing_requests: float = Field(16, gt=0, description="requests per replica autoscaling aims at "
                                            "(about one full batch)")
     max_ongoing_requests: int = Field(64, ge=1, description="requests a replica accepts before queueing")
+    torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads per replica; default: "
+                                      "Ray's OMP_NUM_THREADS (1 for a fractional num_cpus)")
 
     @model_validator(mode="after")
     def _ordered(self):
@@ -85,6 +87,16 @@ class AppConfig(BaseModel):
     predictor: PredictorScaling = Field(default_factory=PredictorScaling)
     ingress: IngressScaling = Field(default_factory=IngressScaling)
     limits: Limits = Field(default_factory=Limits)
+
+    @field_validator("default_task")
+    @classmethod
+    def _known_task(cls, name: str) -> str:
+        from metrics.tasks import get_task
+
+        try:
+            return get_task(name).name
+        except KeyError as err:
+            raise ValueError(err.args[0]) from None
 
 
 def load_serve_yaml(path: str | Path) -> tuple[dict, AppConfig]:

@@ -22,6 +22,7 @@ import requests
 from conftest import REPO, free_port
 from test_serving_inputs import bomb_png, page_png, signal_uploads
 
+from ecg.record import STANDARD_LEADS
 from metrics.tasks import get_task
 
 pytestmark = pytest.mark.slow
@@ -114,15 +115,12 @@ def test_image_and_every_signal_format_get_labels(server, uploads):
     with ThreadPoolExecutor(len(jobs)) as pool:  # sent together: the predictor batches them
         futures = {kind: pool.submit(diagnose, server, *job) for kind, job in jobs.items()}
         results = {kind: assert_diagnosis(f.result(), kind) for kind, f in futures.items()}
-    assert results["npy"]["input"] == {"kind": "npy", "leads": 12, "lead_names": list(CODE15_LEADS),
+    assert results["npy"]["input"] == {"kind": "npy", "leads": 12, "lead_names": list(STANDARD_LEADS),
                                        "fs": 500.0, "seconds": 10.0}
     assert max(r["batch_size"] for r in results.values()) > 1  # concurrent requests shared a model call
     raw = requests.post(f"{server}/v1/diagnose?task=code15", data=png, timeout=120,
                         headers={"content-type": "image/png"})  # curl --data-binary @ecg.png
     assert_diagnosis(raw, "png")
-
-
-CODE15_LEADS = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
 
 
 def test_openai_client_chat_completion(server):

@@ -208,3 +208,17 @@ def test_shipped_serve_config_and_cli_overrides():
     assert job.app.limits == cfg.limits
     with pytest.raises(ValueError):
         AppConfig.model_validate({"model": "tiny", "batchng": {}})  # a typo is an error, not a silent default
+
+
+def test_parse_labels_per_task_kind():
+    from metrics.tasks import get_task
+    from serving.answers import parse_labels
+
+    q = get_task("code15").question
+    assert parse_labels("code15", q, "SB; 1dAVb") == ["1dAVb", "SB"]  # the task's label order
+    assert "ST" not in parse_labels("code15", q, "ST segment normal")  # a segment, not sinus tachycardia
+    assert parse_labels("code15", q, "") == []
+    assert parse_labels("csn", get_task("csn").question, "The answer is C") == ["C"]
+    assert parse_labels("ecgqa", "Options: sinus rhythm, atrial fibrillation", "atrial fibrillation") == \
+        ["atrial fibrillation"]
+    assert parse_labels("ptbxl-report", "", "sinus rhythm") == []
