@@ -142,8 +142,8 @@ def predicted_ids(uri: str) -> tuple[set[str], int]:
     return ids, total - len(ids)
 
 
-def read_predictions(uri: str, columns: list[str] | None = None):
-    """The prediction rows under ``uri`` as a pandas DataFrame, one row per id.
+def read_predictions(uri: str, columns: list[str] | None = None, first_files: int | None = None):
+    """The prediction rows under ``uri`` (or its first ``first_files`` shards) as a DataFrame, one row per id.
 
     Should an id appear twice (two runs writing into one folder at once), the row without an error wins,
     then the one from the later shard.
@@ -153,7 +153,7 @@ def read_predictions(uri: str, columns: list[str] | None = None):
     from ecg.rows import PREDICTION_SCHEMA
 
     fs, _ = storage.resolve(uri)
-    files = _readable(uri)
+    files = _readable(uri)[:first_files]
     if not files:
         return PREDICTION_SCHEMA.empty_table().to_pandas()
     parts = [pq.read_table(strip_scheme(f), columns=columns, filesystem=fs).to_pandas().assign(_order=k)

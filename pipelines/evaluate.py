@@ -64,33 +64,41 @@ class PredictorActor:
         return self._predict(self.predictor, batch)
 
 
-def _sample_files(cfg: EvaluateConfig) -> list[str]:
+def _samples_uri(cfg: EvaluateConfig) -> str:
     from ecg import storage
 
     uri = storage.join(cfg.data, cfg.split) if cfg.split else cfg.data
-    files = storage.list_files(uri, ".parquet")
-    if not files:
+    if not storage.list_files(uri, ".parquet"):
         raise FileNotFoundError(f"no sample shards (*.parquet) under {uri}")
-    return files
+    return uri
 
 
-def build_dataset(cfg: EvaluateConfig, done: set[str]):
+def count_todo(cfg: EvaluateConfig, done) -> int:
+    """Rows this run will predict: sample ids (read alone: Parquet is columnar) not yet done, task-filtered."""
+    from ecg import shards
+
+    ids = shards.parquet_dataset(_samples_uri(cfg)).to_table(columns=["id", "task"])
+    todo = shards.keep_rows(ids, done=done, tasks=set(cfg.tasks.split(",")) if cfg.tasks else None).num_rows
+    return min(todo, cfg.limit) if cfg.limit else todo
+
+
+def build_dataset(cfg: EvaluateConfig, done):
     """Sample rows not yet predicted -> prediction rows (a lazy Ray Dataset)."""
     import ray
-
-    import pyarrow as pa
 
     from ecg import shards, storage
 
     fs, _ = storage.resolve(cfg.data)
-    files = [shards.strip_scheme(f) for f in _sample_files(cfg)]
+    files = [shards.strip_scheme(f) for f in storage.list_files(_samples_uri(cfg), ".parquet")]
     ds = ray.data.read_parquet(files, filesystem=fs, columns=["id", "task", "image", "question", "answer"])
     tasks = set(cfg.tasks.split(",")) if cfg.tasks else None
-    if done or tasks:
-        done = pa.array(sorted(done), pa.string())  # one compact array shipped to every filter task
+    if len(done) or tasks:
         ds = ds.map_batches(shards.keep_rows, fn_kwargs={"done": done, "tasks": tasks}, batch_format="pyarrow")
     if cfg.limit:
         ds = ds.limit(cfg.limit)
+    # One block per predictor batch: an actor task's output reaches the driver (and a shard) per batch,
+    # not per input file, so progress is live and a killed run loses at most the rows in flight.
+    ds = ds.repartition(target_num_rows_per_block=cfg.batch_size)
     options = {"adapter": cfg.adapter, "image_splitting": cfg.image_splitting, "longest_edge": cfg.longest_edge,
                "device": cfg.device, "dtype": cfg.dtype, "threads": cfg.threads}
     return ds.map_batches(
@@ -99,7 +107,7 @@ def build_dataset(cfg: EvaluateConfig, done: set[str]):
         batch_size=cfg.batch_size, batch_format="pandas", num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus or None)
 
 
-def run_predictions(cfg: EvaluateConfig, ds, pred_uri: str) -> dict:
+def run_predictions(cfg: EvaluateConfig, ds, pred_uri: str, todo: int) -> dict:
     """Pull prediction batches, write atomic shards every ``rows_per_shard`` rows, print progress."""
     from ecg import shards
     from ecg.rows import PREDICTION_SCHEMA
@@ -107,68 +115,78 @@ def run_predictions(cfg: EvaluateConfig, ds, pred_uri: str) -> dict:
     writer = shards.ShardWriter(pred_uri, rows_per_shard=cfg.rows_per_shard, schema=PREDICTION_SCHEMA)
     start = last = time.perf_counter()
     rows = errors = batches = 0
-    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None) if todo else ():
         writer.add(batch)
         rows, batches = rows + batch.num_rows, batches + 1
         errors += batch.num_rows - batch.column("error").null_count
         if time.perf_counter() - last >= cfg.progress_s:
             last = time.perf_counter()
-            print(f"evaluate: {rows} rows, {rows / (last - start):.2f} rows/s, {errors} errors", flush=True)
+            print(f"evaluate: {rows}/{todo} rows, {rows / (last - start):.2f} rows/s, {errors} errors", flush=True)
         if cfg.max_batches and batches >= cfg.max_batches:
             break
     writer.close()
     wall = time.perf_counter() - start
     return {"new_rows": rows, "new_errors": errors, "shards_written": writer.written, "predict_s": round(wall, 2),
-            "rows_per_s": round(rows / wall, 3) if wall else None}
+            "rows_per_s": round(rows / wall, 3) if rows else None}
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg = load_config(EvaluateConfig, argv, prog="ecgvlm evaluate", doc=__doc__)
+    import pyarrow as pa
+
     from ecg import shards, storage
 
     start = time.perf_counter()
     pred_uri = storage.join(cfg.out, "predictions")
-    done, duplicates = shards.predicted_ids(pred_uri)
+    done_ids, _ = shards.predicted_ids(pred_uri)
+    done = pa.array(sorted(done_ids), pa.string())  # one compact array shipped to every filter task
+    todo = count_todo(cfg, done)
+    print(f"evaluate: {todo} rows to predict, {len(done)} already in {pred_uri}", flush=True)
     started = ensure_ray()
     try:
-        run = run_predictions(cfg, build_dataset(cfg, done), pred_uri)
+        run = run_predictions(cfg, build_dataset(cfg, done), pred_uri, todo)
+        results, totals = score(pred_uri, protocol=cfg.protocol)
     finally:
         if started:
             import ray
 
             ray.shutdown()
-    results, totals = score(pred_uri, protocol=cfg.protocol)
-    run.update(model=cfg.model, adapter=cfg.adapter, data=cfg.data, split=cfg.split, skipped=len(done),
-               duplicates_dropped=duplicates, **totals, wall_s=round(time.perf_counter() - start, 2))
+    run.update(model=cfg.model, adapter=cfg.adapter, data=cfg.data, split=cfg.split, skipped=len(done), **totals,
+               wall_s=round(time.perf_counter() - start, 2))
     storage.write_text(storage.join(cfg.out, "metrics.json"), json.dumps(results, indent=2, default=str))
     storage.write_text(storage.join(cfg.out, "run.json"), json.dumps(run, indent=2, default=str))
-    report(results, cfg.out, pred_uri)
+    from metrics.report import write_report
+
+    write_report(results, cfg.out, shards.read_predictions(pred_uri, first_files=1).head(20))
     print(f"evaluate: {run['new_rows']} new rows ({run['new_errors']} errors), {len(done)} already done, "
           f"{totals['rows']} predictions in all ({totals['errors']} errors), {run['wall_s']:.1f} s -> {cfg.out}",
           flush=True)
     return 0
 
 
-def score(pred_uri: str, *, protocol: str) -> tuple[dict, dict]:
-    """``({task: result}, {"rows": n, "errors": e})`` over the prediction shards, one row per id."""
+def score(pred_uri: str, *, protocol: str, driver_rows: int = 200_000) -> tuple[dict, dict]:
+    """``({task: result}, {"rows": n, "errors": e, "duplicates_dropped": d})``, one prediction per id.
+
+    Up to ``driver_rows`` predictions (text only, a few hundred bytes each) are scored here with
+    ``metrics.score_frame``, which takes seconds where starting a Ray job takes longer; bigger sets go
+    through the Ray reduction (``pipelines.score.score_dataset``), which needs each id written once, as
+    this job writes them. Duplicates (two runs into one folder at once) are dropped by id before scoring.
+    """
     from ecg import shards
     from metrics import score_frame
+    from pipelines.score import score_dataset
 
-    frame = shards.read_predictions(pred_uri)  # deduplicated by id; text columns only
-    results = {task: score_frame(task, part.reset_index(drop=True), protocol=protocol)
-               for task, part in frame.groupby("task", sort=True)}
-    return results, {"rows": len(frame), "errors": int(frame["error"].notna().sum())}
-
-
-def report(results: dict, out: str, pred_uri: str) -> None:
-    try:
-        from metrics.report import write_report
-    except ImportError:  # the report module is optional for scoring; say so rather than fail the run
-        print("evaluate: metrics.report not available; no report written", file=sys.stderr)
-        return
-    from ecg import shards
-
-    write_report(results, out, shards.read_predictions(pred_uri).head(20))
+    ids, duplicates = shards.predicted_ids(pred_uri)
+    if duplicates:
+        print(f"evaluate: {duplicates} duplicate ids in {pred_uri}; scoring one row per id", file=sys.stderr)
+    if len(ids) > driver_rows and not duplicates:
+        results = score_dataset(pred_uri, protocol=protocol)
+    else:
+        frame = shards.read_predictions(pred_uri)
+        results = {task: score_frame(task, part.reset_index(drop=True), protocol=protocol)
+                   for task, part in frame.groupby("task", sort=True)}
+    errors = sum(int(r.get("errors", 0) or 0) for r in results.values())
+    return results, {"rows": len(ids), "errors": errors, "duplicates_dropped": duplicates}
 
 
 if __name__ == "__main__":

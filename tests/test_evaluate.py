@@ -1,0 +1,102 @@
+"""``ecgvlm evaluate`` with the tiny model on a local Ray cluster: rows, errors, metrics, kill and resume."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from ecg import samples, shards
+from ecg.rows import SAMPLE_SCHEMA
+from pipelines import cli
+from pipelines.evaluate import EvaluateConfig
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMALL = samples.RenderOptions(width=550, height=425)
+
+
+def _write_samples(folder: str, n: int, *, corrupt: bool) -> list[str]:
+    """``n`` synthetic sample rows in 2 shards under ``folder/test`` (+ one corrupt image row); their ids."""
+    table = samples.synthetic_batch({"start": [0], "count": [n]}, seed=2, splits={"test": 1.0}, options=SMALL)
+    table = table.drop(["split"]).cast(SAMPLE_SCHEMA)
+    if corrupt:
+        bad = table.slice(0, 1).to_pylist()[0] | {"id": "corrupt-0", "image": b"\x89PNG\r\n\x1a\n truncated"}
+        table = pa.concat_tables([table, pa.Table.from_pylist([bad], schema=SAMPLE_SCHEMA)])
+    os.makedirs(os.path.join(folder, "test"), exist_ok=True)
+    half = table.num_rows // 2
+    pq.write_table(table.slice(0, half), os.path.join(folder, "test", "part-0.parquet"))
+    pq.write_table(table.slice(half), os.path.join(folder, "test", "part-1.parquet"))
+    return table.column("id").to_pylist()
+
+
+def _prediction_ids(out: str) -> list[str]:
+    files = glob.glob(os.path.join(out, "predictions", "*.parquet"))
+    return [i for f in files for i in pq.read_table(f, columns=["id"]).column("id").to_pylist()]
+
+
+def test_evaluate_tiny_rows_errors_metrics(ray_cluster, tmp_path):
+    data, out = str(tmp_path / "data"), str(tmp_path / "eval")
+    ids = _write_samples(data, 9, corrupt=True)
+    assert cli.main(["evaluate", "--model", "tiny", "--data", data, "--out", out, "--batch-size", "4",
+                     "--rows-per-shard", "4", "--progress-s", "0"]) == 0
+    assert sorted(_prediction_ids(out)) == sorted(ids)  # every row once, the corrupt one included
+    frame = shards.read_predictions(os.path.join(out, "predictions"))
+    bad = frame.set_index("id").loc["corrupt-0"]
+    assert "corrupt-0" in bad["error"] and bad["prediction"] == ""
+    assert frame["error"].notna().sum() == 1 and (frame["model"] == "tiny").all()
+    with open(os.path.join(out, "metrics.json")) as f:
+        metrics = json.load(f)
+    code15 = metrics["code15"]
+    assert code15["n"] == 10 and code15["errors"] == 1
+    assert {"f1", "auc", "hamming_loss", "anls", "ecgbench", "strict"} <= set(code15)
+    with open(os.path.join(out, "run.json")) as f:
+        run = json.load(f)
+    assert (run["new_rows"], run["new_errors"], run["rows"], run["errors"], run["skipped"]) == (10, 1, 10, 1, 0)
+    assert os.path.exists(os.path.join(out, "report.md")) and os.path.exists(os.path.join(out, "report.html"))
+    # Nothing new to do on a rerun: every id is already predicted, and nothing is written twice.
+    assert cli.main(["evaluate", "--model", "tiny", "--data", data, "--out", out]) == 0
+    assert sorted(_prediction_ids(out)) == sorted(ids)
+
+
+def test_killed_run_resumes_without_duplicates_or_gaps(ray_cluster, tmp_path):
+    data, out = str(tmp_path / "data"), str(tmp_path / "eval")
+    ids = _write_samples(data, 24, corrupt=False)
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
+    cmd = [sys.executable, "-m", "pipelines.evaluate", "--model", "tiny", "--data", data, "--out", out,
+           "--batch-size", "1", "--rows-per-shard", "1"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while not glob.glob(os.path.join(out, "predictions", "*.parquet")) and proc.poll() is None:
+            assert time.time() < deadline, "no prediction shard within 120 s"
+            time.sleep(0.02)
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and its process group, mid-run
+    finally:
+        proc.wait(timeout=30)
+    first = _prediction_ids(out)
+    assert 1 <= len(first) < len(ids), "the run should have been killed part-way"
+    assert cli.main(["evaluate", "--model", "tiny", "--data", data, "--out", out, "--batch-size", "8"]) == 0
+    after = _prediction_ids(out)
+    assert len(after) == len(set(after)) == len(ids) and set(after) == set(ids)
+    with open(os.path.join(out, "run.json")) as f:
+        run = json.load(f)
+    assert run["skipped"] == len(set(first)) and run["new_rows"] == len(ids) - len(set(first))
+
+
+def test_shipped_evaluate_configs_load():
+    for path in glob.glob(os.path.join(REPO, "configs", "evaluate-*.yaml")):
+        with open(path) as f:
+            assert f.readline().startswith("# ecgvlm evaluate"), path
+            EvaluateConfig(**yaml.safe_load(f.read()))
+    with pytest.raises(ValueError):
+        EvaluateConfig(data="d", out="o", batch_szie=3)  # extra="forbid": a typo is an error
