@@ -101,12 +101,12 @@ def _unit(seed: int, key: str, salt: str) -> float:
 
 def render_bytes(record, options: RenderOptions, *, seed: int = 0) -> bytes:
     """The record's paper page, encoded (PNG or JPEG bytes). Augmented with probability ``options.augment``."""
-    from ecg.render import render, to_bytes
+    from ecg import render
 
     augment = options.augment > 0 and _unit(seed, record.id, "augment") < options.augment
-    image = render(record, width=options.width, height=options.height, layout=options.layout,
-                   augment=augment, seed=int(_unit(seed, record.id, "render-seed") * 2**31), **options.extra)
-    return to_bytes(image, format=options.image_format, quality=options.quality)
+    return render.render_bytes(record, width=options.width, height=options.height, layout=options.layout,
+                               augment=augment, seed=int(_unit(seed, record.id, "render-seed") * 2**31),
+                               format=options.image_format, quality=options.quality, **options.extra)
 
 
 def sample_row(*, id: str, task: str, image: bytes | None, question: str, answer: str, labels=(),
