@@ -90,9 +90,10 @@ def _qrs_waves(conduction: str, qrs: float, axis_deg: float, gain: float, rng) -
                 _wave(0.36 * qrs, s, s, 1.2 * gain, lv_dir),
                 _wave(0.70 * qrs, s, 1.15 * s, 1.35 * gain, lv_dir)]
     if conduction == "pvc":
-        # Ectopic ventricular beat: one wide, bizarre, slurred wave with an unusual axis.
-        d = (rng.uniform(-1, 1), rng.uniform(-1, 1), rng.uniform(-1, 1))
-        return [_wave(0.45 * qrs, 0.22 * qrs, 0.2 * qrs, 1.6 * gain, d)]
+        # Ectopic ventricular beat: one wide, bizarre, slurred wave, large and with a steep inferior or
+        # superior axis (outflow-tract or apical origin), so it stands out in the limb leads.
+        d = (rng.uniform(-0.7, 0.7), rng.choice([-1.0, 1.0]) * rng.uniform(0.7, 1.0), rng.uniform(-0.7, 0.7))
+        return [_wave(0.45 * qrs, 0.22 * qrs, 0.2 * qrs, 1.8 * gain, d)]
     base = min(qrs, 0.095)  # normal septal + LV activation takes under 100 ms
     # Septum (left -> right, anterior: q in I/V6, r in V1), then the LV free wall as the QRS loop turns
     # counter-clockwise: apical (left, inferior, anterior: R in V3-V4) then lateral-posterior (R in

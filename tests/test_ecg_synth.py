@@ -124,6 +124,16 @@ def _qrs_ms(rec) -> float:
     return float(np.median(widths))
 
 
+def _beats_any_polarity(rec) -> np.ndarray:
+    """QRS positions from peaks of the 12-lead spatial velocity (finds negative ectopic beats too)."""
+    from scipy.signal import butter, filtfilt, find_peaks
+
+    b, a = butter(2, [1, 40], btype="band", fs=FS)
+    v = np.sqrt((np.diff(filtfilt(b, a, rec.signal.astype(float), axis=1), axis=1) ** 2).sum(0))
+    peaks, _ = find_peaks(v, height=0.3 * np.percentile(v, 99.5), distance=int(0.25 * FS))
+    return peaks
+
+
 def _pick(records, label, k=3):
     chosen = [r for r in records if label in r.labels][:k]
     assert len(chosen) == k
@@ -176,3 +186,28 @@ def test_bundle_branch_morphology(records):
         r, _ = _r_peaks(rec)
         v1 = rec.lead("V1")
         assert np.median([v1[p - 60:p + 60].min() - v1[p - 80:p - 60].mean() for p in r[1:-1]]) < -0.6
+
+
+def test_abnormal_kinds_show_their_finding():
+    """Each ABNORMAL kind differs visibly from NORM, measured on the signal (not on meta)."""
+    recs = [r for r in generate(270, seed=9) if r.labels == ("ABNORMAL",)]
+    kinds = {k: [r for r in recs if r.meta["abnormal"] == k][:2] for k in
+             ("pvc", "left_axis", "low_voltage", "t_inversion", "st_elevation")}
+    assert all(kinds.values()), {k: len(v) for k, v in kinds.items()}  # every kind occurs
+    limb_p2p = lambda r: np.ptp(r.signal[:6], axis=1).max()  # noqa: E731, mV
+    for rec in kinds["low_voltage"]:
+        assert limb_p2p(rec) < 1.0, rec.id
+    for rec in kinds["left_axis"]:  # QRS mostly negative in aVF, positive in I
+        avf, lead_i = rec.lead("aVF"), rec.lead("I")
+        assert np.median(avf) - avf.min() > avf.max() - np.median(avf), rec.id
+        assert lead_i.max() - np.median(lead_i) > np.median(lead_i) - lead_i.min(), rec.id
+    for rec in kinds["pvc"]:  # premature beats followed by a compensatory pause
+        beats = _beats_any_polarity(rec)
+        rr = np.diff(beats) / np.median(np.diff(beats))
+        assert rr.min() < 0.75 and rr.max() > 1.25, (rec.id, rr)
+    for kind, lead, lo, hi in (("t_inversion", "V5", 0.20, 0.32), ("st_elevation", "V2", 0.10, 0.14)):
+        for rec in kinds[kind]:
+            r, _ = _r_peaks(rec)
+            x = rec.lead(lead)
+            level = [x[p + int(lo * FS):p + int(hi * FS)].mean() - x[p - 60:p - 45].mean() for p in r[1:-1]]
+            assert (np.median(level) < -0.05) if kind == "t_inversion" else (np.median(level) > 0.1), rec.id
