@@ -186,6 +186,7 @@ def _draw_traces(canvas: Image.Image, draw: ImageDraw.ImageDraw, record: Record,
             continue
         x = x_start + (np.arange(i0, i1) / record.fs - t0) * px_per_s  # (n,), px
         y = base - sig[i0:i1].astype(np.float64) * px_per_mv  # (n,), px; paper y grows downwards
+        y = np.clip(np.nan_to_num(y, nan=base), -g.height, 2 * g.height)  # gaps and wild values
         draw.line(_envelope(x, y).ravel().tolist(), fill=I_INK, width=width_px, joint="curve")
 
 

@@ -137,3 +137,11 @@ def test_render_bytes_matches_render_then_to_bytes():
     assert render_bytes(rec, format="JPEG")[:2] == b"\xff\xd8"
     with pytest.raises(TypeError, match="dpi"):
         render_bytes(rec, dpi=300)
+
+
+def test_gaps_and_wild_values_do_not_break_the_page():
+    sig = np.zeros((12, 5000))
+    sig[0, 100:200] = np.nan  # a gap
+    sig[1, 300] = 1e9  # a wild sample
+    image = render(Record(signal=sig, fs=FS, id="wild"))
+    assert image.size == (1100, 850)
