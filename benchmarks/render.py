@@ -67,7 +67,8 @@ def matplotlib_page(record, width: int, height: int, fmt: str) -> bytes:
         ax.plot([xa - 2, xa, xa, xa + 5, xa + 5, xa + 7], [base, base, base - 10, base - 10, base, base],
                 color="k", linewidth=0.8)
     buf = io.BytesIO()
-    fig.savefig(buf, format=fmt.lower(), dpi=100, **({"pil_kwargs": {"quality": 90}} if fmt == "JPEG" else {}))
+    extra = {"pil_kwargs": {"quality": 90}} if fmt == "JPEG" else {}
+    fig.savefig(buf, format=fmt.lower(), dpi=100, **extra)
     plt.close(fig)
     return buf.getvalue()
 

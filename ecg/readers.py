@@ -225,7 +225,8 @@ def read_ptbxl(root: str, *, sampling_rate: int = 500) -> Iterator[Record | Read
 
     Records get id ``ptbxl-<ecg_id>``, the patient id, superclass labels and meta ``strat_fold``
     (9 = validation, 10 = test), ``scp_codes``, ``report``, ``age``, ``sex``. ``sampling_rate`` 500 reads
-    ``filename_hr``, 100 reads ``filename_lr``. Example: ``sum(isinstance(r, Record) for r in read_ptbxl(d))``.
+    ``filename_hr``, 100 reads ``filename_lr``.
+    Example: ``sum(isinstance(r, Record) for r in read_ptbxl(d))``.
     """
     import pandas as pd
 

@@ -92,7 +92,9 @@ def _qrs_waves(conduction: str, qrs: float, axis_deg: float, gain: float, rng) -
     if conduction == "pvc":
         # Ectopic ventricular beat: one wide, bizarre, slurred wave, large and with a steep inferior or
         # superior axis (outflow-tract or apical origin), so it stands out in the limb leads.
-        d = (rng.uniform(-0.7, 0.7), rng.choice([-1.0, 1.0]) * rng.uniform(0.7, 1.0), rng.uniform(-0.7, 0.7))
+        x = rng.uniform(-0.7, 0.7)
+        y = rng.choice([-1.0, 1.0]) * rng.uniform(0.7, 1.0)
+        d = (x, y, rng.uniform(-0.7, 0.7))
         return [_wave(0.45 * qrs, 0.22 * qrs, 0.2 * qrs, 1.8 * gain, d)]
     base = min(qrs, 0.095)  # normal septal + LV activation takes under 100 ms
     # Septum (left -> right, anterior: q in I/V6, r in V1), then the LV free wall as the QRS loop turns
@@ -101,7 +103,8 @@ def _qrs_waves(conduction: str, qrs: float, axis_deg: float, gain: float, rng) -
     late = ax - np.deg2rad(20)
     waves = [_wave(0.18 * base, 0.07 * base, 0.07 * base, 0.22 * gain, (-0.55, 0.25, 0.8)),
              _wave(0.42 * base, 0.1 * base, 0.1 * base, 1.0 * gain, (np.cos(ax), np.sin(ax), 0.35)),
-             _wave(0.56 * base, 0.1 * base, 0.1 * base, 1.0 * gain, (np.cos(late), 0.6 * np.sin(late), -0.85))]
+             _wave(0.56 * base, 0.1 * base, 0.1 * base, 1.0 * gain,
+                   (np.cos(late), 0.6 * np.sin(late), -0.85))]
     if conduction == "rbbb":
         # Late, slow right-ventricular activation, rightward and anterior: R' in V1-V2,
         # broad slurred S in I, aVL, V5-V6.
