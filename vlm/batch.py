@@ -99,7 +99,7 @@ def _run_model(predictor, task, out: pd.DataFrame, positions: list[int], encoded
 
 def _answers_and_scores(predictor, task, encoded: list[dict]) -> list[tuple[str, dict | None]]:
     answers = predictor.generate_encoded(encoded, max_new_tokens=task.max_new_tokens)
-    if task.kind != MULTILABEL or not task.labels:
+    if task.kind != MULTILABEL or not task.labels or not getattr(predictor, "label_scores", True):
         return [(a, None) for a in answers]
     scores = predictor.score_encoded(encoded, list(task.labels), answers=answers)
     return list(zip(answers, scores))

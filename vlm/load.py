@@ -115,6 +115,16 @@ def _read_sidecar(folder: Path) -> tuple[ImagePrep, TinySpec | None, str | None]
     return ImagePrep(**data.get("prep", {})), spec, data.get("adapter")
 
 
+def _tiny_spec(tiny: TinySpec | dict | None) -> TinySpec:
+    if isinstance(tiny, TinySpec):
+        return tiny
+    defaults = TinySpec().to_dict()
+    unknown = set(tiny or {}) - set(defaults)
+    if unknown:
+        raise ValueError(f"unknown tiny override(s) {sorted(unknown)}; TinySpec has {sorted(defaults)}")
+    return TinySpec.from_dict({**defaults, **(tiny or {})})
+
+
 def _localise(uri: str) -> str:
     # s3:// models and adapters are copied to a local folder once (HF loaders read local files)
     from ecg import storage
@@ -161,11 +171,13 @@ def load(
     dtype="auto",
     image_splitting: bool | None = None,
     longest_edge: int | None = None,
+    tiny: TinySpec | dict | None = None,
 ) -> Loaded:
     """Load ``model`` ("tiny", a HF id, a local folder, or "random:PATH") and an optional LoRA ``adapter``.
 
     ``image_splitting``/``longest_edge`` override the processor (None keeps its own default: off for tiny, on
-    for SmolVLM). Returns a :class:`Loaded` in eval mode on ``device`` with ``dtype``.
+    for SmolVLM). ``tiny``: a :class:`TinySpec` or a dict of overrides of its defaults (model "tiny" only).
+    Returns a :class:`Loaded` in eval mode on ``device`` with ``dtype``.
     """
     dev, dt = resolve_device_dtype(device, dtype)
     model, adapter = _localise(model), _localise(adapter) if adapter else adapter
@@ -173,9 +185,11 @@ def load(
     if model == "tiny":
         from vlm.tiny import build
 
-        spec = TinySpec()
+        spec = _tiny_spec(tiny)
         net, processor = build(spec)
         prep = ImagePrep("ecg_gray", spec.image_size, spec.white_fraction)
+    elif tiny:
+        raise ValueError(f"tiny overrides given but model is {model!r}, not 'tiny'")
     elif model.startswith("random:"):
         net, processor = _from_config(model[len("random:") :], dt, dev)
     else:

@@ -19,7 +19,13 @@ from vlm.prompt import END_OF_UTTERANCE, chat_prompt, encode
 
 
 class Predictor:
-    """A loaded model plus its prompt format; images are PIL pages, questions in ECGBench form."""
+    """A loaded model plus its prompt format; images are PIL pages, questions in ECGBench form.
+
+    ``model``/``adapter``/``device``/``dtype``/``image_splitting``/``longest_edge``: as :func:`vlm.load` (image
+    splitting off by default: 79 instead of 1,139 prompt tokens for a SmolVLM page). ``max_prompt_tokens``: rows
+    with a longer prompt fail (default: the model's positions minus the answer budget). ``score_batch``:
+    sequences per forward pass in label scoring. ``label_scores``: whether predict_rows scores labels.
+    """
 
     def __init__(
         self,
@@ -32,12 +38,14 @@ class Predictor:
         longest_edge: int | None = None,
         max_prompt_tokens: int | None = None,
         score_batch: int = 32,
+        label_scores: bool = True,
     ):
         loaded = load(
             model, adapter=adapter, device=device, dtype=dtype, image_splitting=image_splitting,
             longest_edge=longest_edge,
         )  # fmt: skip
         self._init(loaded, max_prompt_tokens=max_prompt_tokens, score_batch=score_batch)
+        self.label_scores = label_scores
 
     @classmethod
     def from_loaded(cls, loaded: Loaded, *, max_prompt_tokens: int | None = None, score_batch: int = 32):
@@ -48,6 +56,9 @@ class Predictor:
 
     def _init(self, loaded: Loaded, *, max_prompt_tokens, score_batch) -> None:
         self.loaded = loaded
+        # predict_rows adds label_scores for multi-label tasks; scoring costs about (labels x (answer labels + 1))
+        # prompt passes per row, so a CPU run of a large model may turn it off
+        self.label_scores = True
         self.name = loaded.name if not loaded.adapter else f"{loaded.name}+{loaded.adapter}"
         tok = loaded.processor.tokenizer
         self.tokenizer = tok
@@ -194,8 +205,12 @@ class Predictor:
         image_slots = ids == self.loaded.processor.image_token_id
         embeds[image_slots] = torch.cat([features[i] for i, *_ in chunk]).to(embeds.dtype)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)  # as generate() does for left padding
-        logits = model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).logits.float()
-        logp = torch.log_softmax(logits[:, :-1], dim=-1)  # (B, T-1, vocab): predicts token t+1
-        target = ids[:, 1:]
-        token_lp = logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)  # (B, T-1)
+        keep = max(n for *_, n in chunk) + 1  # left padding: every row's scored tokens are its last ones
+        # only the last `keep` positions go through the LM head: (B, T, vocab) logits would be ~1 GB for SmolVLM
+        logits = model(
+            inputs_embeds=embeds, attention_mask=mask, position_ids=positions, logits_to_keep=keep
+        ).logits[:, -keep:].float()  # (B, keep, vocab)
+        logp = torch.log_softmax(logits[:, :-1], dim=-1)  # (B, keep-1, vocab): position t predicts token t+1
+        target = ids[:, -(keep - 1) :]  # (B, keep-1)
+        token_lp = logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)  # (B, keep-1) log-probs
         return [float(token_lp[b, token_lp.shape[1] - n :].sum()) for b, (_, _, _, n) in enumerate(chunk)]
