@@ -1,7 +1,7 @@
 """The ECG domain: signal records, readers, the synthetic generator and the paper-page renderer.
 
-No Ray, no torch. Modules: ``ecg.record`` (Record, STANDARD_LEADS), ``ecg.synth`` (generate),
-``ecg.render`` (render, to_bytes), ``ecg.readers`` (PTB-XL, CODE-15%, CSV, .npy, resample),
+No Ray, no torch. Modules: ``ecg.record`` (Record, STANDARD_LEADS), ``ecg.synth`` (generate, record),
+``ecg.render`` (render, to_bytes, render_bytes), ``ecg.readers`` (PTB-XL, CODE-15%, CSV, .npy, resample),
 ``ecg.storage`` (local / s3:// URIs), ``ecg.rows`` (Arrow row schemas).
 
 Example::
