@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import traceback
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -148,8 +147,7 @@ def _guard(ref_id: str, make, *, task: str, source: str) -> dict:
     except Exception as exc:  # noqa: BLE001 - any bad record is counted, never fatal
         error = f"{type(exc).__name__}: {exc}"
         error = error if ref_id in error else f"{ref_id}: {error}"  # the message must name the record
-        tail = traceback.format_exception_only(type(exc), exc)[-1].strip()
-        return failure_row(ref_id, error, task=task, source=source, meta={"exception": tail})
+        return failure_row(ref_id, error, task=task, source=source)
 
 
 # ---- stages ---------------------------------------------------------------------------------------------

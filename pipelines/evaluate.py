@@ -142,9 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     done = pa.array(sorted(done_ids), pa.string())  # one compact array shipped to every filter task
     todo = count_todo(cfg, done)
     print(f"evaluate: {todo} rows to predict, {len(done)} already in {pred_uri}", flush=True)
-    started = ensure_ray()
+    started = ensure_ray() if todo else False  # nothing left to predict: no cluster, no model load
     try:
-        run = run_predictions(cfg, build_dataset(cfg, done), pred_uri, todo)
+        run = run_predictions(cfg, build_dataset(cfg, done) if todo else None, pred_uri, todo)
         results, totals = score(pred_uri, protocol=cfg.protocol)
     finally:
         if started:
