@@ -25,7 +25,8 @@ from ecg import storage
 MISSING = "missing prediction"
 
 
-def _files(uri: str) -> list[str]:
+def data_files(uri: str) -> list[str]:
+    """The Parquet files of a folder (sorted), or ``[uri]`` for a single file; a clear error if neither."""
     fs, path = storage.resolve(uri)
     from pyarrow.fs import FileType
 
@@ -56,7 +57,7 @@ def _read_json_records(uri: str) -> list[dict]:
 
 def read_table(uri: str) -> pd.DataFrame:
     """Rows of a Parquet file or folder, a JSON list or a JSONL file, as a DataFrame."""
-    files = _files(uri)
+    files = data_files(uri)
     if all(f.endswith(".parquet") for f in files):
         fs, _ = storage.resolve(uri)
         tables = [pq.read_table(storage.resolve(f)[1], filesystem=fs) for f in files]

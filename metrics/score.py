@@ -156,6 +156,7 @@ def _strict_multilabel(task: Task, st: dict, weights: np.ndarray, G: np.ndarray)
     bc = np.einsum("rg,glc->rlc", weights, st["st_counts"][G])  # (R, L, 4)
     bT = bc.sum(1)
     if scores:
+        # the interval uses the coarser per-bucket histogram (BOOT_BINS): the point estimate is the fine one
         bh = np.einsum("rg,glkb->rlkb", weights, st["score_boot"][G])  # (R, L, 2, bins)
         bauc = hist_auc(bh[..., 0, :], bh[..., 1, :])
     else:
@@ -201,18 +202,18 @@ def finalize(task: Task | str, st: dict, *, protocol: str = "both", seed: int = 
     result = {"task": task.name, "version": task.version, "kind": task.kind, "protocol": protocol, "n": n,
               "errors": st["errors"], "empty_predictions": st["empty"],
               "anls": pct1(_div(st["anls_bucket"].sum(), n))}
-    warnings = []
+    notes = []
     if st["errors"]:
-        warnings.append(f"{st['errors']} of {n} rows have `error` set: scored as empty predictions (wrong)")
+        notes.append(f"{st['errors']} of {n} rows have `error` set: scored as empty predictions (wrong)")
     if st["empty"]:
-        warnings.append(f"{st['empty']} of {n} rows have an empty prediction")
+        notes.append(f"{st['empty']} of {n} rows have an empty prediction")
     if protocol in ("ecgbench", "both"):
         top, details = _ecgbench(task, st)
         result.update(top)
         result["ecgbench"] = details
     if protocol in ("strict", "both"):
         result["strict"] = _strict(task, st, seed)
-    result["warnings"] = warnings
+    result["warnings"] = notes
     return result
 
 

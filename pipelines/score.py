@@ -75,17 +75,21 @@ def score_dataset(predictions_uri: str, *, protocol: str = "both", seed: int = 0
     import ray
 
     from ecg import storage
+    from metrics.inputs import data_files
     from metrics.reduce import merge_table, stats_table
     from metrics.score import finalize
 
     if not ray.is_initialized():
         ray.init(num_cpus=2, include_dashboard=False)
-    files = storage.list_files(predictions_uri, ".parquet") or [predictions_uri]
+    files = data_files(predictions_uri)
     fs, _ = storage.resolve(predictions_uri)
     ctx = ray.data.DataContext.get_current()
     saved, ctx.execution_options.preserve_order = ctx.execution_options.preserve_order, True  # block order =
     try:  # row order, so the reference's random letters are drawn in the same order as by score_frame
-        ds = ray.data.read_parquet([storage.resolve(f)[1] for f in files], filesystem=fs)
+        # at least one block per file and per CPU: Ray Data would otherwise pack small shards into one task
+        blocks = max(len(files), int(ray.cluster_resources().get("CPU", 1)))
+        ds = ray.data.read_parquet([storage.resolve(f)[1] for f in files], filesystem=fs,
+                                   override_num_blocks=blocks)
         stats = ds.map_batches(stats_table, batch_format="pandas", batch_size=batch_size)
         merged, failed = merge_table(row for batch in stats.iter_batches(batch_format="pandas", batch_size=None)
                                      for row in batch.to_dict("records"))

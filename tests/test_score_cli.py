@@ -116,3 +116,18 @@ def test_subprocess_table_and_report(tmp_path):
     assert "code15" in proc.stdout and "strict F1 macro" in proc.stdout and "AF" in proc.stdout
     html = (tmp_path / "rep" / "report.html").read_text()
     assert "data:image/png;base64," in html and "published, not rerun here" in html
+
+
+def test_s3_references_and_prediction_rows(s3_server, capsys):
+    from ecg import storage
+
+    storage.write_text("s3://ecg/bench/code15-test.json", json.dumps(ecgbench_records()))
+    preds = [{"id": k, "task": "code15", "question": "q", "answer": GOLD[k], "prediction": v, "label_scores": None,
+              "model": "m", "error": None, "latency_ms": 1.0} for k, v in TEXT.items()]
+    buf = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pylist(preds, schema=PREDICTION_SCHEMA), buf)
+    storage.write_bytes("s3://ecg/run/predictions/part-0.parquet", buf.getvalue().to_pybytes())
+    got = run_json(capsys, "--task", "code15", "--references", "s3://ecg/bench/code15-test.json",
+                   "--predictions", "s3://ecg/run/predictions", "--report", "s3://ecg/run")
+    assert got["f1"] == expected()["f1"] and got["report"]["html"] == "s3://ecg/run/report.html"
+    assert storage.exists("s3://ecg/run/report.md")
