@@ -82,3 +82,17 @@ def test_score_labels_ranks_the_gold_labels_first(trained, pages):
     # row 0 says "SB; 1dAVb": both gold labels (SB second in the answer) beat the others
     assert min(scores[0]["SB"], scores[0]["1dAVb"]) > max(scores[0]["AF"], scores[0]["NORM"])
     assert scores[1]["NORM"] > max(scores[1][k] for k in ("1dAVb", "SB", "AF"))
+
+
+def test_label_scoring_with_a_shared_prompt_cache_equals_full_passes(trained, pages):
+    loaded, _ = trained
+    predictor = vlm.Predictor.from_loaded(loaded)
+    rows = [predictor.encode_one(page, q) for page, q in zip(pages, QUESTIONS)]
+    features = predictor._image_features(rows)
+    conts = [predictor._continuation("", "SB"), predictor._continuation("SB", "1dAVb"), predictor._continuation("", "NORM")]
+    with torch.inference_mode():
+        cached = predictor._row_logprobs_cached(rows[0], features[0], conts)  # the fast path must work here
+        full = predictor._label_logprobs(rows, features, [(0, "x", ids, n) for ids, n in conts])
+    assert cached == pytest.approx(full, abs=1e-4)
+    # P("SB" first) and P("; 1dAVb" after "SB") are both likely for the row trained on "SB; 1dAVb"
+    assert cached[0] > -1.0 and cached[1] > -1.0 and cached[2] < -1.0

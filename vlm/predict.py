@@ -165,12 +165,65 @@ class Predictor:
                     cands.append((i, lab, ids, n))
         features = self._image_features(rows)
         miss = [{lab: 1.0 for lab in labels} for _ in rows]  # prod_j (1 - p_j(L))
-        for start in range(0, len(cands), self.score_batch):
-            chunk = cands[start : start + self.score_batch]
-            logps = self._label_logprobs(rows, features, chunk)
-            for (i, lab, _, _), lp in zip(chunk, logps):
-                miss[i][lab] *= 1.0 - math.exp(lp)
+        for (i, lab, _, _), lp in zip(cands, self._candidate_logprobs(rows, features, cands)):
+            miss[i][lab] *= 1.0 - math.exp(lp)
         return [{lab: float(min(1.0, max(0.0, 1.0 - m[lab]))) for lab in labels} for m in miss]
+
+    def _candidate_logprobs(self, rows, features, cands, *, shared_prompt: bool = True) -> list[float]:
+        """log P(scored tokens) per candidate. The prompt is run once per row and its KV cache shared by the
+        row's candidates (about labels x slots times less compute); if this transformers version's cache API
+        does not fit, every candidate runs the whole prompt (same numbers, slower)."""
+        if shared_prompt:
+            try:
+                out = []
+                for i, row in enumerate(rows):
+                    mine = [(ids, n) for r, _, ids, n in cands if r == i]
+                    out.append(iter(self._row_logprobs_cached(row, features[i], mine)))
+                return [next(out[i]) for i, *_ in cands]
+            except (TypeError, AttributeError, ValueError, NotImplementedError):
+                pass
+        result = []
+        for start in range(0, len(cands), self.score_batch):
+            result += self._label_logprobs(rows, features, cands[start : start + self.score_batch])
+        return result
+
+    def _row_logprobs_cached(self, row: dict, features: torch.Tensor, conts: list) -> list[float]:
+        """One row: prefill its prompt once, then score continuations ``(ids, n)`` on copies of the cache."""
+        import copy
+        import inspect
+
+        model, dev = self.loaded.model, self.loaded.device
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft wrapper
+        cache_kw = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+        ids = row["input_ids"].to(dev)  # (1, T)
+        embeds = model.get_input_embeddings()(ids)  # (1, T, hidden)
+        embeds[ids == self.loaded.processor.image_token_id] = features.to(embeds.dtype)
+        prefill = model(inputs_embeds=embeds, attention_mask=torch.ones_like(ids), use_cache=True)
+        cache = getattr(prefill, "cache", None) or getattr(prefill, "past_key_values", None)
+        if cache is None or not hasattr(cache, "batch_repeat_interleave"):
+            raise NotImplementedError("no reusable KV cache")
+        first = torch.log_softmax(prefill.logits[0, -1].float(), dim=-1)  # (vocab,): the answer's first token
+        t, scores = ids.shape[1], []
+        for start in range(0, len(conts), self.score_batch):
+            chunk = conts[start : start + self.score_batch]
+            width = max(len(c) for c, _ in chunk)
+            cont = torch.full((len(chunk), width), self.pad_id, dtype=torch.long, device=dev)
+            mask = torch.zeros((len(chunk), t + width), dtype=torch.long, device=dev)
+            mask[:, :t] = 1
+            for k, (c, _) in enumerate(chunk):  # right padding after the shared prompt
+                cont[k, : len(c)] = torch.tensor(c, device=dev)
+                mask[k, t : t + len(c)] = 1
+            shared = copy.deepcopy(cache)  # the forward appends to the cache in place
+            shared.batch_repeat_interleave(len(chunk))
+            positions = torch.arange(t, t + width, device=dev).expand(len(chunk), -1)
+            logits = model(input_ids=cont, attention_mask=mask, position_ids=positions, use_cache=True,
+                           **{cache_kw: shared}).logits.float()  # (chunk, width, vocab); fmt: skip
+            logp = torch.log_softmax(logits, dim=-1)
+            for k, (c, n) in enumerate(chunk):
+                # token 0 comes from the prefill's last position; token m>0 from continuation position m-1
+                lps = [float(first[c[0]])] + [float(logp[k, m - 1, c[m]]) for m in range(1, len(c))]
+                scores.append(sum(lps[len(c) - n :]))
+        return scores
 
     def _continuation(self, prefix: str, label: str) -> tuple[list[int], int]:
         """Token ids of " prefix; label" (or " label" with no prefix) to follow "Assistant:", and how many of the
