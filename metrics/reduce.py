@@ -27,7 +27,6 @@ from __future__ import annotations
 import io
 import json
 import pickle
-import zlib
 
 import numpy as np
 import pandas as pd
