@@ -88,3 +88,11 @@ def test_lora_adapter_loads_and_merged_export_matches(tmp_path, pages, adapter_d
     unmerged = vlm.load(vlm.export(adapted, str(tmp_path / "unmerged"), merge_adapter=False))
     assert unmerged.adapter and unmerged.adapter.endswith("adapter")
     assert torch.allclose(_logits(unmerged, pages), expected, atol=1e-5)
+
+
+def test_export_to_s3_and_load_from_s3(s3_server, pages):
+    tiny = vlm.load("tiny")
+    uri = vlm.export(tiny, "s3://ecg/models/tiny-export")
+    again = vlm.load(uri)
+    assert again.prep == tiny.prep and again.name == uri
+    assert torch.equal(_logits(again, pages), _logits(tiny, pages))

@@ -10,7 +10,10 @@ import vlm
 from ecg.render import render
 from ecg.synth import generate
 
-QUESTIONS = ["<image>\nWhich of the following diagnoses fit this 12-lead ECG?", "<image>\nAnswer only with the options."]
+QUESTIONS = [
+    "<image>\nWhich of the following diagnoses fit this 12-lead ECG?",
+    "<image>\nAnswer only with the options.",
+]
 ANSWERS = ["SB; 1dAVb", "NORM"]
 
 
@@ -89,7 +92,7 @@ def test_label_scoring_with_a_shared_prompt_cache_equals_full_passes(trained, pa
     predictor = vlm.Predictor.from_loaded(loaded)
     rows = [predictor.encode_one(page, q) for page, q in zip(pages, QUESTIONS)]
     features = predictor._image_features(rows)
-    conts = [predictor._continuation("", "SB"), predictor._continuation("SB", "1dAVb"), predictor._continuation("", "NORM")]
+    conts = [predictor._continuation(prefix, label) for prefix, label in (("", "SB"), ("SB", "1dAVb"), ("", "NORM"))]
     with torch.inference_mode():
         cached = predictor._row_logprobs_cached(rows[0], features[0], conts)  # the fast path must work here
         full = predictor._label_logprobs(rows, features, [(0, "x", ids, n) for ids, n in conts])

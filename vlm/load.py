@@ -180,6 +180,7 @@ def load(
     Returns a :class:`Loaded` in eval mode on ``device`` with ``dtype``.
     """
     dev, dt = resolve_device_dtype(device, dtype)
+    name = model  # an s3:// model keeps its URI as its name; the files are read from a local copy
     model, adapter = _localise(model), _localise(adapter) if adapter else adapter
     spec, prep = None, ImagePrep()
     if model == "tiny":
@@ -210,4 +211,4 @@ def load(
     _configure_images(processor, image_splitting, longest_edge)
     processor.tokenizer.padding_side = "left"
     net = net.to(device=dev, dtype=dt).eval()
-    return Loaded(net, processor, model, dev, dt, prep, spec, adapter)
+    return Loaded(net, processor, name, dev, dt, prep, spec, adapter)

@@ -140,8 +140,9 @@ class Predictor:
         i.e. the separator is scored too, so the slot after the model's last label counts only as much as the
         model wanted to go on instead of ending. Token probabilities are multiplied (exact for multi-token
         labels). Then P(L) = 1 - prod_j (1 - p_j(L)) (noisy-OR): a co-occurring label that the canonical order
-        puts second still scores high, unlike P(answer starts with L) alone. All rows x slots x labels are
-        scored in batched forward passes; the vision tower runs once per row. For labels whose tokens are a
+        puts second still scores high, unlike P(answer starts with L) alone. The vision tower and the prompt
+        run once per row; the rows x slots x labels continuations are scored in batches on the prompt's shared
+        KV cache. For labels whose tokens are a
         prefix of another label's, P(L) also counts the longer label (no end-of-label check).
         """
         rows = [self.encode_one(im, q) for im, q in zip(images, questions)]
@@ -149,10 +150,13 @@ class Predictor:
 
     @torch.inference_mode()
     def score_encoded(self, rows: list[dict], labels: list[str], *, answers: list[str] | None = None) -> list[dict]:
+        """:meth:`score_labels` for rows from :meth:`encode_one`; ``answers``: the model's own greedy answers
+        if already generated (predict_rows passes them), else generated here."""
         if not rows:
             return []
         if answers is None:
-            budget = 4 + sum(len(self.tokenizer(" " + lab + ";", add_special_tokens=False)["input_ids"]) for lab in labels)
+            # room for every label once: " L;" tokens each, plus the end token
+            budget = 4 + sum(len(self.tokenizer(f" {lab};", add_special_tokens=False)["input_ids"]) for lab in labels)
             answers = self.generate_encoded(rows, max_new_tokens=budget)
         label_ids = {lab: self._continuation("", lab) for lab in labels}
         cands = []  # (row index, label, continuation ids, number of label tokens at the end)
