@@ -131,7 +131,8 @@ def worker(c: dict) -> None:
 
     from vlm import finetune as ft
 
-    cfg, n_train = TrainConfig(**{k: v for k, v in c.items() if k != "n_train"}), c["n_train"]
+    cfg = TrainConfig(**{k: v for k, v in c.items() if k not in ("n_train", "has_val")})
+    n_train, has_val = c["n_train"], c.get("has_val", True)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(cfg.threads_per_worker or max(1, (os.cpu_count() or 1) // world))
@@ -169,7 +170,7 @@ def worker(c: dict) -> None:
 
     def validate(st):
         nonlocal validator
-        if rank != 0 or ray.train.get_dataset_shard("val") is None:
+        if rank != 0 or not has_val:  # every rank calls; rank 0 alone generates and scores
             return None
         if validator is None:
             rows = _val_rows()
@@ -273,7 +274,7 @@ def run(cfg: TrainConfig) -> dict:
         os.makedirs(path, exist_ok=True)
     trainer = TorchTrainer(
         worker,
-        train_loop_config={**cfg.model_dump(), "n_train": n_train},
+        train_loop_config={**cfg.model_dump(), "n_train": n_train, "has_val": "val" in datasets},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker={"CPU": cfg.cpus_per_worker}),
         run_config=RunConfig(name=cfg.name, storage_path=path, storage_filesystem=fs,
