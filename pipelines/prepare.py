@@ -170,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     fs, path = storage.resolve(storage.join(cfg.out, samples.FAILED))
     if storage.exists(storage.join(cfg.out, samples.FAILED)):
         fs.delete_dir(path)  # failures now live in the manifest; the folder would only confuse readers
+    manifest["n"] = manifest["n"] or manifest["rows"] + manifest["failed"]  # records attempted
     manifest["wall_s"] = round(time.perf_counter() - start, 2)
     storage.write_text(storage.join(cfg.out, "manifest.json"), json.dumps(manifest, indent=2))
     per_split = ", ".join(f"{s} {n}" for s, n in manifest["counts"]["splits"].items())

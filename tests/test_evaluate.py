@@ -39,29 +39,33 @@ def _write_samples(folder: str, n: int, *, corrupt: bool) -> list[str]:
 
 
 def _prediction_ids(out: str) -> list[str]:
-    files = glob.glob(os.path.join(out, "predictions", "*.parquet"))
-    return [i for f in files for i in pq.read_table(f, columns=["id"]).column("id").to_pylist()]
+    from ecg import storage
+
+    fs, _ = storage.resolve(out)
+    files = storage.list_files(storage.join(out, "predictions"), ".parquet")
+    return [i for f in files for i in pq.read_table(shards.strip_scheme(f), columns=["id"], filesystem=fs)
+            .column("id").to_pylist()]
 
 
-def test_evaluate_tiny_rows_errors_metrics(ray_cluster, tmp_path):
-    data, out = str(tmp_path / "data"), str(tmp_path / "eval")
-    ids = _write_samples(data, 9, corrupt=True)
+def test_evaluate_tiny_on_s3_rows_errors_metrics(ray_cluster, s3_server, tmp_path):
+    from ecg import storage
+
+    ids = _write_samples(str(tmp_path / "data"), 9, corrupt=True)
+    storage.upload_dir(str(tmp_path / "data"), "s3://ecg/samples")
+    data, out = "s3://ecg/samples", "s3://ecg/eval"
     assert cli.main(["evaluate", "--model", "tiny", "--data", data, "--out", out, "--batch-size", "4",
                      "--rows-per-shard", "4", "--progress-s", "0"]) == 0
     assert sorted(_prediction_ids(out)) == sorted(ids)  # every row once, the corrupt one included
-    frame = shards.read_predictions(os.path.join(out, "predictions"))
+    frame = shards.read_predictions(storage.join(out, "predictions"))
     bad = frame.set_index("id").loc["corrupt-0"]
     assert "corrupt-0" in bad["error"] and bad["prediction"] == ""
     assert frame["error"].notna().sum() == 1 and (frame["model"] == "tiny").all()
-    with open(os.path.join(out, "metrics.json")) as f:
-        metrics = json.load(f)
-    code15 = metrics["code15"]
+    code15 = json.loads(storage.read_text(storage.join(out, "metrics.json")))["code15"]
     assert code15["n"] == 10 and code15["errors"] == 1
     assert {"f1", "auc", "hamming_loss", "anls", "ecgbench", "strict"} <= set(code15)
-    with open(os.path.join(out, "run.json")) as f:
-        run = json.load(f)
+    run = json.loads(storage.read_text(storage.join(out, "run.json")))
     assert (run["new_rows"], run["new_errors"], run["rows"], run["errors"], run["skipped"]) == (10, 1, 10, 1, 0)
-    assert os.path.exists(os.path.join(out, "report.md")) and os.path.exists(os.path.join(out, "report.html"))
+    assert storage.exists(storage.join(out, "report.md")) and storage.exists(storage.join(out, "report.html"))
     # Nothing new to do on a rerun: every id is already predicted, and nothing is written twice.
     assert cli.main(["evaluate", "--model", "tiny", "--data", data, "--out", out]) == 0
     assert sorted(_prediction_ids(out)) == sorted(ids)
@@ -69,7 +73,7 @@ def test_evaluate_tiny_rows_errors_metrics(ray_cluster, tmp_path):
 
 def test_killed_run_resumes_without_duplicates_or_gaps(ray_cluster, tmp_path):
     data, out = str(tmp_path / "data"), str(tmp_path / "eval")
-    ids = _write_samples(data, 24, corrupt=False)
+    ids = _write_samples(data, 12, corrupt=False)
     env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
     cmd = [sys.executable, "-m", "pipelines.evaluate", "--model", "tiny", "--data", data, "--out", out,
            "--batch-size", "1", "--rows-per-shard", "1"]
