@@ -161,23 +161,13 @@ def _columns(batch) -> dict[str, list]:
 
 
 def synthetic_records(start: int, count: int, seed: int = 0):
-    """Records ``start .. start+count-1`` of ``ecg.synth.generate(n, seed)`` for any ``n > start+count-1``.
+    """Records ``start .. start+count-1`` of ``ecg.synth.generate(n, seed)``, made without the ones before.
 
-    ``generate`` is prefix-stable and gives record ``i`` its own stream ``default_rng([seed, i])`` and patient
-    group ``i // PATIENT_GROUP``, so a chunk can be made on any worker without generating the ones before it
-    (tests check the chunks equal ``generate``). Example: ``[r.id for r in synthetic_records(3, 2)]`` ->
-    ``["synth-0-000003", "synth-0-000004"]``.
+    Example: ``[r.id for r in synthetic_records(3, 2)]`` -> ``["synth-0-000003", "synth-0-000004"]``.
     """
-    import numpy as np
-
     from ecg import synth
 
-    labels = synth.label_sets(start + count, seed)[start:]
-    for i, label_set in zip(range(start, start + count), labels):
-        p = i // synth.PATIENT_GROUP
-        patient = synth._patient(np.random.default_rng([seed, p, 1]))  # as generate() draws it
-        yield synth.make_record(label_set, np.random.default_rng([seed, i]), patient=patient,
-                                id=f"synth-{seed}-{i:06d}", patient_id=f"synth-{seed}-p{p:06d}")
+    return (synth.record(i, seed) for i in range(start, start + count))
 
 
 def synthetic_batch(batch, *, seed: int = 0, task: str = "code15", splits=None,
