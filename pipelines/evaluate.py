@@ -41,6 +41,7 @@ class EvaluateConfig(BaseModel):
     num_gpus: float = Field(0.0, ge=0, description="GPUs per actor (1 on a GPU cluster)")
     num_cpus: float = Field(0.5, gt=0, description="CPUs per actor (fractional on CPU, so read tasks still run)")
     threads: int | None = Field(None, ge=1, description="torch threads per actor (default: Ray's choice)")
+    memory_gb: float | None = Field(None, gt=0, description="memory reserved per actor, GiB (256M on CPU: about 2)")
     rows_per_shard: int = Field(256, ge=1, description="prediction rows per output shard")
     max_batches: int | None = Field(None, ge=1, description="stop after this many batches (smoke runs)")
     protocol: str = Field("both", description="scoring protocol: ecgbench, strict or both")
@@ -104,7 +105,8 @@ def build_dataset(cfg: EvaluateConfig, done):
     return ds.map_batches(
         PredictorActor, fn_constructor_args=(cfg.model,), fn_constructor_kwargs=options,
         compute=ray.data.ActorPoolStrategy(min_size=cfg.min_actors, max_size=cfg.max_actors),
-        batch_size=cfg.batch_size, batch_format="pandas", num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus or None)
+        batch_size=cfg.batch_size, batch_format="pandas", num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus or None,
+        memory=cfg.memory_gb * 2**30 if cfg.memory_gb else None)
 
 
 def run_predictions(cfg: EvaluateConfig, ds, pred_uri: str, todo: int) -> dict:
