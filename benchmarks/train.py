@@ -99,11 +99,13 @@ if __name__ == "__main__":
         print(f"model {cfg.model} {cfg.tiny}, {args.rows} rows, global batch {args.batch}, {args.steps} steps "
               f"({args.warm} warm-up steps not timed), {os.cpu_count()} cores", flush=True)
         results = {"plain process": plain(cfg, data, args.steps, args.warm)}
+        print(f"plain process: {results['plain process']['samples_per_s']:.1f} samples/s", flush=True)
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
         try:
             for workers in (1, 2):
-                results[f"Ray Train, {workers} worker(s)"] = ray_train(cfg, data, f"{tmp}/run{workers}", args.steps,
-                                                                      args.warm, workers)
+                name = f"Ray Train, {workers} worker(s)"
+                results[name] = ray_train(cfg, data, f"{tmp}/run{workers}", args.steps, args.warm, workers)
+                print(f"{name}: {results[name]['samples_per_s']:.1f} samples/s", flush=True)
         finally:
             ray.shutdown()
     base = results["plain process"]["samples_per_s"]

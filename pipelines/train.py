@@ -120,51 +120,36 @@ class Encode:
         return encode_rows(self.loaded, batch.iloc[good])
 
 
-def worker(c: dict) -> None:
-    """The Ray Train worker: load, set up trainable parameters, resume, run the loop, checkpoint, export."""
-    import dataclasses
-    import math
-
+def _setup(cfg: TrainConfig, rank: int):
+    """Model with its trainable parameters, DDP-wrapped and on the worker's device; optimizer; restored state."""
     import ray.train
     import ray.train.torch
-    import torch
 
     from vlm import finetune as ft
 
-    cfg = TrainConfig(**{k: v for k, v in c.items() if k not in ("n_train", "has_val")})
-    n_train, has_val = c["n_train"], c.get("has_val", True)
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.set_num_threads(cfg.threads_per_worker or max(1, (os.cpu_count() or 1) // world))
-    torch.manual_seed(cfg.seed + rank)
-    gpu = cfg.use_gpu and torch.cuda.is_available()
     loaded = ft.load_for_training(cfg.model, tiny=cfg.tiny)
     model = ft.configure_trainable(loaded.model, mode=cfg.finetune, lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha,
                                    lora_dropout=cfg.lora_dropout, lora_targets=cfg.lora_targets,
                                    freeze_vision=cfg.freeze_vision)
-    if cfg.gradient_checkpointing if cfg.gradient_checkpointing is not None else gpu:
+    if cfg.gradient_checkpointing if cfg.gradient_checkpointing is not None else cfg.use_gpu:
         ft.unwrap(model).gradient_checkpointing_enable()
-    model = ray.train.torch.prepare_model(model)
+    model = ray.train.torch.prepare_model(model)  # DDP when world > 1; moves to the worker's device
     opt = ft.build_optimizer(model, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     state = ft.LoopState()
-    if (ckpt := ray.train.get_checkpoint()) is not None:
+    if (ckpt := ray.train.get_checkpoint()) is not None:  # the latest checkpoint of this run name in storage
         with ckpt.as_directory() as d:
             state = ft.load_checkpoint(d, model, opt)
         if rank == 0:
             print(f"resuming from checkpoint at step {state.step} ({ckpt.path})", flush=True)
-    trainable, total = ft.count_parameters(model)
-    per_step = cfg.batch_size * cfg.grad_accum * world
-    max_steps = cfg.max_steps or max(1, math.ceil((cfg.epochs or 1.0) * n_train / per_step))
-    if rank == 0 and state.step == 0:
-        print(f"training {cfg.model} ({cfg.finetune}): {trainable:,} of {total:,} parameters, {world} worker(s), "
-              f"{n_train} rows, {per_step} rows/step, up to {max_steps} steps / {cfg.max_minutes} min", flush=True)
-    collate = ft.Collator.for_loaded(loaded)
-    shard = ray.train.get_dataset_shard("train")
+    return loaded, model, opt, state
 
-    def batches(epoch: int):
-        return shard.iter_torch_batches(batch_size=cfg.batch_size, collate_fn=collate, drop_last=True,
-                                        local_shuffle_buffer_size=max(4 * cfg.batch_size, 256),
-                                        local_shuffle_seed=cfg.seed + 1000 * epoch + rank)
+
+def _hooks(cfg: TrainConfig, loaded, model, opt, rank: int, has_val: bool):
+    """Progress lines, collective checkpoint reports (rank 0 attaches the files), validation on rank 0."""
+    import pandas as pd
+    import ray.train
+
+    from vlm import finetune as ft
 
     validator = None
 
@@ -173,8 +158,8 @@ def worker(c: dict) -> None:
         if rank != 0 or not has_val:  # every rank calls; rank 0 alone generates and scores
             return None
         if validator is None:
-            rows = _val_rows()
-            validator = ft.Validator(dataclasses.replace(loaded, model=ft.unwrap(model)), model, rows, task=cfg.task)
+            it = ray.train.get_dataset_shard("val").iter_batches(batch_size=256, batch_format="pandas")
+            validator = ft.Validator(loaded, model, pd.concat(list(it), ignore_index=True), task=cfg.task)
         result = validator(st)
         print(f"validation at step {st.step}: " + " ".join(f"{k} {v:.1f}" for k, v in result.items()), flush=True)
         return result
@@ -188,19 +173,47 @@ def worker(c: dict) -> None:
                 ft.save_checkpoint(d, model, opt, st)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d) if rank == 0 else None)
 
-    def _val_rows():
-        import pandas as pd
+    return ft.Hooks(log=lambda line: print(line, flush=True), checkpoint=checkpoint, validate=validate)
 
-        it = ray.train.get_dataset_shard("val").iter_batches(batch_size=256, batch_format="pandas")
-        return pd.concat(list(it), ignore_index=True)
+
+def worker(c: dict) -> None:
+    """The Ray Train worker: set up, resume, run ``vlm.finetune.train_loop``, validate, checkpoint, export."""
+    import dataclasses
+    import math
+
+    import ray.train
+    import torch
+
+    from vlm import finetune as ft
+
+    cfg = TrainConfig(**{k: v for k, v in c.items() if k not in ("n_train", "has_val")})
+    n_train, has_val = c["n_train"], c.get("has_val", True)
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(cfg.threads_per_worker or max(1, (os.cpu_count() or 1) // world))
+    torch.manual_seed(cfg.seed + rank)
+    loaded, model, opt, state = _setup(cfg, rank)
+    per_step = cfg.batch_size * cfg.grad_accum * world
+    max_steps = cfg.max_steps or max(1, math.ceil((cfg.epochs or 1.0) * n_train / per_step))
+    if rank == 0 and state.step == 0:
+        trainable, total = ft.count_parameters(model)
+        print(f"training {cfg.model} ({cfg.finetune}): {trainable:,} of {total:,} parameters, {world} worker(s), "
+              f"{n_train} rows, {per_step} rows/step, up to {max_steps} steps / {cfg.max_minutes} min", flush=True)
+    collate = ft.Collator.for_loaded(loaded)
+    shard = ray.train.get_dataset_shard("train")
+
+    def batches(epoch: int):
+        return shard.iter_torch_batches(batch_size=cfg.batch_size, collate_fn=collate, drop_last=True,
+                                        local_shuffle_buffer_size=max(4 * cfg.batch_size, 256),
+                                        local_shuffle_seed=cfg.seed + 1000 * epoch + rank)
 
     settings = ft.LoopSettings(
         max_steps=max_steps, max_minutes=cfg.max_minutes, lr=cfg.lr, warmup_fraction=cfg.warmup_fraction,
         min_lr_ratio=cfg.min_lr_ratio, cosine=cfg.cosine, grad_accum=cfg.grad_accum, clip=1.0,
-        bf16=cfg.bf16 if cfg.bf16 is not None else gpu, log_every=cfg.log_every,
+        bf16=cfg.bf16 if cfg.bf16 is not None else cfg.use_gpu, log_every=cfg.log_every,
         checkpoint_every=cfg.checkpoint_every, validate_every=cfg.validate_every,
         stop_after_steps=cfg.stop_after_steps)
-    hooks = ft.Hooks(log=lambda line: print(line, flush=True), checkpoint=checkpoint, validate=validate)
+    hooks = _hooks(cfg, loaded, model, opt, rank, has_val)
     state = ft.train_loop(model, opt, batches, settings, state, hooks)
     summary = {"step": state.step, "start_step": state.start_step, "interrupted": state.interrupted,
                "minutes": round(state.elapsed_s / 60, 2), "samples": state.samples, "epochs": state.epoch,
@@ -208,25 +221,19 @@ def worker(c: dict) -> None:
                "first_loss": state.losses[0][1] if state.losses else None, "workers": world}
     if not state.interrupted:
         if not state.validations or state.validations[-1]["step"] != state.step:
-            ft._validate(model, state, hooks)  # every rank calls; rank 0 computes
+            ft.run_validation(model, state, hooks)  # every rank calls; rank 0 computes
         if state.step % cfg.checkpoint_every:
-            checkpoint(state)
-        summary.update(validation=state.validations[-1] if state.validations else None,
-                       validations=state.validations)
+            hooks.checkpoint(state)
+        summary.update(validation=state.validations[-1] if state.validations else None, validations=state.validations)
         if rank == 0:
-            export_uri = storage.join(cfg.out, "export")
+            summary["export"] = storage.join(cfg.out, "export")
             with tempfile.TemporaryDirectory() as d:
-                vlm_export(dataclasses.replace(loaded, model=ft.unwrap(model).eval()), d)
-                storage.upload_dir(d, export_uri)
-            summary["export"] = export_uri
+                import vlm
+
+                vlm.export(dataclasses.replace(loaded, model=ft.unwrap(model).eval()), d, merge_adapter=True)
+                storage.upload_dir(d, summary["export"])
     if rank == 0:
         storage.write_text(storage.join(cfg.out, "train_summary.json"), json.dumps(summary, indent=1))
-
-
-def vlm_export(loaded, out_dir: str) -> None:
-    import vlm
-
-    vlm.export(loaded, out_dir, merge_adapter=True)
 
 
 def _datasets(cfg: TrainConfig):
@@ -241,6 +248,9 @@ def _datasets(cfg: TrainConfig):
         Encode, fn_constructor_kwargs={"model": cfg.model, "tiny": cfg.tiny}, batch_size=32,
         batch_format="pandas", num_cpus=0.5, compute=ray.data.ActorPoolStrategy(min_size=1, max_size=cfg.encode_actors),
     ).materialize()  # encode once: every epoch then reads cached tensors, not PNGs through the processor
+    n_read, n_encoded = train.count(), encoded.count()
+    if n_encoded < n_read:  # Encode named each one on stderr
+        print(f"train: {n_read - n_encoded} of {n_read} rows failed to decode and were left out", flush=True)
     datasets = {"train": encoded}
     if cfg.val_rows and storage.list_files(storage.join(cfg.data, "val"), ".parquet"):
         vfs, vpath = storage.resolve(storage.join(cfg.data, "val"))

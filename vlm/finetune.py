@@ -366,7 +366,7 @@ def train_loop(model, optimizer, batches: Callable[[int], Iterable[dict]], setti
                               f"epoch {state.epoch} elapsed {state.elapsed_s / 60:.1f} min eta {eta:.1f} min")
                 window, window_t, window_samples = [], time.monotonic(), 0
             if settings.validate_every and hooks.validate and state.step % settings.validate_every == 0:
-                _validate(model, state, hooks)
+                run_validation(model, state, hooks)
             if settings.checkpoint_every and hooks.checkpoint and state.step % settings.checkpoint_every == 0:
                 hooks.checkpoint(state)
             if settings.stop_after_steps and state.step - state.start_step >= settings.stop_after_steps:
@@ -380,7 +380,8 @@ def train_loop(model, optimizer, batches: Callable[[int], Iterable[dict]], setti
     return state
 
 
-def _validate(model, state: LoopState, hooks: Hooks) -> None:
+def run_validation(model, state: LoopState, hooks: Hooks) -> None:
+    """Call ``hooks.validate`` in eval mode and keep its result in ``state.validations``."""
     model.eval()
     try:
         result = hooks.validate(state)
@@ -451,7 +452,7 @@ class Validator:
         self.task, self.batch_size = task, batch_size
         self.max_new_tokens = get_task(task).max_new_tokens
         # the same module object as the one being trained: its weights change in place, no copy
-        self.predictor = Predictor.from_loaded(dataclasses.replace(loaded, model=unwrap(model)))
+        self.predictor = Predictor.from_loaded(dataclasses.replace(loaded, model=unwrap(model)))  # live weights
         self.encoded = [self.predictor.encode_one(decode_image(i, b), q, max_new_tokens=self.max_new_tokens)
                         for i, b, q in zip(self.frame["id"], self.frame["image"], self.frame["question"])]
 
