@@ -107,7 +107,9 @@ def _image_value(value) -> tuple[bytes | None, str | None]:
     raise ValueError(f"image cell of type {type(value).__name__}")
 
 
-def _read_records(path: str) -> list[dict]:
+def read_records(path: str) -> list[dict]:
+    """The records of a JSON list or JSONL file; a JSONL line that is not JSON becomes
+    ``{"id": "<file>:<line>", "_error": "bad JSON line: ..."}`` so a caller can count it or refuse it."""
     text = storage.read_text(path)
     stripped = text.lstrip()
     if stripped.startswith("["):
@@ -132,7 +134,7 @@ def json_references(path: str) -> list[dict]:
     """References (no image bytes yet) for a JSON / JSONL file: ``id``, ``image_uri``, ``conversations``."""
     base = posixpath.dirname(path) if storage.is_s3(path) else os.path.dirname(os.path.abspath(path))
     refs = []
-    for k, rec in enumerate(_read_records(path)):
+    for k, rec in enumerate(read_records(path)):
         rid = str(rec.get("id", f"{posixpath.basename(path)}#{k}"))
         image = rec.get("image") or rec.get("image_path") or ""
         if isinstance(image, list):  # ECGInstruct: a list of images; the first is the ECG

@@ -41,17 +41,12 @@ def data_files(uri: str) -> list[str]:
 
 
 def _read_json_records(uri: str) -> list[dict]:
-    text = storage.read_text(uri)
-    stripped = text.lstrip()
-    if stripped.startswith("["):
-        return json.loads(text)
-    records = []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{uri}: line {lineno} is not JSON ({e.msg})") from None
+    from ecg.ecgbench import read_records
+
+    records = read_records(uri)
+    bad = [r for r in records if "_error" in r]
+    if bad:
+        raise ValueError(f"{uri}: {len(bad)} line(s) are not JSON, first {bad[0]['id']} ({bad[0]['_error']})")
     return records
 
 

@@ -84,3 +84,15 @@ def s3_server():
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Run the module's torch work on one thread: tiny models gain nothing from more, and a shared 2-core
+    machine loses a lot to oversubscription."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

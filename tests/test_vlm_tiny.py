@@ -12,13 +12,7 @@ from ecg.synth import generate
 from metrics.tasks import all_tasks, get_task
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # the test machine is shared: two threads fighting over two busy cores are 10x slower than one
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -17,12 +17,7 @@ QUESTIONS = [
 ANSWERS = ["SB; 1dAVb", "NORM"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # shared 2-core machine: one thread is much faster and deterministic
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
