@@ -22,7 +22,7 @@ def _commands(cluster: dict) -> list[str]:
 def _entry_points(text: str) -> tuple[set[str], set[str]]:
     """Python modules (``python -m X``, ``import X``, ``X:attr``) and ``ecgvlm`` subcommands named in text."""
     modules = set(re.findall(r"\b((?:pipelines|serving|ecg|vlm|metrics)(?:\.\w+)+)", text))
-    subcommands = set(re.findall(r"\becgvlm\s+([a-z]+)", text))
+    subcommands = set(re.findall(r"(?:^|[\s`'\"])ecgvlm[ \t]+([a-z]+)\b", text, flags=re.M))
     return modules, subcommands
 
 
@@ -77,3 +77,11 @@ def test_every_config_names_its_command_and_entry_points():
         )
         _assert_entry_points_exist(text, path.name)
         assert isinstance(yaml.safe_load(text), dict), f"{path.name} is a YAML mapping"
+
+
+def test_serve_configs_validate():
+    from serving.config import load_serve_yaml
+
+    for path in [REPO / "serving" / "config.yaml", *sorted((REPO / "configs").glob("serve-*.yaml"))]:
+        http, app = load_serve_yaml(path)
+        assert http["port"] > 0 and app.predictor.max_replicas >= app.predictor.min_replicas, path.name
