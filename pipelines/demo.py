@@ -54,6 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     work = args.workdir
     data, run, out = storage.join(work, "data"), storage.join(work, "run"), storage.join(work, "eval")
     start = time.perf_counter()
+    for previous in (data, run, out):  # a demo reruns from scratch; only its own three folders are replaced
+        if storage.exists(previous):
+            print(f"removing the previous demo's {previous}", flush=True)
+            fs, path = storage.resolve(previous)
+            fs.delete_dir(path)
     if not ray.is_initialized():
         ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=True)
 

@@ -41,7 +41,8 @@ def test_prepare_train_evaluate_score_on_s3(cluster, capsys):
                        "--checkpoint-every", "2", "--validate-every", "4", "--val-rows", "4", "--log-every", "1"]) == 0
     run_keys = _keys(cluster, "runs/tiny/")
     assert any("/checkpoints/" in k for k in run_keys), run_keys[:20]
-    assert any(k.startswith("runs/tiny/export/") and k.endswith("config.json") for k in run_keys)
+    export_files = {k.rsplit("/", 1)[-1] for k in run_keys if k.startswith("runs/tiny/export/")}
+    assert {"config.json", "model.safetensors", "ecgvlm.json"} <= export_files, export_files  # LoRA merged
 
     assert evaluate.main(["--model", f"{run}/export", "--data", shards, "--split", "test", "--out", out,
                           "--batch-size", "4"]) == 0

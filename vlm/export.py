@@ -22,21 +22,29 @@ from vlm.load import SIDECAR, Loaded
 ADAPTER_SUBDIR = "adapter"  # where an unmerged LoRA adapter goes inside the export
 
 
+def _has_adapter(model) -> bool:
+    """True for a peft model: an adapter loaded with ``vlm.load(adapter=...)`` or LoRA layers added by training."""
+    from peft import PeftModel
+
+    return isinstance(model, PeftModel)
+
+
 def _write(loaded: Loaded, folder: Path, merge_adapter: bool) -> None:
     model = loaded.model
     sidecar = loaded.sidecar()
-    if loaded.adapter and merge_adapter:
+    adapter = _has_adapter(model)
+    if adapter and merge_adapter:
         # merge a copy: merge_and_unload changes the weights in place and the caller may keep using `loaded`
         model = copy.deepcopy(model).merge_and_unload()
         sidecar["adapter"] = None
-    elif loaded.adapter:
+    elif adapter:
         model.save_pretrained(folder / ADAPTER_SUBDIR)  # peft writes the adapter only
         # the base weights without the injected LoRA layers (their keys would not load into a plain model)
         model = copy.deepcopy(model).unload()
         sidecar["adapter"] = ADAPTER_SUBDIR
     model.save_pretrained(folder)
     loaded.processor.save_pretrained(folder)
-    sidecar["merged_from_adapter"] = loaded.adapter if merge_adapter else None
+    sidecar["merged_from_adapter"] = (loaded.adapter or "trained") if adapter and merge_adapter else None
     (folder / SIDECAR).write_text(json.dumps(sidecar, indent=2) + "\n")
 
 
