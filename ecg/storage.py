@@ -51,6 +51,13 @@ def resolve(uri: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), str(Path(uri).expanduser().resolve())
 
 
+def absolute(uri: str | os.PathLike) -> str:
+    """An ``s3://`` URI unchanged, a local path made absolute: Ray workers do not share the driver's
+    working directory (Ray Train moves each worker into its run folder), so relative paths must not travel."""
+    uri = str(uri)
+    return uri if is_s3(uri) else str(Path(uri).expanduser().resolve())
+
+
 def join(uri: str, *parts: str) -> str:
     """Join path parts onto a URI, keeping the ``s3://`` scheme."""
     uri = str(uri)

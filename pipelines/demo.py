@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     from metrics.report import published_table
     from pipelines import evaluate, prepare, train
 
-    work = args.workdir
+    work = storage.absolute(args.workdir)
     data, run, out = storage.join(work, "data"), storage.join(work, "run"), storage.join(work, "eval")
     start = time.perf_counter()
     for previous in (data, run, out):  # a demo reruns from scratch; only its own three folders are replaced

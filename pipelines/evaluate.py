@@ -13,6 +13,7 @@ prediction rows as shards named ``<run>-<k>.parquet``, each made visible only wh
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 
@@ -134,6 +135,11 @@ def run_predictions(cfg: EvaluateConfig, ds, pred_uri: str, todo: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     cfg = load_config(EvaluateConfig, argv, prog="ecgvlm evaluate", doc=__doc__)
+    from ecg import storage
+
+    # Predictor actors need not share the driver's working directory: local paths travel as absolute paths.
+    local = {k: storage.absolute(v) for k, v in (("model", cfg.model), ("adapter", cfg.adapter)) if v and os.path.exists(v)}
+    cfg = cfg.model_copy(update={"data": storage.absolute(cfg.data), "out": storage.absolute(cfg.out), **local})
     import pyarrow as pa
 
     from ecg import shards, storage

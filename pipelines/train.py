@@ -93,7 +93,12 @@ def parse_config(argv: list[str] | None) -> TrainConfig:
             values.update(yaml.safe_load(open(value)) or {})
         else:
             overrides[key.replace("-", "_")] = yaml.safe_load(value) if key not in ("model", "data", "out") else value
-    return TrainConfig(**{**values, **overrides})
+    cfg = TrainConfig(**{**values, **overrides})
+    from ecg import storage
+
+    # Ray Train runs each worker in its own run folder: local paths travel as absolute paths.
+    model = storage.absolute(cfg.model) if os.path.exists(cfg.model) else cfg.model
+    return cfg.model_copy(update={"data": storage.absolute(cfg.data), "out": storage.absolute(cfg.out), "model": model})
 
 
 class Encode:

@@ -45,9 +45,10 @@ def _summary(out: Path) -> dict:
     return json.loads((out / "train_summary.json").read_text())
 
 
-def test_one_worker_resumes_after_interruption_and_exports(ray_cluster, shards, tmp_path):
+def test_one_worker_resumes_after_interruption_and_exports(ray_cluster, shards, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a relative --out, as users type it: workers run elsewhere and must not lose it
     out = tmp_path / "run"
-    argv = _argv(shards, out, "--max-steps", "6", "--checkpoint-every", "3")
+    argv = _argv(shards, Path("run"), "--max-steps", "6", "--checkpoint-every", "3")
     assert train.main(argv + ["--stop-after-steps", "3"]) == 0  # "crashes" right after its first checkpoint
     first = _summary(out)
     assert first["interrupted"] and first["step"] == 3 and "export" not in first
