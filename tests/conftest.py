@@ -74,7 +74,11 @@ def s3_server():
     }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
-    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="ecg")
+    # moto keeps its buckets per process, across servers: start every module from an empty bucket
+    bucket = boto3.resource("s3", endpoint_url=endpoint).Bucket("ecg")
+    if bucket.creation_date is None:
+        bucket.create()
+    bucket.objects.all().delete()
     try:
         yield endpoint
     finally:

@@ -88,4 +88,4 @@ def test_two_workers_ddp_loss_falls(ray_cluster, shards, tmp_path):
 def test_shipped_configs_parse(path):
     assert path.read_text().startswith("#")  # the first line is the command that runs it
     cfg = train.parse_config(["--config", str(path), "--data", "d", "--out", "o"])
-    assert cfg.data == "d" and cfg.out == "o"
+    assert cfg.data == os.path.abspath("d") and cfg.out == os.path.abspath("o")  # local paths made absolute
