@@ -39,30 +39,40 @@ def parquet_dataset(uri: str):
     return pads.dataset(files, filesystem=fs, format="parquet") if files else None
 
 
-def count_split(uri: str) -> dict:
-    """``{"rows": n, "labels": {label: n}, "tasks": {task: n}}`` of the sample shards under ``uri``.
+LATER_TURN = r"#t[1-9][0-9]*$"  # the id suffix of a record's turn k >= 1 (``<record id>#t<k>``)
 
-    Reads only the ``labels`` and ``task`` columns (Parquet is columnar: no image bytes are read).
+
+def count_split(uri: str) -> dict:
+    """``{"rows": n, "records": r, "labels": {label: n}, "tasks": {task: n}}`` of the sample shards under ``uri``.
+
+    ``records`` counts rows that are a record's first turn (ids without a ``#t<k>`` suffix). Reads only the
+    ``id``, ``labels`` and ``task`` columns (Parquet is columnar: no image bytes are read).
     """
     from collections import Counter
 
+    import pyarrow.compute as pc
+
     data = parquet_dataset(uri)
-    labels, tasks, rows = Counter(), Counter(), 0
-    for batch in data.to_batches(columns=["labels", "task"]) if data is not None else ():
+    labels, tasks, rows, records = Counter(), Counter(), 0, 0
+    for batch in data.to_batches(columns=["id", "labels", "task"]) if data is not None else ():
         rows += batch.num_rows
+        records += batch.num_rows - pc.sum(pc.match_substring_regex(batch.column("id"), LATER_TURN)).as_py() \
+            if batch.num_rows else 0
         labels.update(batch.column("labels").flatten().to_pylist())
         tasks.update(batch.column("task").to_pylist())
-    return {"rows": rows, "labels": dict(sorted(labels.items())), "tasks": dict(sorted(tasks.items()))}
+    return {"rows": rows, "records": records, "labels": dict(sorted(labels.items())),
+            "tasks": dict(sorted(tasks.items()))}
 
 
 def read_failures(uri: str) -> list[dict]:
-    """``[{"id": ..., "error": ...}]`` of failure rows (error in ``meta``) written under ``uri``, by id."""
+    """``[{"id": ..., "error": ..., "kind": ...}]`` of the failure rows written under ``uri`` (from ``meta``), by id."""
     data = parquet_dataset(uri)
     if data is None:
         return []
     table = data.to_table(columns=["id", "meta"])
-    out = [{"id": i, "error": json.loads(m or "{}").get("error", "")}
-           for i, m in zip(table.column("id").to_pylist(), table.column("meta").to_pylist())]
+    metas = [json.loads(m or "{}") for m in table.column("meta").to_pylist()]
+    out = [{"id": i, "error": m.get("error", ""), "kind": m.get("kind", "unreadable_record")}
+           for i, m in zip(table.column("id").to_pylist(), metas)]
     return sorted(out, key=lambda f: f["id"])
 
 
@@ -116,6 +126,13 @@ class ShardWriter:
         self.flush()
 
 
+def aside_name(uri: str) -> str:
+    """Where a torn shard is moved: ``<folder>/_<name>.corrupt``. The leading ``_`` makes every Parquet reader
+    (pyarrow.dataset, pandas, polars, DuckDB, ``datasets``) skip it, so the folder stays a readable dataset."""
+    folder, _, name = uri.rpartition("/")
+    return f"{folder}/_{name}.corrupt" if folder else f"_{name}.corrupt"
+
+
 def _readable(uri: str) -> list[str]:
     """The ``*.parquet`` files under ``uri`` that have a valid footer; others are moved aside (warned)."""
     fs, _ = storage.resolve(uri)
@@ -125,8 +142,9 @@ def _readable(uri: str) -> list[str]:
             pq.read_metadata(strip_scheme(f), filesystem=fs)
             good.append(f)
         except Exception as exc:  # noqa: BLE001 - a torn file from another writer: never read it
-            print(f"warning: {f} is not a complete Parquet file ({exc}); moved to {f}.corrupt", file=sys.stderr)
-            fs.move(strip_scheme(f), strip_scheme(f) + ".corrupt")
+            aside = aside_name(f)
+            print(f"warning: {f} is not a complete Parquet file ({exc}); moved to {aside}", file=sys.stderr)
+            fs.move(strip_scheme(f), strip_scheme(aside))
     return good
 
 
