@@ -6,6 +6,8 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
+import shlex
 
 import pandas as pd
 import pyarrow.dataset as pads
@@ -189,3 +191,35 @@ def test_old_manifest_name_still_loads(tmp_path):
     assert manifests.read_manifest(str(tmp_path)) == {"rows": 4}
     with pytest.raises(FileNotFoundError, match="_manifest.json"):
         manifests.read_manifest(str(tmp_path / "nothing"))
+
+
+def _readme_prepare(source: str) -> list[str]:
+    """The README data table's ``ecgvlm prepare --source SOURCE ...`` command, as arguments."""
+    with open(os.path.join(REPO, "README.md")) as f:
+        for line in f:
+            found = re.search(rf"`ecgvlm prepare (--source {source} [^`]*)`", line)
+            if found:
+                return shlex.split(found.group(1))
+    raise AssertionError(f"README has no `ecgvlm prepare --source {source}` command")
+
+
+def _with(args: list[str], **values: str) -> list[str]:
+    args = list(args)
+    for flag, value in values.items():
+        args[args.index(f"--{flag}") + 1] = value
+    return args
+
+
+@pytest.mark.slow
+def test_readme_prepare_commands_run_as_written(ray_cluster, tmp_path):
+    """The README's ECGInstruct and ECGBench commands, with only --path and --out pointing at local copies."""
+    instruct = _readme_prepare("ecginstruct")
+    assert instruct[instruct.index("--path") + 1] == "ECGInstruct.json"
+    path = make_ecginstruct(str(tmp_path / "ecginstruct"))
+    manifest = _prepare(*_with(instruct, path=path, out=str(tmp_path / "instruct")))
+    assert manifest["rows"] == 11 and set(manifest["counts"]["splits"]) == {"train", "val"}
+    bench = _readme_prepare("ecgbench")
+    assert bench[bench.index("--path") + 1] == "ECGBench/code15-test"
+    root = make_hub_parquet(str(tmp_path / "ECGBench"))
+    manifest = _prepare(*_with(bench, path=os.path.join(root, "code15-test"), out=str(tmp_path / "bench")))
+    assert manifest["counts"]["tasks"] == {"code15": {"test": 3}} and manifest["failed"] == 0
