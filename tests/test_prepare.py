@@ -40,14 +40,16 @@ def _split_rows(out: str, split: str) -> list[dict]:
 
 
 def _read_like_anyone(out: str, splits: list[str], rows: int) -> None:
-    """The folder and each split folder open with pandas and pyarrow.dataset given only the path (and with
-    polars, DuckDB and Hugging Face ``datasets`` where installed; none is a dependency of this project)."""
+    """The folder and each split folder open with pandas and pyarrow.dataset given only the path; and, where
+    installed (none is a dependency of this project), Hugging Face ``datasets`` given the folder, polars given
+    a split folder (polars skips no side file: the whole folder takes a glob), DuckDB given a glob."""
     assert len(pd.read_parquet(out)) == rows and pads.dataset(out).count_rows() == rows
     assert sum(len(pd.read_parquet(os.path.join(out, s))) for s in splits) == rows
     by_folder = pads.dataset(out, partitioning=["split"]).to_table(columns=["split"]).column("split").to_pylist()
     assert sorted(set(by_folder)) == sorted(splits)  # directory partitioning: the folder is the split
     try:
         import polars
+        assert sum(polars.read_parquet(os.path.join(out, s)).height for s in splits) == rows
         assert polars.read_parquet(os.path.join(out, "**", "*.parquet")).height == rows
     except ImportError:
         pass
