@@ -1,8 +1,9 @@
 """The manifest of a prepared dataset: ``<out>/_manifest.json`` beside the ``<out>/<split>/*.parquet`` shards.
 
 Side files start with ``_`` so that every prepared folder is an ordinary Parquet dataset: pyarrow.dataset,
-pandas, polars, DuckDB and Hugging Face ``datasets`` skip names starting with ``_`` or ``.``. Folders written
-before this convention hold ``manifest.json``; :func:`read_manifest` reads either. No Ray, no torch.
+pandas and Hugging Face ``datasets`` skip names starting with ``_`` or ``.`` (polars skips none: it reads
+a split folder as it is, the whole folder through a ``**/*.parquet`` glob, as DuckDB always does). Folders
+written before this convention hold ``manifest.json``; :func:`read_manifest` reads either. No Ray, no torch.
 
 Example::
 

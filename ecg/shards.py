@@ -127,8 +127,8 @@ class ShardWriter:
 
 
 def aside_name(uri: str) -> str:
-    """Where a torn shard is moved: ``<folder>/_<name>.corrupt``. The leading ``_`` makes every Parquet reader
-    (pyarrow.dataset, pandas, polars, DuckDB, ``datasets``) skip it, so the folder stays a readable dataset."""
+    """Where a torn shard is moved: ``<folder>/_<name>.corrupt``. pyarrow.dataset, pandas and ``datasets`` skip
+    names starting with ``_``, and a ``*.parquet`` glob (polars, DuckDB) misses it: the folder stays readable."""
     folder, _, name = uri.rpartition("/")
     return f"{folder}/_{name}.corrupt" if folder else f"_{name}.corrupt"
 
