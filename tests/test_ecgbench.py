@@ -172,6 +172,8 @@ def test_reference_chunks_are_bounded(tmp_path):
     assert [len(c["id"]) for c in chunks] == [10, 10, 6]
     assert chunks[0]["image"][0] == "images/r0.png" and chunks[0]["root"][0] == str(tmp_path)
     assert chunks[2]["error_kind"][-1] == samples.NO_IMAGE and set(chunks[0]["hint"]) == {""}
+    (elsewhere,) = jsonrecords.reference_chunks(str(path), chunk=100, image_root="s3://ecg/images")
+    assert set(elsewhere["root"]) == {"s3://ecg/images"} and set(elsewhere["hint"]) == {str(path)}
 
 
 # ---- datasets in the published forms (shared with test_prepare) -------------------------------------------------
