@@ -43,6 +43,8 @@ class RecordError(ValueError):
     def __init__(self, message: str, kind: str = UNREADABLE_RECORD):
         super().__init__(message)
         self.kind = kind
+
+
 ROW_SCHEMA = SAMPLE_SCHEMA.append(pa.field("split", pa.string()))
 DEFAULT_SPLITS = {"train": 0.8, "val": 0.1, "test": 0.1}
 

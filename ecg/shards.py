@@ -56,8 +56,8 @@ def count_split(uri: str) -> dict:
     labels, tasks, rows, records = Counter(), Counter(), 0, 0
     for batch in data.to_batches(columns=["id", "labels", "task"]) if data is not None else ():
         rows += batch.num_rows
-        records += batch.num_rows - pc.sum(pc.match_substring_regex(batch.column("id"), LATER_TURN)).as_py() \
-            if batch.num_rows else 0
+        later_turns = pc.sum(pc.match_substring_regex(batch.column("id"), LATER_TURN)).as_py() or 0
+        records += batch.num_rows - later_turns
         labels.update(batch.column("labels").flatten().to_pylist())
         tasks.update(batch.column("task").to_pylist())
     return {"rows": rows, "records": records, "labels": dict(sorted(labels.items())),
