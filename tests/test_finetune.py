@@ -55,17 +55,25 @@ def test_cached_pixels_are_exact(loaded, rows, cached):
 
     ref = collate(loaded, [ft.decode_image(i, b) for i, b in zip(rows["id"], rows["image"])],
                   list(rows["question"]), list(rows["answer"]))
-    assert cached["pixels"].dtype == np.uint8  # 4x (12x for gray pages) smaller than float32
+    # 4x smaller than float32, 12x for gray pages: one uint8 channel per tile
+    assert all(p.dtype == np.uint8 and p.shape[1] == 1 for p in cached["pixels"])
     ours = ft.Collator.for_loaded(loaded)(cached)
     assert torch.allclose(ours["pixel_values"], ref["pixel_values"], atol=1e-5)
+    assert torch.equal(ours["pixel_attention_mask"], ref["pixel_attention_mask"].bool())
     assert torch.equal(ours["labels"], ref["labels"])
 
 
-def test_bad_image_names_the_row(loaded, rows):
-    bad = rows.iloc[:2].copy()
+def test_bad_image_is_named_counted_and_left_out_of_the_batch(loaded, rows):
+    bad = rows.iloc[:3].copy()
     bad.loc[bad.index[1], "image"] = b"not a png"
-    with pytest.raises(ValueError, match=str(bad["id"].iloc[1])):
-        ft.encode_rows(loaded, bad)
+    encoded = ft.encode_rows(loaded, bad)
+    assert encoded["error"][0] == "" and encoded["error"][2] == ""
+    assert str(bad["id"].iloc[1]) in encoded["error"][1] and "decode" in encoded["error"][1]
+    collate = ft.Collator.for_loaded(loaded)
+    batch = collate(encoded)
+    assert batch["input_ids"].shape[0] == 2 and collate.failed == 1  # the good rows train; the bad one is counted
+    good = collate(ft.encode_rows(loaded, bad.iloc[[0, 2]]))
+    assert torch.equal(batch["labels"], good["labels"])
 
 
 def test_schedule_warms_up_then_decays():
