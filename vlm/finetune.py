@@ -85,7 +85,10 @@ def enable_gradient_checkpointing(model) -> None:
     """
     base = unwrap(model)
     inner = base.get_base_model() if hasattr(base, "get_base_model") else base  # peft wrapper
-    inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if hasattr(inner, "activation_checkpointing_enable"):  # transformers 5 name
+        inner.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if hasattr(inner, "enable_input_require_grads"):
         inner.enable_input_require_grads()
     inner.config.use_cache = False  # a KV cache is useless in training and conflicts with recomputation
