@@ -194,6 +194,13 @@ def _hooks(cfg: TrainConfig, loaded, model, opt, rank: int, has_val: bool):
     return ft.Hooks(log=lambda line: print(line, flush=True), checkpoint=checkpoint, validate=validate)
 
 
+def _peak_rss_mib() -> float:
+    """This process's peak resident memory, MiB (Linux reports KiB)."""
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
 def worker(c: dict) -> None:
     """The Ray Train worker: set up, resume, run ``vlm.finetune.train_loop``, validate, checkpoint, export."""
     import dataclasses
@@ -240,7 +247,7 @@ def worker(c: dict) -> None:
                "first_loss": state.losses[0][1] if state.losses else None, "workers": world,
                # rows that failed to encode in one pass over the data, over all workers (each is named on stderr)
                "failed_rows": int(ft._reduce(max((c.failed for c in collators.values()), default=0), "sum")),
-               "images": loaded.images.to_dict(), "ingest": c.get("ingest")}
+               "images": loaded.images.to_dict(), "ingest": c.get("ingest"), "peak_rss_mib": _peak_rss_mib()}
     if not state.interrupted:
         if not state.validations or state.validations[-1]["step"] != state.step:
             ft.run_validation(model, state, hooks)  # every rank calls; rank 0 computes
