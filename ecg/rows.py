@@ -9,7 +9,7 @@ Prediction row (written by ``evaluate``, read by ``score``)::
 
     {"id": "synth-000017", "task": "code15", "question": "...", "answer": "SB; 1dAVb",
      "prediction": "SB; 1dAVb", "label_scores": '{"SB": 0.93, "AF": 0.02, ...}',
-     "model": "tiny", "error": None, "latency_ms": 41.7}
+     "model": "tiny", "error": None, "latency_ms": 41.7, "prompt_tokens": 1139}
 
 ``label_scores`` is a JSON object (label -> probability) or null; ``error`` is null unless the
 record failed, in which case ``prediction`` is empty and the record still counts.
@@ -43,6 +43,7 @@ PREDICTION_SCHEMA = pa.schema(
         pa.field("model", pa.string()),
         pa.field("error", pa.string()),  # null unless the record failed
         pa.field("latency_ms", pa.float64()),
+        pa.field("prompt_tokens", pa.int64()),  # tokens of the prompt the model read (image tokens included)
     ]
 )
 

@@ -13,13 +13,12 @@ prediction rows as shards named ``<run>-<k>.parquet``, each made visible only wh
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipelines.prepare import ensure_ray, load_config
+from pipelines.prepare import load_config
 
 
 class EvaluateConfig(BaseModel):
@@ -32,8 +31,10 @@ class EvaluateConfig(BaseModel):
     split: str = Field("test", description="split folder under --data ('' for --data itself)")
     tasks: str | None = Field(None, description="comma-separated task names to keep (default: all)")
     limit: int | None = Field(None, ge=1, description="predict at most this many new rows in this run")
-    image_splitting: bool = Field(False, description="processor image splitting (17 tiles per page when on)")
-    longest_edge: int | None = Field(None, description="resize pages so the longest edge is this many px")
+    image_splitting: bool | None = Field(None, description="processor image splitting (None: as the model was "
+                                         "trained, from its export, else its processor's own; SmolVLM: 17 tiles)")
+    longest_edge: int | None = Field(None, description="resize pages so the longest edge is this many px "
+                                     "(None: as trained / the processor's own)")
     device: str = Field("auto", description="auto, cpu, cuda")
     dtype: str = Field("auto", description="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16")
     batch_size: int = Field(8, ge=1, description="rows per predictor call")
@@ -47,6 +48,13 @@ class EvaluateConfig(BaseModel):
     max_batches: int | None = Field(None, ge=1, description="stop after this many batches (smoke runs)")
     protocol: str = Field("both", description="scoring protocol: ecgbench, strict or both")
     progress_s: float = Field(10.0, description="seconds between progress lines")
+    ray_cpus: int | None = Field(None, ge=1, description="CPUs of the local Ray started when none is running "
+                                 "(None: every core)")
+
+    def bundles(self) -> list[dict]:
+        """The actor pool's minimum (it grows to ``max_actors`` where there is room) and one read task."""
+        actor = {"CPU": self.num_cpus, "GPU": self.num_gpus, "memory": (self.memory_gb or 0) * 2**30}
+        return [actor] * self.min_actors + [{"CPU": 0.1}]
 
 
 class PredictorActor:
@@ -92,7 +100,8 @@ def build_dataset(cfg: EvaluateConfig, done):
 
     fs, _ = storage.resolve(cfg.data)
     files = [shards.strip_scheme(f) for f in storage.list_files(_samples_uri(cfg), ".parquet")]
-    ds = ray.data.read_parquet(files, filesystem=fs, columns=["id", "task", "image", "question", "answer"])
+    ds = ray.data.read_parquet(files, filesystem=fs).select_columns(["id", "task", "image", "question", "answer",
+                                                                     "meta"])
     tasks = set(cfg.tasks.split(",")) if cfg.tasks else None
     if len(done) or tasks:
         ds = ds.map_batches(shards.keep_rows, fn_kwargs={"done": done, "tasks": tasks}, batch_format="pyarrow")
@@ -134,23 +143,28 @@ def run_predictions(cfg: EvaluateConfig, ds, pred_uri: str, todo: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = load_config(EvaluateConfig, argv, prog="ecgvlm evaluate", doc=__doc__)
-    from ecg import storage
+    from pipelines import launch
 
+    cfg = load_config(EvaluateConfig, argv, prog="ecgvlm evaluate", doc=__doc__)
     # Predictor actors need not share the driver's working directory: local paths travel as absolute paths.
-    local = {k: storage.absolute(v) for k, v in (("model", cfg.model), ("adapter", cfg.adapter)) if v and os.path.exists(v)}
-    cfg = cfg.model_copy(update={"data": storage.absolute(cfg.data), "out": storage.absolute(cfg.out), **local})
+    cfg = launch.absolute_paths(cfg, "data", "out", "model", "adapter")
     import pyarrow as pa
 
     from ecg import shards, storage
+    from vlm.load import load_processor
 
     start = time.perf_counter()
     pred_uri = storage.join(cfg.out, "predictions")
     done_ids, _ = shards.predicted_ids(pred_uri)
     done = pa.array(sorted(done_ids), pa.string())  # one compact array shipped to every filter task
     todo = count_todo(cfg, done)
-    print(f"evaluate: {todo} rows to predict, {len(done)} already in {pred_uri}", flush=True)
-    started = ensure_ray() if todo else False  # nothing left to predict: no cluster, no model load
+    images = load_processor(cfg.model, image_splitting=cfg.image_splitting, longest_edge=cfg.longest_edge)
+    print(f"evaluate: {todo} rows to predict, {len(done)} already in {pred_uri}; {images.describe_images()}",
+          flush=True)
+    started = False  # nothing left to predict: no cluster, no model load
+    if todo:
+        started = launch.start(cfg.bundles(), what="ecgvlm evaluate", num_cpus=cfg.ray_cpus,
+                               hint="min_actors, num_cpus, num_gpus, memory_gb (or ray_cpus for a local Ray)")
     try:
         run = run_predictions(cfg, build_dataset(cfg, done) if todo else None, pred_uri, todo)
         results, totals = score(pred_uri, protocol=cfg.protocol)
@@ -160,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
 
             ray.shutdown()
     run.update(model=cfg.model, adapter=cfg.adapter, data=cfg.data, split=cfg.split, skipped=len(done), **totals,
+               images={**images.images.to_dict(), "from": images.images_from},
                wall_s=round(time.perf_counter() - start, 2))
     storage.write_text(storage.join(cfg.out, "metrics.json"), json.dumps(results, indent=2, default=str))
     storage.write_text(storage.join(cfg.out, "run.json"), json.dumps(run, indent=2, default=str))

@@ -71,7 +71,7 @@ def score_dataset(predictions_uri: str, *, protocol: str = "both", seed: int = 0
                   batch_size: int | None = None) -> dict:
     """``{task: result}`` over prediction shards (Parquet, PREDICTION_SCHEMA) with Ray Data: per-block
     counts (``map_batches`` of a pure function; ``batch_size`` None = one batch per block), merged in block
-    order on the driver. Uses the running Ray cluster, or starts a local one (2 CPUs, no dashboard)."""
+    order on the driver. Uses the running Ray cluster (or ``RAY_ADDRESS``), or starts a local one."""
     import ray
 
     from ecg import storage
@@ -79,8 +79,9 @@ def score_dataset(predictions_uri: str, *, protocol: str = "both", seed: int = 0
     from metrics.reduce import merge_table, stats_table
     from metrics.score import finalize
 
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False)
+    from pipelines import launch
+
+    launch.start([{"CPU": 1}], what="ecgvlm score")
     files = data_files(predictions_uri)
     fs, _ = storage.resolve(predictions_uri)
     ctx = ray.data.DataContext.get_current()
