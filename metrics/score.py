@@ -44,6 +44,8 @@ REFERENCE_SEED = 42  # the reference draws random letters from random.seed(42)
 # eval_g12_test in its __main__): one random stream serves all three
 REFERENCE_RUN = ("mmmu", "csn", "g12")
 RANDOM_ORDERS = ("task", "benchmark")
+# the reference skips a choice prediction file whose line count is not the split's size (it prints nothing)
+REFERENCE_LINES = {"mmmu": 200, "csn": 1611, "g12": 2026}
 
 
 def letter_stream(task: Task | str, *, order: str = "task", drawn_before: dict[str, int] | None = None
@@ -134,6 +136,16 @@ def f1_from(c: np.ndarray) -> np.ndarray:
 
 
 # ---- ecgbench -----------------------------------------------------------------------------------------------
+def _choice_notes(task: Task, st: dict, options: list[str]) -> list[str]:
+    notes = [f"{len(st['eb_unparsed_gold'])} unparsable answer(s) got a random letter ({options[0]}-{options[-1]}, "
+             "seed 42, in line order), as the reference does"] if st["eb_unparsed_gold"] else []
+    size = REFERENCE_LINES.get(task.name)
+    if size is not None and st["n"] != size:
+        notes.append(f"the reference prints no {task.name} accuracy for a prediction file without exactly "
+                     f"{size} lines ({st['n']} here)")
+    return notes
+
+
 def _ecgbench(task: Task, st: dict, rng: random.Random | None = None) -> tuple[dict, dict]:
     """(top-level fields, details) of the published protocol; choice tasks draw from ``rng``."""
     if task.kind == MULTILABEL:
@@ -158,7 +170,7 @@ def _ecgbench(task: Task, st: dict, rng: random.Random | None = None) -> tuple[d
         return top, {"classes": classes, "per_class": {k: per[k] for k in classes}, "notes": notes,
                      "raw": {k: (None if math.isnan(v) else v) for k, v in raw.items()}}
     if task.kind == CHOICE:
-        rng = rng or random.Random(REFERENCE_SEED)
+        rng = random.Random(REFERENCE_SEED) if rng is None else rng
         options = list(task.labels)
         lucky = sum(rng.choice(options) == g for g in st["eb_unparsed_gold"])  # one draw per row, in order
         n = st["n"]
@@ -166,9 +178,7 @@ def _ecgbench(task: Task, st: dict, rng: random.Random | None = None) -> tuple[d
         return ({"accuracy": pct1(acc) if n else None},
                 {"random_letters": len(st["eb_unparsed_gold"]), "random_letters_correct": int(lucky),
                  "raw": {"accuracy": acc},
-                 "notes": [f"{len(st['eb_unparsed_gold'])} unparsable answer(s) got a random letter "
-                           f"({options[0]}-{options[-1]}, seed 42, in line order), as the reference "
-                           "does"] if st["eb_unparsed_gold"] else []})
+                 "notes": _choice_notes(task, st, options)})
     if task.kind == SETMATCH:
         n = st["n"]
         notes = [f"{st['qa_no_options']} row(s) have no \"Options:\" in their question: the reference takes "

@@ -23,7 +23,8 @@ from metrics.score import letter_stream
 from pipelines.score import main
 
 TAIL = "Only answer based on the given Options without any explanation."
-SYMPTOMS = f"<image>\nWhich symptoms does this ECG show? Options: sinus rhythm, atrial fibrillation, Q wave, None\n\n{TAIL}"
+SYMPTOMS = ("<image>\nWhich symptoms does this ECG show? "
+            f"Options: sinus rhythm, atrial fibrillation, Q wave, None\n\n{TAIL}")
 VERIFY = f"<image>\nDoes this ECG show atrial fibrillation? Options: yes, no, not sure\n\n{TAIL}"
 # id: (question, gold list, answer); pass by the published rules / by strict, worked out by hand
 QA = {
@@ -90,7 +91,8 @@ def test_ecgqa_in_memory_with_list_golds():
 def test_ecgqa_cli_on_ecgbench_json_and_pulse_output(tmp_path, capsys):
     refs = tmp_path / "ecgqa-test.json"
     refs.write_text(json.dumps(ecgbench_records(QA)))
-    preds = write_jsonl(tmp_path / "answers.jsonl", pulse_lines(QA, order=["q5", "q2", "q8", "q7", "q1", "q4", "q6", "q3"]))
+    order = ["q5", "q2", "q8", "q7", "q1", "q4", "q6", "q3"]
+    preds = write_jsonl(tmp_path / "answers.jsonl", pulse_lines(QA, order=order))
     got = run_json(capsys, "--task", "ecgqa-test", "--references", str(refs), "--predictions", preds)
     assert (got["accuracy"], got["strict"]["accuracy"], got["n"]) == (QA_ECGBENCH, QA_STRICT, 8)
     assert got["ecgbench"]["lines"] == {"lines": 8, "duplicate_lines": 0, "missing_not_scored": 0,
@@ -109,6 +111,12 @@ def test_ecgqa_list_gold_survives_prepare_and_scores_the_same(tmp_path, capsys):
     preds = write_jsonl(tmp_path / "answers.jsonl", pulse_lines(QA))
     got = run_json(capsys, "--task", "ecgqa", "--references", str(tmp_path / "samples.parquet"), "--predictions", preds)
     assert (got["accuracy"], got["strict"]["accuracy"]) == (QA_ECGBENCH, QA_STRICT)
+
+
+def test_a_question_without_options_is_reported():
+    r = score_frame("ecgqa", pd.DataFrame({"id": ["x"], "question": ["Is it AF?"], "answer": [["yes"]],
+                                           "prediction": ["yes"]}))
+    assert r["accuracy"] == 0.0 and "no \"Options:\"" in r["ecgbench"]["notes"][0]
 
 
 def test_a_gold_list_of_non_texts_names_its_record(tmp_path, capsys):
@@ -188,6 +196,7 @@ def test_mmmu_options_a_to_d(tmp_path, capsys):
     got = run_json(capsys, "--task", "mmmu-ecg", "--references", refs, "--predictions", preds)
     # lines m1 (C), m0 (A), m2 (A) draw A, A, C from A-D: only m0 lucky; m3 parsed right
     assert got["accuracy"] == 50.0 and got["ecgbench"]["random_letters_correct"] == 1
+    assert any("exactly 200 lines (4 here)" in note for note in got["ecgbench"]["notes"])  # the reference skips it
 
 
 # ---- duplicate lines and missing predictions --------------------------------------------------------------
