@@ -216,7 +216,7 @@ def _warnings(r: dict) -> list[str]:
     out = []
     if r.get("missing_predictions"):
         out.append(f"{r['missing_predictions']} of {r['references']} reference ids have no prediction "
-                   f"(e.g. {r['missing_examples']}): scored as empty answers")
+                   f"(e.g. {r['missing_examples']}): scored as empty answers by strict, not scored by ecgbench")
     if r.get("unmatched_predictions"):
         out.append(f"{r['unmatched_predictions']} of {r['predictions']} predictions have no reference "
                    f"(e.g. {r['unmatched_examples']}): not scored")
@@ -225,7 +225,8 @@ def _warnings(r: dict) -> list[str]:
                    f"(e.g. {r['duplicate_reference_examples']}): the first is kept")
     if r.get("duplicate_prediction_ids"):
         out.append(f"{r['duplicate_prediction_ids']} duplicate prediction id(s) "
-                   f"(e.g. {r['duplicate_prediction_examples']}): the first is kept")
+                   f"(e.g. {r['duplicate_prediction_examples']}): strict keeps the first, ecgbench counts "
+                   "every line")
     if r.get("empty_predictions"):
         out.append(f"{r['empty_predictions']} prediction(s) are empty (including missing ones)")
     return out
