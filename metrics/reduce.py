@@ -148,12 +148,18 @@ def _choice_stats(task: Task, gold, text, bucket) -> dict:
 
 
 def _setmatch_stats(gold, text, question, bucket) -> dict:
-    g, t = gold[1][gold[0]], text[1][text[0]]  # back to per-row texts: set match reads the question too
-    question = parsing.as_text(question)
-    return {"eb_correct": int(parsing.ecgbench_setmatch(question, g, t).sum()),
-            "st_correct": np.bincount(bucket, weights=parsing.strict_setmatch(question, g, t),
-                                      minlength=N_BUCKETS),
-            "qa_no_options": int((~question.str.contains("Options:", regex=False)).sum())}
+    (gc, gu), (tc, tu) = gold, text
+    qc, qu = parsing.distinct(parsing.as_text(question))
+    # set match reads question, gold and text together: parse each distinct triple once (keys stay < n**2)
+    pairs, pc = np.unique(qc.astype(np.int64) * len(gu) + gc, return_inverse=True)
+    triples, row = np.unique(pc.reshape(-1).astype(np.int64) * len(tu) + tc, return_inverse=True)
+    pair = pairs[triples // len(tu)]
+    q, g, t = np.array(qu, dtype=object)[pair // len(gu)], gu[pair % len(gu)], tu[triples % len(tu)]
+    row = row.reshape(-1)
+    no_options = np.array(["Options:" not in x for x in qu], dtype=bool)[qc] if len(qc) else np.zeros(0, bool)
+    return {"eb_correct": int(parsing.ecgbench_setmatch(q, g, t)[row].sum()),
+            "st_correct": np.bincount(bucket, weights=parsing.strict_setmatch(q, g, t)[row], minlength=N_BUCKETS),
+            "qa_no_options": int(no_options.sum())}
 
 
 def batch_stats(task: Task, frame: pd.DataFrame) -> dict:
