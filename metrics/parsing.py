@@ -25,6 +25,7 @@ Example::
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 from functools import lru_cache
@@ -74,16 +75,20 @@ def gold_column(values) -> pd.Series:
 
 def json_items(text: str) -> list[str] | None:
     """The items of a gold stored as a JSON list of texts (``gold_text``), as given; None for any other text.
+    A Python list literal (``str(list)``, as rows prepared before lists were kept as JSON hold) reads too.
 
-    >>> json_items('["yes"]'), json_items("yes")
-    (['yes'], None)
+    >>> json_items('["yes"]'), json_items("['not sure']"), json_items("yes")
+    (['yes'], ['not sure'], None)
     """
     if not text.startswith("["):
         return None
     try:
         value = json.loads(text)
     except ValueError:
-        return None
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            return None
     return value if isinstance(value, list) and all(isinstance(x, str) for x in value) else None
 
 

@@ -113,6 +113,14 @@ def test_ecgqa_list_gold_survives_prepare_and_scores_the_same(tmp_path, capsys):
     assert (got["accuracy"], got["strict"]["accuracy"]) == (QA_ECGBENCH, QA_STRICT)
 
 
+def test_list_golds_written_as_python_literals_still_read_as_lists():
+    # str(list), as rows prepared before lists were kept as JSON text hold their gold
+    frame = pd.DataFrame({"id": ["a", "b"], "question": [VERIFY] * 2, "answer": ["['no']", "['not sure']"],
+                          "prediction": ["No.", "not sure"]})
+    r = score_frame("ecgqa", frame)
+    assert (r["accuracy"], r["strict"]["accuracy"]) == (50.0, 100.0)  # "not sure" also finds "no" (published)
+
+
 def test_a_question_without_options_is_reported():
     r = score_frame("ecgqa", pd.DataFrame({"id": ["x"], "question": ["Is it AF?"], "answer": [["yes"]],
                                            "prediction": ["yes"]}))
