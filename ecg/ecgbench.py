@@ -67,7 +67,12 @@ def gold_labels(task, answer: str) -> list[str]:
 
 
 def conversation(value) -> tuple[str, str]:
-    """``(question, answer)``: the first human turn and the first answer after it (``from`` gpt/assistant)."""
+    """``(question, answer)``: the first human turn and the first answer after it (``from`` gpt/assistant).
+
+    An answer given as a list of texts (ECG-QA's gold) is kept as its JSON text, which the scorer reads back
+    as the list (``metrics.parsing.gold_text`` / ``gold_items``): ``'["sinus rhythm", "none"]'``."""
+    from metrics.parsing import gold_text
+
     if isinstance(value, (str, bytes)):
         value = json.loads(value)
     turns = [dict(t) for t in list(value)]
@@ -77,7 +82,7 @@ def conversation(value) -> tuple[str, str]:
     gpt = next((t for t in turns[human + 1:] if t.get("from") in ("gpt", "assistant")), None)
     if gpt is None:
         raise ValueError("conversations: no answer turn after the question")
-    return str(turns[human]["value"]), str(gpt["value"])
+    return str(turns[human]["value"]), gold_text(gpt["value"]) or ""
 
 
 def check_image(data: bytes, where: str) -> bytes:
