@@ -32,6 +32,7 @@ import re
 import pyarrow as pa
 
 from ecg import storage
+from ecg.jsonrecords import read_records  # noqa: F401 - the one JSON / JSONL reader, also used by scoring
 from ecg.samples import (ABSOLUTE_PATH, BAD_CONVERSATION, IMAGE_NOT_FOUND, NO_IMAGE, OUTSIDE_ROOT, UNREADABLE_IMAGE,
                          RecordError, _columns, _guard, assign_split, parse_splits, sample_row, to_table)
 
@@ -181,9 +182,13 @@ def turn_pairs(value) -> list[tuple[str, str]]:
 
     ``value``: a list of ``{"from": "human" | "gpt", "value": str}`` (``user`` / ``assistant`` also accepted)
     or its JSON text. The turns must alternate, human first, and end with an answer; otherwise a
-    :class:`RecordError` (kind ``bad_conversation``) names the first turn out of place.
+    :class:`RecordError` (kind ``bad_conversation``) names the first turn out of place. An answer given as a
+    list of texts (ECG-QA's gold) is kept as its JSON text, which the scorer reads back as the list
+    (``metrics.parsing.gold_text``): ``'["sinus rhythm", "none"]'``.
     Example: ``turn_pairs([{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]) == [("q", "a")]``.
     """
+    from metrics.parsing import gold_text
+
     if isinstance(value, (str, bytes)):
         try:
             value = json.loads(value)
@@ -199,6 +204,11 @@ def turn_pairs(value) -> list[tuple[str, str]]:
         turn = dict(turn) if hasattr(turn, "keys") else {}
         role, text = _ROLES.get(str(turn.get("from", turn.get("role", "")))), turn.get("value", turn.get("content"))
         want = "user" if question is None else "assistant"
+        if want == "assistant" and role == want and text is not None and not isinstance(text, str):
+            try:
+                text = gold_text(text)  # a list of texts -> its JSON text
+            except ValueError as exc:
+                raise RecordError(f"conversations turn {i}: {exc}", BAD_CONVERSATION) from None
         if role != want or not isinstance(text, str):
             got = f"from={turn.get('from', turn.get('role'))!r}" + ("" if isinstance(text, str) else ", no text")
             raise RecordError(f"conversations turn {i}: expected a {'human' if want == 'user' else 'gpt'} turn "

@@ -97,6 +97,15 @@ def _line_records(stream, name: str) -> Iterator[dict]:
             return
 
 
+def read_records(uri: str) -> list[dict]:
+    """All records of a JSON array or JSON Lines file (local or ``s3://``), for small files such as a
+    benchmark's references; bad lines become ``{"id": "<file>:<line>", "_error": ...}`` (:func:`iter_records`).
+    Example: ``read_records("bench/code15-test.json")[0]["id"]``."""
+    fs, path = storage.resolve(uri)
+    with fs.open_input_stream(path) as stream:
+        return list(iter_records(stream, posixpath.basename(str(uri).rstrip("/"))))
+
+
 def reference(record: dict, k: int, *, name: str, root: str, hint: str = "") -> dict:
     """The reference of record ``k`` of file ``name``: id, first image path, conversations as JSON text.
 

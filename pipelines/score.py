@@ -2,6 +2,8 @@
 
     ecgvlm score --task code15 --references code15-test.json --predictions out/code15-test.jsonl
     ecgvlm score --task code15 --predictions runs/eval/predictions --json --report runs/eval
+    ecgvlm score --task csn-test-no-cot --references csn.json --predictions csn.jsonl \
+        --random-order benchmark --drawn-before mmmu=12     # csn's random letters as in the reference's whole run
     python -m pipelines.score --config my-score.yaml      # the same fields as ScoreConfig
 
 References: ECGBench records (JSON list / JSONL / Parquet with ``id`` and ``conversations``) or our sample rows;
@@ -34,6 +36,22 @@ class ScoreConfig(BaseModel):
     json_out: bool = Field(False, description="print one JSON object instead of the table")
     report: str | None = Field(None, description="folder (local or s3://) for report.md and report.html")
     seed: int = Field(0, description="bootstrap seed of the strict protocol's 95% intervals")
+    random_order: Literal["task", "benchmark"] = Field(
+        "task", description="stream of the ecgbench protocol's random letters for unparsable choice answers: "
+                            "`task` = random.seed(42) for this task alone; `benchmark` = the reference's whole "
+                            "run, one stream for mmmu, then csn, then g12 (see drawn_before)")
+    drawn_before: dict[str, int] = Field(
+        default_factory=dict, description="with random_order benchmark: letters drawn by each task before this "
+                                          "one in the reference's run (their reported random_letters; 0 if not "
+                                          "run): {} for mmmu, {mmmu: N} for csn, {mmmu: N, csn: M} for g12")
+
+
+def _counts(text: str) -> dict[str, int]:
+    """``"mmmu=12,csn=40"`` -> ``{"mmmu": 12, "csn": 40}``."""
+    try:
+        return {k.strip(): int(v) for k, v in (part.split("=") for part in text.split(",") if part.strip())}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected TASK=N[,TASK=N], got {text!r}") from None
 
 
 def parse_args(argv) -> ScoreConfig:
@@ -47,6 +65,8 @@ def parse_args(argv) -> ScoreConfig:
     p.add_argument("--json", dest="json_out", action="store_true", default=None)
     p.add_argument("--report")
     p.add_argument("--seed", type=int)
+    p.add_argument("--random-order", choices=["task", "benchmark"])
+    p.add_argument("--drawn-before", type=_counts, help="TASK=N[,TASK=N]: e.g. mmmu=12,csn=40")
     args = vars(p.parse_args(argv))
     config = args.pop("config")
     base = (yaml.safe_load(open(config)) or {}) if config else {}
@@ -54,13 +74,20 @@ def parse_args(argv) -> ScoreConfig:
 
 
 def score_files(cfg: ScoreConfig) -> dict:
-    """The result dict of one task: ``metrics.score_frame`` on the joined rows, plus the join's counts."""
-    from metrics.inputs import join, read_predictions, read_references
-    from metrics.score import score_frame
+    """The result dict of one task: ``metrics.score_frame`` on the joined rows (strict: one per reference id)
+    and on the prediction lines (ecgbench: as the reference code counts them), plus the join's counts."""
+    from metrics.inputs import join, prediction_lines, read_predictions, read_references
+    from metrics.score import letter_stream, score_frame
 
+    rng = letter_stream(cfg.task, order=cfg.random_order, drawn_before=cfg.drawn_before)
     refs = read_references(cfg.references) if cfg.references else None
-    frame, counts = join(refs, read_predictions(cfg.predictions))
-    result = score_frame(cfg.task, frame, protocol=cfg.protocol, seed=cfg.seed)
+    preds = read_predictions(cfg.predictions)
+    frame, counts = join(refs, preds)
+    lines, line_counts = prediction_lines(refs, preds)
+    result = score_frame(cfg.task, frame, protocol=cfg.protocol, seed=cfg.seed, ecgbench_rows=lines,
+                         line_counts=line_counts, rng=rng)
+    if "ecgbench" in result:
+        result["ecgbench"].update(random_order=cfg.random_order, drawn_before=cfg.drawn_before)
     result["warnings"] = counts.pop("warnings") + result["warnings"]
     result["input"] = counts
     result["_samples"] = frame
@@ -68,17 +95,17 @@ def score_files(cfg: ScoreConfig) -> dict:
 
 
 def score_dataset(predictions_uri: str, *, protocol: str = "both", seed: int = 0,
-                  batch_size: int | None = None) -> dict:
+                  batch_size: int | None = None, random_order: str = "task") -> dict:
     """``{task: result}`` over prediction shards (Parquet, PREDICTION_SCHEMA) with Ray Data: per-block
     counts (``map_batches`` of a pure function; ``batch_size`` None = one batch per block), merged in block
-    order on the driver. Uses the running Ray cluster (or ``RAY_ADDRESS``), or starts a local one."""
+    order on the driver. Uses the running Ray cluster (or ``RAY_ADDRESS``), or starts a local one.
+    ``random_order="benchmark"``: one letter stream for the choice tasks present, in the reference's order."""
     import ray
 
     from ecg import storage
     from metrics.inputs import data_files
     from metrics.reduce import merge_table, stats_table
-    from metrics.score import finalize
-
+    from metrics.score import finalize_tasks
     from pipelines import launch
 
     launch.start([{"CPU": 1}], what="ecgvlm score")
@@ -96,7 +123,7 @@ def score_dataset(predictions_uri: str, *, protocol: str = "both", seed: int = 0
                                      for row in batch.to_dict("records"))
     finally:
         ctx.execution_options.preserve_order = saved
-    results = {task: finalize(task, st, protocol=protocol, seed=seed) for task, st in sorted(merged.items())}
+    results = finalize_tasks(merged, protocol=protocol, seed=seed, random_order=random_order)
     for task, f in failed.items():
         entry = results.setdefault(task, {"task": task, "n": 0, "warnings": []})
         entry["failed_rows"] = f["rows"]

@@ -74,6 +74,7 @@ def _turns(*texts):
 def test_turn_pairs_and_broken_conversations():
     assert turn_pairs(_turns("q1", "a1", "q2", "a2")) == [("q1", "a1"), ("q2", "a2")]
     assert turn_pairs(json.dumps(_turns("q", "a"))) == [("q", "a")]
+    assert turn_pairs(_turns("q", ["sinus rhythm", "none"])) == [("q", '["sinus rhythm", "none"]')]  # ECG-QA gold
     for bad, why in ((_turns("q"), "turn 0: a human turn with no answer"), ([], "empty"), (None, "NoneType"),
                      (_turns("q", "a", "q2"), "turn 2: a human turn with no answer"),
                      (_turns("q", "a")[::-1], "turn 0: expected a human turn"),

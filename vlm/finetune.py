@@ -363,8 +363,12 @@ class Validator:
         if "task" not in frame:
             frame["task"] = task
         self.batch_size = batch_size
-        # the same module object as the one being trained: its weights change in place, no copy
-        self.predictor = Predictor.from_loaded(dataclasses.replace(loaded, model=unwrap(model)))  # live weights
+        # the same module object as the one being trained: its weights change in place, no copy; inputs go where
+        # the training worker put it (a GPU under NCCL), not where it was loaded
+        live = unwrap(model)
+        param = next(live.parameters())
+        self.predictor = Predictor.from_loaded(dataclasses.replace(loaded, model=live, device=param.device,
+                                                                   dtype=param.dtype))
         self.groups: dict[str, tuple] = {}  # task -> (row frame, encoded rows, max_new_tokens)
         self.failed: list[str] = []
         metas = frame["meta"] if "meta" in frame else [None] * len(frame)
