@@ -125,6 +125,29 @@ def read_predictions(uri: str) -> pd.DataFrame:
     return out
 
 
+def only_task(frame: pd.DataFrame | None, task: str) -> tuple[pd.DataFrame | None, int]:
+    """``(rows of task, rows left out)``: where rows name their task (sample and prediction rows do), those of
+    other tasks are dropped and counted; rows without one (ECGBench files, PULSE's JSONL) all stay.
+    Example: ``only_task(df_with_code15_and_ecgqa_rows, "code15-test")`` -> ``(the code15 rows, n ecgqa)``."""
+    from metrics.tasks import get_task
+
+    if frame is None or "task" not in frame:
+        return frame, 0
+    name = get_task(task).name
+    named = frame["task"].notna() & (frame["task"].astype(str) != "")
+    keep = ~named | (frame["task"].astype(str).map(_canonical) == name)
+    return frame[keep].reset_index(drop=True), int((~keep).sum())
+
+
+def _canonical(task: str) -> str:
+    from metrics.tasks import get_task
+
+    try:
+        return get_task(task).name
+    except KeyError:
+        return task
+
+
 def join(references: pd.DataFrame | None, predictions: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
     """One row per reference id: its gold, question and prediction; and counts of every mismatch.
 

@@ -76,13 +76,15 @@ def parse_args(argv) -> ScoreConfig:
 def score_files(cfg: ScoreConfig) -> dict:
     """The result dict of one task: ``metrics.score_frame`` on the joined rows (strict: one per reference id)
     and on the prediction lines (ecgbench: as the reference code counts them), plus the join's counts."""
-    from metrics.inputs import join, prediction_lines, read_predictions, read_references
+    from metrics.inputs import join, only_task, prediction_lines, read_predictions, read_references
     from metrics.score import letter_stream, score_frame
 
     rng = letter_stream(cfg.task, order=cfg.random_order, drawn_before=cfg.drawn_before)
-    refs = read_references(cfg.references) if cfg.references else None
-    preds = read_predictions(cfg.predictions)
+    # rows of other tasks (a mixed ECGInstruct split, a whole evaluation's predictions) are not this task's
+    refs, other_refs = only_task(read_references(cfg.references) if cfg.references else None, cfg.task)
+    preds, other_preds = only_task(read_predictions(cfg.predictions), cfg.task)
     frame, counts = join(refs, preds)
+    counts.update(other_task_references=other_refs, other_task_predictions=other_preds)
     lines, line_counts = prediction_lines(refs, preds)
     result = score_frame(cfg.task, frame, protocol=cfg.protocol, seed=cfg.seed, ecgbench_rows=lines,
                          line_counts=line_counts, rng=rng)

@@ -265,11 +265,26 @@ def worker(c: dict) -> None:
         storage.write_text(storage.join(cfg.out, "train_summary.json"), json.dumps(summary, indent=1))
 
 
+COLUMNS = ["id", "task", "image", "question", "answer", "meta"]
+
+
 def _read(cfg: TrainConfig, split: str):
+    """``(dataset, rows)``: the split's sample rows streamed from its shards (``ecg.shards.file_batches`` on a
+    quarter CPU per file: the read must find room beside the workers and encoders on a 2-core machine)."""
     import ray
 
-    fs, path = storage.resolve(storage.join(cfg.data, split))
-    return ray.data.read_parquet(path, filesystem=fs).select_columns(["id", "task", "image", "question", "answer", "meta"])
+    from ecg import shards
+
+    uri = storage.join(cfg.data, split)
+    files = storage.list_files(uri, ".parquet")
+    if not files:
+        return None, 0
+    n_rows = shards.parquet_dataset(uri).count_rows()  # Parquet footers only
+    ds = ray.data.from_items([{"path": f} for f in files], override_num_blocks=len(files))
+    ds = ds.map_batches(shards.file_batches, fn_kwargs={"columns": COLUMNS}, batch_size=1, num_cpus=0.25)
+    if cfg.train_rows and split == "train":
+        ds, n_rows = ds.limit(cfg.train_rows), min(n_rows, cfg.train_rows)
+    return ds, n_rows
 
 
 def _ingest(cfg: TrainConfig, train, n_rows: int) -> str:
@@ -300,10 +315,7 @@ def _datasets(cfg: TrainConfig):
     """``(datasets, n_train, ingest)``: the encoded train dataset (materialized or streamed) and the val rows."""
     import ray
 
-    train = _read(cfg, "train")
-    if cfg.train_rows:
-        train = train.limit(cfg.train_rows)
-    n_train = train.count()  # Parquet metadata: no rows are read
+    train, n_train = _read(cfg, "train")
     if n_train == 0:
         raise ValueError(f"{cfg.data}/train: no rows")
     mode = _ingest(cfg, train, n_train)
@@ -313,8 +325,9 @@ def _datasets(cfg: TrainConfig):
         batch_size=max(1, min(cfg.batch_size, 16)), batch_format="pandas", num_cpus=cfg.encode_cpus,
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=cfg.encode_actors))
     datasets = {"train": encoded.materialize() if mode == "memory" else encoded}
-    if cfg.val_rows and storage.list_files(storage.join(cfg.data, "val"), ".parquet"):
-        datasets["val"] = _read(cfg, "val").limit(cfg.val_rows).materialize()
+    val, n_val = _read(cfg, "val") if cfg.val_rows else (None, 0)
+    if n_val:
+        datasets["val"] = val.limit(cfg.val_rows).materialize()
     return datasets, n_train, mode
 
 

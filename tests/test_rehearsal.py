@@ -147,8 +147,10 @@ def test_ecginstruct_to_served_diagnosis_on_the_real_processor(cluster, smolvlm_
     rows = pq.ParquetDataset(train_path, filesystem=fs).read().to_pandas()
     per_row = encoded_nbytes(encode_rows(loaded, rows.head(2))) / 2
     materialized_mib = per_row * n_train / 2**20
-    print(f"rehearsal: {n_train} train rows x {per_row / 2**20:.1f} MiB = {materialized_mib:.0f} MiB if "
-          f"materialized; object store {STORE_MIB} MiB, peak use {sampler.peak_mib} MiB, spilled {sampler.spilled}")
+    with capsys.disabled():
+        print(f"\nrehearsal: {n_train} train rows x {per_row / 2**20:.1f} MiB = {materialized_mib:.0f} MiB if "
+              f"materialized; object store {STORE_MIB} MiB, peak use {sampler.peak_mib} MiB, "
+              f"spilled {sampler.spilled}")
     assert materialized_mib > 2 * STORE_MIB and sampler.peak_mib < STORE_MIB and not sampler.spilled
 
     # the README's evaluation command: the export's image contract is used without being asked for
@@ -205,4 +207,5 @@ def test_ecginstruct_to_served_diagnosis_on_the_real_processor(cluster, smolvlm_
                        "--json"]) == 0
     scored = json.loads(capsys.readouterr().out)
     assert scored["n"] == int((val["task"] == "code15").sum())
-    print(f"rehearsal wall time {time.perf_counter() - start:.0f} s")
+    with capsys.disabled():
+        print(f"\nrehearsal wall time {time.perf_counter() - start:.0f} s")
