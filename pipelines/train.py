@@ -229,9 +229,10 @@ def worker(c: dict) -> None:
 
     def batches(epoch: int):
         collate = collators.setdefault(epoch, ft.Collator.for_loaded(loaded))
+        shuffle = c["ingest"]["shuffle_rows"] or None
         return shard.iter_torch_batches(batch_size=cfg.batch_size, collate_fn=collate, drop_last=True,
-                                        local_shuffle_buffer_size=max(4 * cfg.batch_size, 64),
-                                        local_shuffle_seed=cfg.seed + 1000 * epoch + rank)
+                                        local_shuffle_buffer_size=shuffle,
+                                        local_shuffle_seed=cfg.seed + 1000 * epoch + rank if shuffle else None)
 
     settings = ft.LoopSettings(
         max_steps=max_steps, max_minutes=cfg.max_minutes, lr=cfg.lr, warmup_fraction=cfg.warmup_fraction,
@@ -247,7 +248,8 @@ def worker(c: dict) -> None:
                "first_loss": state.losses[0][1] if state.losses else None, "workers": world,
                # rows that failed to encode in one pass over the data, over all workers (each is named on stderr)
                "failed_rows": int(ft._reduce(max((c.failed for c in collators.values()), default=0), "sum")),
-               "images": loaded.images.to_dict(), "ingest": c.get("ingest"), "peak_rss_mib": _peak_rss_mib()}
+               "images": loaded.images.to_dict(), "ingest": c["ingest"]["mode"],
+               "ingest_row_mib": c["ingest"]["row_mib"], "peak_rss_mib": _peak_rss_mib()}
     if not state.interrupted:
         if not state.validations or state.validations[-1]["step"] != state.step:
             ft.run_validation(model, state, hooks)  # every rank calls; rank 0 computes
@@ -287,9 +289,10 @@ def _read(cfg: TrainConfig, split: str):
     return ds, n_rows
 
 
-def _ingest(cfg: TrainConfig, train, n_rows: int) -> str:
-    """"memory" or "stream": cache the encoded rows when their estimated size fits the budget (a few rows are
-    encoded here to measure it). Prints the decision with its figures."""
+def _ingest(cfg: TrainConfig, train, n_rows: int) -> dict:
+    """``{"mode": "memory" | "stream", "shuffle_rows": n}``: cache the encoded rows when their estimated size fits
+    the budget (a few rows are encoded here to measure it), and the workers' local shuffle buffer, in rows, sized
+    to an eighth of the object store (a buffer of 64 rows of 17-tile pages would hold 850 MiB). Printed."""
     import ray
 
     from vlm.load import load_processor
@@ -305,10 +308,13 @@ def _ingest(cfg: TrainConfig, train, n_rows: int) -> str:
     mode = cfg.cache if cfg.cache != "auto" else ("memory" if total <= budget else "stream")
     how = ("materialized once, every epoch reads the cache" if mode == "memory" else
            "streamed: Ray Data re-encodes the rows every epoch, nothing per-row is kept")
+    # each worker's buffer: rows fetched from the object store and held there until shuffled into a batch
+    shuffle_rows = int(min(256, store / 8 / max(1, cfg.num_workers) / max(per_row, 1.0)))
+    shuffle_rows = shuffle_rows if shuffle_rows > cfg.batch_size else 0  # 0: no local shuffle (files are mixed)
     print(f"train ingest: {n_rows} rows x ~{per_row / 2**20:.2f} MiB encoded = ~{total / 2**30:.2f} GiB; "
-          f"cache budget {budget / 2**30:.2f} GiB (object store {store / 2**30:.2f} GiB, cache={cfg.cache}): {how}",
-          flush=True)
-    return mode
+          f"cache budget {budget / 2**30:.2f} GiB (object store {store / 2**30:.2f} GiB, cache={cfg.cache}): {how}; "
+          f"local shuffle buffer {shuffle_rows} rows per worker", flush=True)
+    return {"mode": mode, "shuffle_rows": shuffle_rows, "row_mib": round(per_row / 2**20, 3)}
 
 
 def _datasets(cfg: TrainConfig):
@@ -318,17 +324,22 @@ def _datasets(cfg: TrainConfig):
     train, n_train = _read(cfg, "train")
     if n_train == 0:
         raise ValueError(f"{cfg.data}/train: no rows")
-    mode = _ingest(cfg, train, n_train)
+    ingest = _ingest(cfg, train, n_train)
+    # Encoding multiplies a row's bytes (a 400 KB page becomes 0.9 MiB at 896 px, 13 MiB as 17 tiles): one task
+    # per input block would encode a whole file's rows at once, past any small store before backpressure acts.
+    # Blocks of one encode batch keep the executor holding a few batches, not whole files.
+    per_block = max(1, min(cfg.batch_size, 16))
+    train = train.repartition(target_num_rows_per_block=per_block)
     encoded = train.map_batches(
         Encode, fn_constructor_kwargs={"model": cfg.model, "tiny": cfg.tiny, "image_splitting": cfg.image_splitting,
                                        "longest_edge": cfg.longest_edge},
-        batch_size=max(1, min(cfg.batch_size, 16)), batch_format="pandas", num_cpus=cfg.encode_cpus,
+        batch_size=per_block, batch_format="pandas", num_cpus=cfg.encode_cpus,
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=cfg.encode_actors))
-    datasets = {"train": encoded.materialize() if mode == "memory" else encoded}
+    datasets = {"train": encoded.materialize() if ingest["mode"] == "memory" else encoded}
     val, n_val = _read(cfg, "val") if cfg.val_rows else (None, 0)
     if n_val:
         datasets["val"] = val.limit(cfg.val_rows).materialize()
-    return datasets, n_train, mode
+    return datasets, n_train, ingest
 
 
 def run(cfg: TrainConfig) -> dict:

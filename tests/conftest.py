@@ -100,3 +100,48 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+class PlasmaPeak:
+    """Samples this Ray cluster's object store twice a second in a thread (Ray's memory summary, addressed to
+    the cluster's GCS, whatever other clusters run on the machine): the peak use in MiB and whether it spilled.
+
+    Example: ``with PlasmaPeak() as store: run_job()`` then ``store.peak_mib``, ``store.spilled``, ``store.samples``.
+    """
+
+    def __enter__(self):
+        import threading
+
+        import ray
+
+        self.address = ray.get_runtime_context().gcs_address
+        self.peak_mib, self.samples, self.spilled_mib = 0, 0, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def spilled(self) -> bool:
+        return self.spilled_mib > 0
+
+    def _run(self):
+        import re
+
+        from ray._private.internal_api import memory_summary
+
+        while not self._stop.wait(0.5):
+            try:
+                text = memory_summary(address=self.address, stats_only=True)
+            except Exception:  # noqa: BLE001 - a sample lost while the cluster is busy
+                continue
+            used = re.search(r"Plasma memory usage (\d+) MiB", text)
+            spilled = re.search(r"Spilled (\d+) MiB", text)
+            if used:
+                self.samples += 1
+                self.peak_mib = max(self.peak_mib, int(used.group(1)))
+            self.spilled_mib = max(self.spilled_mib, int(spilled.group(1)) if spilled else 0)
