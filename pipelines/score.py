@@ -30,7 +30,9 @@ class ScoreConfig(BaseModel):
     references: str | None = Field(None, description="references file/folder (local or s3://); None: use the "
                                                      "predictions' own `answer` column")
     predictions: str = Field(..., description="predictions file/folder (local or s3://)")
-    protocol: Literal["ecgbench", "strict", "both"] = Field("both", description="which protocol(s) to compute")
+    protocol: Literal["ecgbench", "strict", "both", "smolvlm-study", "all"] = Field(
+        "both", description="which protocol(s): ecgbench, strict, both (the two), smolvlm-study (the prior study's "
+                            "CODE-15 evaluator) or all (the three)")
     json_out: bool = Field(False, description="print one JSON object instead of the table")
     report: str | None = Field(None, description="folder (local or s3://) for report.md and report.html")
     seed: int = Field(0, description="bootstrap seed of the strict protocol's 95% intervals")
@@ -43,7 +45,7 @@ def parse_args(argv) -> ScoreConfig:
     p.add_argument("--task")
     p.add_argument("--references")
     p.add_argument("--predictions")
-    p.add_argument("--protocol", choices=["ecgbench", "strict", "both"])
+    p.add_argument("--protocol", choices=["ecgbench", "strict", "both", "smolvlm-study", "all"])
     p.add_argument("--json", dest="json_out", action="store_true", default=None)
     p.add_argument("--report")
     p.add_argument("--seed", type=int)

@@ -37,6 +37,7 @@ def rows(n=240, seed=0) -> pd.DataFrame:
     out["id"] = [f"r{i:05d}" for i in range(len(out))]
     out["error"] = np.where(rng.random(len(out)) < 0.03, "decode failed", None)
     out["model"], out["latency_ms"] = "m", 1.0
+    out["truncated"] = rng.random(len(out)) < 0.1  # answers cut by the token budget: counted per task
     return out
 
 

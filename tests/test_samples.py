@@ -225,7 +225,8 @@ def _predictions(ids, error=None) -> pa.Table:
     n = len(ids)
     return pa.table({"id": ids, "task": ["code15"] * n, "question": ["q"] * n, "answer": ["SB"] * n,
                      "prediction": ["" if error else "SB"] * n, "label_scores": [None] * n, "model": ["m"] * n,
-                     "error": [error] * n, "latency_ms": [1.0] * n}, schema=PREDICTION_SCHEMA)
+                     "error": [error] * n, "latency_ms": [1.0] * n, "truncated": [False] * n},
+                    schema=PREDICTION_SCHEMA)
 
 
 def test_shard_writer_resume_helpers_and_dedup(tmp_path):
