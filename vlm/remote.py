@@ -144,9 +144,9 @@ class RateLimiter:
                 wait = max(0.0, self.not_before - now)
                 for k in self.level:  # a request larger than the whole bucket waits for a full bucket
                     want = min(need[k], float(self.rates[k]))
-                    if self.level[k] < want:
+                    if self.level[k] < want - 1e-9:  # a float hair short is enough (else: endless tiny sleeps)
                         wait = max(wait, (want - self.level[k]) * 60.0 / self.rates[k])
-                if wait <= 0:
+                if wait <= 1e-9:
                     for k in self.level:
                         self.level[k] -= need[k]
                     return waited
