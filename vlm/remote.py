@@ -221,7 +221,10 @@ class EndpointStage:
 
     def __init__(self, config: dict | EndpointConfig, *, api_key: str, budgets: dict[str, int] | None = None,
                  sleep=time.sleep):
-        import openai
+        try:
+            import openai
+        except ImportError:
+            raise ImportError("--model openai:NAME needs the openai client: pip install 'ecgvlm[endpoints]'") from None
 
         self.cfg = config if isinstance(config, EndpointConfig) else EndpointConfig.model_validate(config)
         self.budgets = dict(budgets or {})
