@@ -88,6 +88,11 @@ def format_table(results: dict) -> str:
         if "f1" in sv:
             parts.append(f"{name}: smolvlm-study protocol F1 {_f(sv['f1'])}, AUC {_f(sv['auc'])}, "
                          f"HL {_f(sv['hamming_loss'])}, ANLS {_f(sv['anls'])}")
+        jd = r.get("judge") or {}
+        if jd:
+            parts.append(f"{name}: judge {jd['model']} (prompt {jd['prompt_version']}): score {_f(jd['score'])} "
+                         f"(Diagnosis {_f(jd['diagnosis'])}, Waveform {_f(jd['waveform'])}, Rhythm {_f(jd['rhythm'])}; "
+                         f"{jd['judged']} judged, {jd['failed']} failed)")
         parts += [f"{name}: {w}" for w in r.get("warnings", [])]
         parts += [f"{name}: {n}" for n in (r.get("ecgbench") or {}).get("notes", [])]
     return "\n".join(parts)

@@ -210,80 +210,53 @@ def classify(err: Exception) -> Failure:
     return Failure(f"{type(err).__name__}: {err}"[:300], retriable=False)
 
 
-class EndpointStage:
-    """Sample rows (``id``, ``task``, ``image``, ``question``, ``answer``) -> prediction rows, one request per row.
+def estimate_tokens(messages: list[dict]) -> int:
+    """Prompt tokens of ``messages`` before sending, for the tokens/min limit: 4 characters a token, 85 an image."""
+    n = 0
+    for m in messages:
+        parts = [{"type": "text", "text": m["content"]}] if isinstance(m["content"], str) else m["content"] or []
+        n += sum(len(p.get("text", "")) // 4 + 1 if p["type"] == "text" else IMAGE_TOKENS_LOW for p in parts)
+    return n
 
-    Writes the ecg/rows.py PREDICTION_COLUMNS (``label_scores`` null: an endpoint gives text only; ``truncated``
-    true where ``finish_reason`` is ``length``) plus per-row counts the driver sums for ``run.json``:
-    ``requests`` (sent this run), ``retries``, ``cache_hit``, ``prompt_tokens`` and ``completion_tokens`` (of
-    requests sent this run; 0 on a cache hit). ``budgets``: max_tokens per task name (default: the task's own).
+
+class ChatClient:
+    """The requests side shared by the endpoint stage and the judge: an ``openai`` client with no retries of its
+    own, our retries and limits (see the module docstring), and the response cache.
+
+    :meth:`answer` fills the counts of ``out`` (``requests``, ``retries``, ``cache_hit``, tokens) and returns the
+    answer record ``{"content", "finish_reason", "prompt_tokens", "completion_tokens", "latency_ms", ...}``, or None
+    with ``out["error"]`` naming the record, the endpoint and the cause.
     """
 
-    def __init__(self, config: dict | EndpointConfig, *, api_key: str, budgets: dict[str, int] | None = None,
-                 sleep=time.sleep):
+    def __init__(self, config: dict | EndpointConfig, *, api_key: str, sleep=time.sleep):
         try:
             import openai
         except ImportError:
             raise ImportError("--model openai:NAME needs the openai client: pip install 'ecgvlm[endpoints]'") from None
 
         self.cfg = config if isinstance(config, EndpointConfig) else EndpointConfig.model_validate(config)
-        self.budgets = dict(budgets or {})
-        self.name = PREFIX + self.cfg.model
         # our own retries (counted, Retry-After honoured without the client's 60 s cap), so the client makes none
         self.client = openai.OpenAI(base_url=self.cfg.api_base, api_key=api_key or "unused", max_retries=0,
                                     timeout=self.cfg.timeout_s)
         self.cache = ResponseCache(self.cfg.cache)
         self.limiter = RateLimiter(self.cfg.requests_per_min, self.cfg.tokens_per_min, sleep=sleep)
         self.sleep = sleep
-        self.pool = ThreadPoolExecutor(self.cfg.concurrency, thread_name_prefix="endpoint")
 
-    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        from ecg.rows import PREDICTION_COLUMNS, require_columns
-
-        require_columns(batch.columns, ("id", "task", "image", "question", "answer"), "endpoint stage")
-        rows = batch[["id", "task", "image", "question", "answer"]].to_dict("records")
-        out = list(self.pool.map(self.one, rows))
-        return pd.DataFrame(out, columns=list(PREDICTION_COLUMNS) + list(USAGE_COLUMNS))
-
-    def budget(self, task: str) -> int:
-        if task in self.budgets:
-            return int(self.budgets[task])
-        from metrics.tasks import get_task
-
-        return get_task(task).max_new_tokens
-
-    def one(self, row: dict) -> dict:
-        """One sample row -> one prediction row (never raises: a failure is the row's ``error``)."""
-        rid = str(row["id"])
-        out = {"id": rid, "task": row["task"], "question": row["question"], "answer": row["answer"],
-               "prediction": "", "label_scores": None, "model": self.name, "error": None, "latency_ms": 0.0,
-               "truncated": None, "requests": 0, "retries": 0, "cache_hit": False, "prompt_tokens": 0,
-               "completion_tokens": 0}
-        try:
-            if not row["image"]:
-                raise Failure("empty image", retriable=False)
-            budget = self.budget(str(row["task"]))
-            messages, keyed = build_messages(row["question"], row["image"], detail=self.cfg.image_detail)
-        except (Failure, KeyError, ValueError) as err:
-            out["error"] = f"record {rid}: {err.args[0] if err.args else err}"
-            return out
-        decoding = {"max_tokens": budget, "temperature": self.cfg.temperature}
+    def answer(self, rid: str, messages: list, keyed: list, decoding: dict, out: dict) -> dict | None:
+        """The cached answer to ``messages`` (``keyed``: their cache-key form), else a fresh one, cached."""
         key = cache_key(self.cfg.api_base, self.cfg.model, keyed, decoding)
         hit = self.cache.get(key)
-        if hit is None:
-            hit = self._ask(rid, messages, decoding, out)
-            if hit is None:
-                return out
-            self.cache.put(key, hit)
-        else:
+        if hit is not None:
             out["cache_hit"] = True
-        out.update(prediction=hit["content"], truncated=hit["finish_reason"] == "length",
-                   latency_ms=hit["latency_ms"])
-        return out
+            return hit
+        record = self._ask(rid, messages, decoding, out)
+        if record is not None:
+            self.cache.put(key, record)
+        return record
 
     def _ask(self, rid: str, messages: list, decoding: dict, out: dict) -> dict | None:
         """Send with retries; the answer record, or None with ``out["error"]`` set."""
-        estimate = len(json.dumps(messages[0]["content"][1])) // 4 + IMAGE_TOKENS_LOW + decoding["max_tokens"]
+        estimate = estimate_tokens(messages) + decoding["max_tokens"]
         start = time.perf_counter()
         for attempt in range(self.cfg.retries + 1):
             self.limiter.acquire(estimate)
@@ -327,3 +300,96 @@ class EndpointStage:
                 "prompt_tokens": int(getattr(usage, "prompt_tokens", 0) or 0),
                 "completion_tokens": int(getattr(usage, "completion_tokens", 0) or 0),
                 "model": reply.model, "created": int(time.time())}
+
+
+class EndpointStage:
+    """Sample rows (``id``, ``task``, ``image``, ``question``, ``answer``) -> prediction rows, one request per row.
+
+    Writes the ecg/rows.py PREDICTION_COLUMNS (``label_scores`` null: an endpoint gives text only; ``truncated``
+    true where ``finish_reason`` is ``length``) plus per-row counts the driver sums for ``run.json``:
+    ``requests`` (sent this run), ``retries``, ``cache_hit``, ``prompt_tokens`` and ``completion_tokens`` (of
+    requests sent this run; 0 on a cache hit). ``budgets``: max_tokens per task name (default: the task's own).
+    """
+
+    def __init__(self, config: dict | EndpointConfig, *, api_key: str, budgets: dict[str, int] | None = None,
+                 sleep=time.sleep):
+        self.chat = ChatClient(config, api_key=api_key, sleep=sleep)
+        self.cfg = self.chat.cfg
+        self.budgets = dict(budgets or {})
+        self.name = PREFIX + self.cfg.model
+        self.pool = ThreadPoolExecutor(self.cfg.concurrency, thread_name_prefix="endpoint")
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        from ecg.rows import PREDICTION_COLUMNS, require_columns
+
+        require_columns(batch.columns, ("id", "task", "image", "question", "answer"), "endpoint stage")
+        rows = batch[["id", "task", "image", "question", "answer"]].to_dict("records")
+        out = list(self.pool.map(self.one, rows))
+        return pd.DataFrame(out, columns=list(PREDICTION_COLUMNS) + list(USAGE_COLUMNS))
+
+    def budget(self, task: str) -> int:
+        if task in self.budgets:
+            return int(self.budgets[task])
+        from metrics.tasks import get_task
+
+        return get_task(task).max_new_tokens
+
+    def one(self, row: dict) -> dict:
+        """One sample row -> one prediction row (never raises: a failure is the row's ``error``)."""
+        rid = str(row["id"])
+        out = {"id": rid, "task": row["task"], "question": row["question"], "answer": row["answer"],
+               "prediction": "", "label_scores": None, "model": self.name, "error": None, "latency_ms": 0.0,
+               "truncated": None, "requests": 0, "retries": 0, "cache_hit": False, "prompt_tokens": 0,
+               "completion_tokens": 0}
+        try:
+            if not row["image"]:
+                raise Failure("empty image", retriable=False)
+            budget = self.budget(str(row["task"]))
+            messages, keyed = build_messages(row["question"], row["image"], detail=self.cfg.image_detail)
+        except (Failure, KeyError, ValueError) as err:
+            out["error"] = f"record {rid}: {err.args[0] if err.args else err}"
+            return out
+        decoding = {"max_tokens": budget, "temperature": self.cfg.temperature}
+        hit = self.chat.answer(rid, messages, keyed, decoding, out)
+        if hit is None:
+            return out
+        out.update(prediction=hit["content"], truncated=hit["finish_reason"] == "length",
+                   latency_ms=hit["latency_ms"])
+        return out
+
+
+def judge_rows(frame: pd.DataFrame, config: dict | EndpointConfig, *, api_key: str, max_tokens: int = 200,
+               sleep=time.sleep) -> pd.DataFrame:
+    """Scores of an LLM judge (metrics/judge.py's rubric) for rows with ``id``, ``question``, ``answer`` (the
+    reference report) and ``prediction``: one row per id with ``diagnosis``, ``waveform``, ``rhythm`` (0-10),
+    ``score`` (0-100), ``error``, ``requests``, ``cache_hit``. Temperature 0 and a JSON response format; every
+    reply is cached, so a rerun judges only the records not yet judged. An errored or empty prediction is not sent:
+    it scores 0 on every criterion (an empty report matches nothing).
+    """
+    from metrics import judge
+
+    chat = ChatClient(config, api_key=api_key, sleep=sleep)
+    decoding = {"max_tokens": max_tokens, "temperature": 0.0, "response_format": {"type": "json_object"}}
+
+    def one(row: dict) -> dict:
+        out = {"id": str(row["id"]), "error": None, "requests": 0, "retries": 0, "cache_hit": False,
+               "prompt_tokens": 0, "completion_tokens": 0, **{c: 0.0 for c in judge.CRITERIA}, "score": 0.0}
+        text = row.get("prediction")
+        errored = isinstance(row.get("error"), str) and bool(row["error"])  # null or NaN: no error
+        if errored or not isinstance(text, str) or not text.strip():
+            return out  # nothing to judge: every criterion 0
+        messages = judge.judge_messages(row.get("question") or "", reference=row.get("answer") or "", answer=text)
+        reply = chat.answer(out["id"], messages, messages, decoding, out)
+        if reply is None:
+            return out  # out["error"] names the cause
+        try:
+            scores = judge.parse_reply(reply["content"])
+        except ValueError as err:
+            out["error"] = f"record {out['id']}: {err}"
+            return out
+        out.update(scores, score=judge.record_score(scores))
+        return out
+
+    rows = frame.to_dict("records")
+    with ThreadPoolExecutor(chat.cfg.concurrency, thread_name_prefix="judge") as pool:
+        return pd.DataFrame(list(pool.map(one, rows)))
