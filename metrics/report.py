@@ -105,28 +105,54 @@ def rerun_of(model: str | None) -> str | None:
     return max(hits, key=len) if hits else None
 
 
-def published_rows(results: dict, ours_label: str = "ours, this run", *, model: str | None = None) -> list[list[str]]:
-    """The published CODE-15 rows with ours: right below the published row of the model run here (marked
-    "rerun here"), else at the end; with the prior study's protocol row beside the prior study's numbers."""
-    r = results.get("code15")
-    rerun = rerun_of(model) if r else None
-    ours = []
-    if r:
+def _run_rows(r: dict, label: str, when: str) -> list[list[str]]:
+    """A run's CODE-15 rows: the ECGBench protocol, and the prior study's protocol on the same predictions."""
+    rows = [[label, _f(r.get("f1")), _f(r.get("auc")), _f(r.get("hamming_loss")), _f(r.get("anls")),
+             f"ECGBench protocol, n={r.get('n')}; {when}"]]
+    sv = r.get("smolvlm-study") or {}
+    if "f1" in sv:
+        rows.append([f"{label} (smolvlm-study protocol)", _f(sv.get("f1")), _f(sv.get("auc")),
+                     _f(sv.get("hamming_loss")), _f(sv.get("anls")),
+                     f"the prior study's evaluator on the same predictions, n={r.get('n')}; {when}"])
+    return rows
+
+
+def published_rows(results: dict, ours_label: str = "ours, this run", *, model: str | None = None,
+                   earlier: list[dict] | None = None) -> list[list[str]]:
+    """The published CODE-15 rows with the runs: this run (``results``, ``model``) and named earlier runs
+    (``earlier``: ``{"model", "result", "where"}`` each). A run of a published model sits right below its published
+    row, which is marked "rerun"; other runs follow the table. Rows never run stay "published, not rerun here"."""
+    runs = []  # (published row it reruns or None, its rows)
+    if results.get("code15"):
         label = f"{model}, this run" if model else ours_label
-        ours.append([label, _f(r.get("f1")), _f(r.get("auc")), _f(r.get("hamming_loss")), _f(r.get("anls")),
-                     f"ECGBench protocol, n={r.get('n')}; run here"])
-        sv = r.get("smolvlm-study") or {}
-        if "f1" in sv:
-            ours.append([f"{label} (smolvlm-study protocol)", _f(sv.get("f1")), _f(sv.get("auc")),
-                         _f(sv.get("hamming_loss")), _f(sv.get("anls")),
-                         f"the prior study's evaluator on the same predictions, n={r.get('n')}; run here"])
+        runs.append((rerun_of(model), _run_rows(results["code15"], label, "run here")))
+    for e in earlier or []:
+        if (e.get("result") or {}).get("n"):
+            runs.append((rerun_of(e.get("model")), _run_rows(e["result"], f"{e.get('model')}, earlier run",
+                                                             f"run earlier: {e.get('where')}")))
     rows = []
     for m, f1, auc, hl, anls, src in PUBLISHED_CODE15:
-        note = f"{src}; published, rerun here below" if m == rerun else f"{src}; {PUBLISHED_NOTE}"
-        rows.append([m, _f(f1), _f(auc), _f(hl), _f(anls), note])
-        if m == rerun:
-            rows += ours
-    return rows if rerun else rows + ours
+        mine = [r for of, rs in runs if of == m for r in rs]
+        note = f"{src}; published, rerun below" if mine else f"{src}; {PUBLISHED_NOTE}"
+        rows += [[m, _f(f1), _f(auc), _f(hl), _f(anls), note]] + mine
+    return rows + [r for of, rs in runs if of is None for r in rs]
+
+
+def earlier_runs(uris: str | None) -> list[dict]:
+    """``{"model", "result", "where"}`` of earlier ``ecgvlm evaluate --out`` folders (comma-separated, local or
+    s3://): their run.json model and metrics.json CODE-15 result. A folder without them is named in the error."""
+    import json
+
+    out = []
+    for uri in [u.strip() for u in (uris or "").split(",") if u.strip()]:
+        try:
+            run = json.loads(storage.read_text(storage.join(uri, "run.json")))
+            metrics = json.loads(storage.read_text(storage.join(uri, "metrics.json")))
+        except (FileNotFoundError, OSError, ValueError) as err:
+            raise FileNotFoundError(f"--compare {uri}: not an evaluate output folder (run.json, metrics.json): "
+                                    f"{err}") from None
+        out.append({"model": run.get("model"), "result": metrics.get("code15") or {}, "where": uri})
+    return out
 
 
 PROTOCOL_HEADER = ["protocol", "F1", "AUC", "HL", "ANLS", "n"]
@@ -177,10 +203,11 @@ def run_rows(run: dict | None) -> list[list[str]]:
 PUBLISHED_HEADER = ["model", "F1", "AUC", "HL", "ANLS", "source"]
 
 
-def published_table(results: dict, ours_label: str = "ours, this run", *, model: str | None = None) -> str:
-    """The published CODE-15 rows (marked "published, not rerun here") with ours, as plain text."""
+def published_table(results: dict, ours_label: str = "ours, this run", *, model: str | None = None,
+                    earlier: list[dict] | None = None) -> str:
+    """The published CODE-15 rows (marked "published, not rerun here") with the runs, as plain text."""
     return "CODE-15 (F1 / AUC / HL / ANLS, x100)\n" + _text_table(
-        PUBLISHED_HEADER, published_rows(results, ours_label, model=model))
+        PUBLISHED_HEADER, published_rows(results, ours_label, model=model, earlier=earlier))
 
 
 def _md_table(header, rows) -> str:
@@ -247,14 +274,16 @@ def sample_rows(samples, k: int = 8) -> list[list[str]]:
     return [[str(v)[:200] for v in row] for row in rows.itertuples(index=False)], cols
 
 
-def write_report(results: dict, out_uri: str, samples=None, *, run: dict | None = None) -> dict:
+def write_report(results: dict, out_uri: str, samples=None, *, run: dict | None = None,
+                 earlier: list[dict] | None = None) -> dict:
     """Write ``report.md`` and ``report.html`` under ``out_uri`` (local or s3://); returns their URIs.
-    ``run``: the evaluate job's run.json (model, decoding, speed, an endpoint's requests, tokens and cost)."""
+    ``run``: the evaluate job's run.json (model, decoding, speed, an endpoint's requests, tokens and cost);
+    ``earlier``: runs to set in the comparison table beside this one (:func:`earlier_runs`)."""
     results = {k: v for k, v in results.items()}
     sections = [("Tasks", TASK_HEADER, task_rows(results)), ("Per class", CLASS_HEADER, class_rows(results)),
                 ("CODE-15 by protocol, same predictions", PROTOCOL_HEADER, protocol_rows(results)),
                 ("CODE-15: published numbers beside ours", PUBLISHED_HEADER,
-                 published_rows(results, model=(run or {}).get("model")))]
+                 published_rows(results, model=(run or {}).get("model"), earlier=earlier))]
     if run:
         sections.insert(0, ("Run", RUN_HEADER, run_rows(run)))
     got = sample_rows(samples)

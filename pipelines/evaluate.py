@@ -70,6 +70,8 @@ class EvaluateConfig(BaseModel):
     image_detail: str | None = Field("low", description="openai:NAME: image_url detail (low, as PULSE sends GPT-4o)")
     price_input_per_mtok: float | None = Field(None, ge=0, description="USD per million prompt tokens (cost estimate)")
     price_output_per_mtok: float | None = Field(None, ge=0, description="USD per million completion tokens")
+    compare: str | None = Field(None, description="earlier --out folders (comma-separated) whose CODE-15 rows the "
+                                                  "report's comparison table shows, marked as run earlier")
 
 
 class PredictorActor:
@@ -231,7 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     import pyarrow as pa
 
     from ecg import shards, storage
+    from metrics.report import earlier_runs, write_report
 
+    earlier = earlier_runs(cfg.compare)  # read first: a wrong folder fails now, not after the predictions
     start = time.perf_counter()
     pred_uri = storage.join(cfg.out, "predictions")
     done_ids, _ = shards.predicted_ids(pred_uri)
@@ -253,9 +257,8 @@ def main(argv: list[str] | None = None) -> int:
                wall_s=round(time.perf_counter() - start, 2))
     storage.write_text(storage.join(cfg.out, "metrics.json"), json.dumps(results, indent=2, default=str))
     storage.write_text(storage.join(cfg.out, "run.json"), json.dumps(run, indent=2, default=str))
-    from metrics.report import write_report
-
-    write_report(results, cfg.out, shards.read_predictions(pred_uri, first_files=1).head(20), run=run)
+    write_report(results, cfg.out, shards.read_predictions(pred_uri, first_files=1).head(20), run=run,
+                 earlier=earlier)
     print(f"evaluate: {run['new_rows']} new rows ({run['new_errors']} errors), {len(done)} already done, "
           f"{totals['rows']} predictions in all ({totals['errors']} errors), {run['wall_s']:.1f} s -> {cfg.out}",
           flush=True)

@@ -95,5 +95,24 @@ def test_report_sets_the_protocols_side_by_side():
     table = published_rows(r, model="openai:gpt-4o-2024-08-06")
     names = [row[0] for row in table]
     at = names.index("GPT-4o")
-    assert names[at + 1] == "openai:gpt-4o-2024-08-06, this run" and "rerun here" in table[at][-1]
+    assert names[at + 1] == "openai:gpt-4o-2024-08-06, this run" and "rerun below" in table[at][-1]
     assert rerun_of("openai:claude-3-5-sonnet-20241022") == "Claude 3.5 Sonnet" and rerun_of("tiny") is None
+
+
+def test_earlier_runs_join_the_table_marked_as_earlier(tmp_path):
+    import json
+
+    from metrics.report import earlier_runs
+
+    r = {"code15": score_frame("code15", frame(), protocol="all")}
+    (tmp_path / "gpt").mkdir()
+    (tmp_path / "gpt" / "run.json").write_text(json.dumps({"model": "openai:gpt-4o"}))
+    (tmp_path / "gpt" / "metrics.json").write_text(json.dumps(r))
+    earlier = earlier_runs(str(tmp_path / "gpt"))
+    table = published_rows(r, model="tiny", earlier=earlier)
+    names = [row[0] for row in table]
+    at = names.index("GPT-4o")
+    assert names[at + 1] == "openai:gpt-4o, earlier run" and f"run earlier: {tmp_path / 'gpt'}" in table[at + 1][-1]
+    assert "published, rerun below" in table[at][-1] and names[-2] == "tiny, this run"
+    with pytest.raises(FileNotFoundError, match="not an evaluate output folder"):
+        earlier_runs(str(tmp_path / "missing"))
