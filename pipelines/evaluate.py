@@ -230,6 +230,12 @@ def main(argv: list[str] | None = None) -> int:
     # Predictor actors need not share the driver's working directory: local paths travel as absolute paths.
     local = {k: storage.absolute(v) for k, v in (("model", cfg.model), ("adapter", cfg.adapter)) if v and os.path.exists(v)}
     cfg = cfg.model_copy(update={"data": storage.absolute(cfg.data), "out": storage.absolute(cfg.out), **local})
+    if endpoint_name(cfg.model):
+        try:  # a missing --api-base or key fails here, before any cluster starts
+            endpoint_config(cfg), api_key(cfg)
+        except ValueError as err:
+            print(f"ecgvlm evaluate: {err}", file=sys.stderr)
+            return 2
     import pyarrow as pa
 
     from ecg import shards, storage

@@ -251,3 +251,14 @@ def test_evaluate_cli_faults_every_id_once_and_a_rerun_sends_nothing(ray_cluster
         assert len(server.requests) == first + sum(ATTEMPTS[p] for p in CAUSES)
         ep2 = json.load(open(tmp_path / "eval2" / "run.json"))["endpoint"]
         assert ep2["cache_hits"] == len(PLANS) - len(CAUSES) and ep2["requests"] == 7
+
+
+def test_evaluate_names_a_missing_api_base_or_key(tmp_path, capsys, monkeypatch):
+    from pipelines import cli
+
+    _write(str(tmp_path / "data" / "test"), sample_rows(1))
+    base = ["evaluate", "--model", "openai:gpt-4o", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "o")]
+    assert cli.main(base) == 2 and "needs --api-base" in capsys.readouterr().err
+    monkeypatch.delenv("NO_SUCH_KEY", raising=False)
+    assert cli.main(base + ["--api-base", "https://api.example.com/v1", "--api-key-env", "NO_SUCH_KEY"]) == 2
+    assert "set $NO_SUCH_KEY" in capsys.readouterr().err and not (tmp_path / "o").exists()
