@@ -294,7 +294,8 @@ def write_report(results: dict, out_uri: str, samples=None, *, run: dict | None 
              for w in list(r.get("warnings", [])) + list((r.get("ecgbench") or {}).get("notes", []))]
     title = "ecgvlm score report"
     intro = ("ECGBench protocol: the published rules (x100, one decimal). Strict: whole-token, case-insensitive "
-             "parsing with synonyms, no random letters, 95% bootstrap intervals. Published rows are marked "
+             "parsing with synonyms, no random letters, 95% bootstrap intervals. smolvlm-study: the prior SmolVLM "
+             "study's own CODE-15 evaluator on the same predictions. Published rows are marked "
              f"\"{PUBLISHED_NOTE}\".")
     md = [f"# {title}", "", intro, ""]
     for head, header, rows in sections:
