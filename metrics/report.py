@@ -195,7 +195,8 @@ def run_rows(run: dict | None) -> list[list[str]]:
         rows += [["endpoint", f"{ep.get('api_base')} ({ep.get('model')})"],
                  ["requests sent (retries)", f"{ep.get('requests', 0)} ({ep.get('retries', 0)})"],
                  ["answers from the cache", str(ep.get("cache_hits", 0))],
-                 ["tokens sent: prompt / completion", f"{ep.get('prompt_tokens', 0)} / {ep.get('completion_tokens', 0)}"],
+                 ["tokens sent: prompt / completion",
+                  f"{ep.get('prompt_tokens', 0)} / {ep.get('completion_tokens', 0)}"],
                  ["estimated cost, USD", "-" if ep.get("cost_usd") is None else f"{ep['cost_usd']:.4f}"]]
     return rows
 

@@ -2,7 +2,7 @@
 
     ecgvlm evaluate --model tiny --data ./data/synth --split test --out ./runs/eval
     ecgvlm evaluate --model ./runs/tiny/export --data s3://ecg/bench --out s3://ecg/eval --num-gpus 1 --max-actors 4
-    ecgvlm evaluate --model openai:gpt-4o --api-base https://api.openai.com/v1 --data s3://ecg/bench --out s3://ecg/gpt4o
+    ecgvlm evaluate --model openai:gpt-4o --api-base https://api.openai.com/v1 --data s3://ecg/bench --out s3://ecg/g4o
 
 Reads ``<data>/<split>/*.parquet`` (or ``<data>`` itself), skips ids already in ``<out>/predictions/``
 (resumable: rerun the same command after a crash), maps batches through ``PredictorActor`` (one

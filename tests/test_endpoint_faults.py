@@ -72,7 +72,9 @@ class FaultServer:
 
     def answer(self, handler, plan: str, attempt: int, body: dict) -> None:
         first = attempt == 0  # plans are per record, and each record has its own plan
-        error = lambda code, msg: json.dumps({"error": {"message": msg, "type": "x", "code": code}}).encode()  # noqa: E731
+        def error(code, msg):
+            return json.dumps({"error": {"message": msg, "type": "x", "code": code}}).encode()
+
         if plan == "429" and first:
             return self._send(handler, 429, error(429, "slow down"), {"Retry-After": "1"})
         if plan == "always500" or (plan == "500" and first):
