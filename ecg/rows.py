@@ -9,7 +9,7 @@ Prediction row (written by ``evaluate``, read by ``score``)::
 
     {"id": "synth-000017", "task": "code15", "question": "...", "answer": "SB; 1dAVb",
      "prediction": "SB; 1dAVb", "label_scores": '{"SB": 0.93, "AF": 0.02, ...}',
-     "model": "tiny", "error": None, "latency_ms": 41.7, "truncated": False}
+     "model": "tiny", "error": None, "latency_ms": 41.7, "prompt_tokens": 1139, "truncated": False}
 
 ``label_scores`` is a JSON object (label -> probability) or null; ``error`` is null unless the
 record failed, in which case ``prediction`` is empty and the record still counts. ``truncated`` is true when
@@ -45,12 +45,14 @@ PREDICTION_SCHEMA = pa.schema(
         pa.field("model", pa.string()),
         pa.field("error", pa.string()),  # null unless the record failed
         pa.field("latency_ms", pa.float64()),
+        pa.field("prompt_tokens", pa.int64()),  # tokens of the prompt the model read (image tokens included)
         pa.field("truncated", pa.bool_()),  # the answer filled its token budget (no stop token); null: unknown
     ]
 )
 
 # Extra columns of rows from an endpoint (vlm.remote): summed by the driver into run.json, not stored per row.
-USAGE_COLUMNS = ("requests", "retries", "cache_hit", "prompt_tokens", "completion_tokens")
+# sent_*: tokens of the requests sent in this run (0 for an answer from the cache)
+USAGE_COLUMNS = ("requests", "retries", "cache_hit", "sent_prompt_tokens", "sent_completion_tokens")
 
 SAMPLE_COLUMNS = tuple(SAMPLE_SCHEMA.names)
 PREDICTION_COLUMNS = tuple(PREDICTION_SCHEMA.names)
@@ -64,13 +66,13 @@ def require_columns(columns, needed, where: str) -> None:
 
 
 def add_usage(totals: dict, batch) -> dict:
-    """Add a pyarrow batch's USAGE_COLUMNS into ``totals`` (``cache_hit`` as ``cache_hits``); a batch without
-    them (an in-process model) adds nothing. Example: ``add_usage({}, table)["requests"]``."""
+    """Add a pyarrow batch's USAGE_COLUMNS into ``totals`` (``cache_hit`` as ``cache_hits``, ``sent_*`` without the
+    prefix); a batch without them (an in-process model) adds nothing. Example: ``add_usage({}, table)["requests"]``."""
     import pyarrow.compute as pc
 
     for col in USAGE_COLUMNS:
         if col in batch.column_names:
-            key = "cache_hits" if col == "cache_hit" else col
+            key = "cache_hits" if col == "cache_hit" else col.removeprefix("sent_")
             totals[key] = int(totals.get(key, 0)) + int(pc.sum(pc.cast(batch.column(col), "int64")).as_py() or 0)
     return totals
 

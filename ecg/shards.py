@@ -39,30 +39,55 @@ def parquet_dataset(uri: str):
     return pads.dataset(files, filesystem=fs, format="parquet") if files else None
 
 
-def count_split(uri: str) -> dict:
-    """``{"rows": n, "labels": {label: n}, "tasks": {task: n}}`` of the sample shards under ``uri``.
+def file_batches(batch, *, columns: list[str], rows: int = 32):
+    """A stage that reads Parquet shards as a stream: ``batch["path"]`` (file URIs, local or s3://) -> their rows,
+    ``rows`` at a time (a generator of Arrow tables), so a reader holds one small batch, never a whole file.
 
-    Reads only the ``labels`` and ``task`` columns (Parquet is columnar: no image bytes are read).
+    Ray Data's own Parquet read lists files in a task that takes a whole CPU; this stage runs on a fraction of
+    one, which matters where long-lived actors (training workers, encoders) hold most CPUs of a small machine.
+    Example: ``next(file_batches({"path": ["data/train/part-0.parquet"]}, columns=["id"])).num_rows`` -> ``32``.
+    """
+    for uri in batch["path"]:
+        fs, path = storage.resolve(str(uri))
+        with fs.open_input_file(path) as f:
+            for chunk in pq.ParquetFile(f).iter_batches(batch_size=rows, columns=columns):
+                yield pa.Table.from_batches([chunk])
+
+
+LATER_TURN = r"#t[1-9][0-9]*$"  # the id suffix of a record's turn k >= 1 (``<record id>#t<k>``)
+
+
+def count_split(uri: str) -> dict:
+    """``{"rows": n, "records": r, "labels": {label: n}, "tasks": {task: n}}`` of the sample shards under ``uri``.
+
+    ``records`` counts rows that are a record's first turn (ids without a ``#t<k>`` suffix). Reads only the
+    ``id``, ``labels`` and ``task`` columns (Parquet is columnar: no image bytes are read).
     """
     from collections import Counter
 
+    import pyarrow.compute as pc
+
     data = parquet_dataset(uri)
-    labels, tasks, rows = Counter(), Counter(), 0
-    for batch in data.to_batches(columns=["labels", "task"]) if data is not None else ():
+    labels, tasks, rows, records = Counter(), Counter(), 0, 0
+    for batch in data.to_batches(columns=["id", "labels", "task"]) if data is not None else ():
         rows += batch.num_rows
+        later_turns = pc.sum(pc.match_substring_regex(batch.column("id"), LATER_TURN)).as_py() or 0
+        records += batch.num_rows - later_turns
         labels.update(batch.column("labels").flatten().to_pylist())
         tasks.update(batch.column("task").to_pylist())
-    return {"rows": rows, "labels": dict(sorted(labels.items())), "tasks": dict(sorted(tasks.items()))}
+    return {"rows": rows, "records": records, "labels": dict(sorted(labels.items())),
+            "tasks": dict(sorted(tasks.items()))}
 
 
 def read_failures(uri: str) -> list[dict]:
-    """``[{"id": ..., "error": ...}]`` of failure rows (error in ``meta``) written under ``uri``, by id."""
+    """``[{"id": ..., "error": ..., "kind": ...}]`` of the failure rows written under ``uri`` (from ``meta``), by id."""
     data = parquet_dataset(uri)
     if data is None:
         return []
     table = data.to_table(columns=["id", "meta"])
-    out = [{"id": i, "error": json.loads(m or "{}").get("error", "")}
-           for i, m in zip(table.column("id").to_pylist(), table.column("meta").to_pylist())]
+    metas = [json.loads(m or "{}") for m in table.column("meta").to_pylist()]
+    out = [{"id": i, "error": m.get("error", ""), "kind": m.get("kind", "unreadable_record")}
+           for i, m in zip(table.column("id").to_pylist(), metas)]
     return sorted(out, key=lambda f: f["id"])
 
 
@@ -119,6 +144,13 @@ class ShardWriter:
         self.flush()
 
 
+def aside_name(uri: str) -> str:
+    """Where a torn shard is moved: ``<folder>/_<name>.corrupt``. pyarrow.dataset, pandas and ``datasets`` skip
+    names starting with ``_``, and a ``*.parquet`` glob (polars, DuckDB) misses it: the folder stays readable."""
+    folder, _, name = uri.rpartition("/")
+    return f"{folder}/_{name}.corrupt" if folder else f"_{name}.corrupt"
+
+
 def _readable(uri: str) -> list[str]:
     """The ``*.parquet`` files under ``uri`` that have a valid footer; others are moved aside (warned)."""
     fs, _ = storage.resolve(uri)
@@ -128,8 +160,9 @@ def _readable(uri: str) -> list[str]:
             pq.read_metadata(strip_scheme(f), filesystem=fs)
             good.append(f)
         except Exception as exc:  # noqa: BLE001 - a torn file from another writer: never read it
-            print(f"warning: {f} is not a complete Parquet file ({exc}); moved to {f}.corrupt", file=sys.stderr)
-            fs.move(strip_scheme(f), strip_scheme(f) + ".corrupt")
+            aside = aside_name(f)
+            print(f"warning: {f} is not a complete Parquet file ({exc}); moved to {aside}", file=sys.stderr)
+            fs.move(strip_scheme(f), strip_scheme(aside))
     return good
 
 

@@ -109,13 +109,25 @@ def list_files(uri: str, suffix: str = "") -> list[str]:
     return sorted(("s3://" + p) if is_s3(uri) else p for p in out)
 
 
-def download_dir(uri: str, local_dir: str | None = None) -> str:
-    """Copy a folder to local disk (no-op for a local path); returns the local folder."""
+def download_dir(uri: str, local_dir: str | None = None, *, skip_suffixes: tuple[str, ...] = ()) -> str:
+    """Copy a folder to local disk (no-op for a local path); returns the local folder.
+
+    ``skip_suffixes``: file endings left behind (``(".safetensors",)`` fetches a model's config files only).
+    """
     if not is_s3(uri):
         return str(Path(uri).expanduser().resolve())
     local_dir = local_dir or tempfile.mkdtemp(prefix="ecgvlm-")
     fs, path = resolve(uri)
-    pafs.copy_files(path, local_dir, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+    if not skip_suffixes:
+        pafs.copy_files(path, local_dir, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+        return local_dir
+    for info in fs.get_file_info(pafs.FileSelector(path, recursive=True)):
+        if info.type != pafs.FileType.File or info.path.endswith(skip_suffixes):
+            continue
+        target = Path(local_dir) / info.path[len(path.rstrip("/")) + 1:]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with fs.open_input_stream(info.path) as src, open(target, "wb") as dst:
+            shutil.copyfileobj(src, dst)
     return local_dir
 
 

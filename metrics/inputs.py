@@ -5,11 +5,14 @@ References: ECGBench records (JSON list, JSONL or Parquet with ``id`` and ``conv
 Predictions: the reference output form (JSONL with ``question_id`` or ``id``, and ``text`` or ``response``)
 or our prediction rows (Parquet file or folder, PREDICTION_SCHEMA). Paths are local or ``s3://``.
 
+A gold answer given as a list (ECG-QA) becomes its JSON text in ``answer`` (``metrics.parsing.gold_text``).
+
 Example::
 
     refs = read_references("ecgbench/code15-test.json")      # id, question, answer
     preds = read_predictions("runs/eval/predictions")        # id, prediction, label_scores, error, ...
-    frame, report = join(refs, preds)                        # report: counts of every mismatch
+    frame, report = join(refs, preds)                        # strict: one row per reference id
+    lines, counts = prediction_lines(refs, preds)            # ecgbench: one row per prediction line
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from ecg import storage
+from metrics import parsing
 
 MISSING = "missing prediction"
 
@@ -89,7 +93,19 @@ def read_references(uri: str) -> pd.DataFrame:
     else:
         raise KeyError(f"{uri}: references need `conversations` (ECGBench) or `answer` (sample rows); "
                        f"have {sorted(raw.columns)}")
+    out["answer"] = _gold_texts(uri, out["id"], out["answer"])  # ECG-QA's list golds as JSON text
     return out.reset_index(drop=True)
+
+
+def _gold_texts(uri: str, ids, values) -> list:
+    """Every gold as text (a list as its JSON text); a gold that cannot be kept names its record."""
+    out = []
+    for rid, value in zip(ids, values):
+        try:
+            out.append(parsing.gold_text(value))
+        except ValueError as e:
+            raise ValueError(f"{uri}: record {rid!r}: {e}") from None
+    return out
 
 
 def read_predictions(uri: str) -> pd.DataFrame:
@@ -107,6 +123,29 @@ def read_predictions(uri: str) -> pd.DataFrame:
         if col in raw:
             out[col] = raw[col]
     return out
+
+
+def only_task(frame: pd.DataFrame | None, task: str) -> tuple[pd.DataFrame | None, int]:
+    """``(rows of task, rows left out)``: where rows name their task (sample and prediction rows do), those of
+    other tasks are dropped and counted; rows without one (ECGBench files, PULSE's JSONL) all stay.
+    Example: ``only_task(df_with_code15_and_ecgqa_rows, "code15-test")`` -> ``(the code15 rows, n ecgqa)``."""
+    from metrics.tasks import get_task
+
+    if frame is None or "task" not in frame:
+        return frame, 0
+    name = get_task(task).name
+    named = frame["task"].notna() & (frame["task"].astype(str) != "")
+    keep = ~named | (frame["task"].astype(str).map(_canonical) == name)
+    return frame[keep].reset_index(drop=True), int((~keep).sum())
+
+
+def _canonical(task: str) -> str:
+    from metrics.tasks import get_task
+
+    try:
+        return get_task(task).name
+    except KeyError:
+        return task
 
 
 def join(references: pd.DataFrame | None, predictions: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
@@ -157,11 +196,50 @@ def join(references: pd.DataFrame | None, predictions: pd.DataFrame) -> tuple[pd
     return frame.reset_index(drop=True), report
 
 
+def prediction_lines(references: pd.DataFrame | None, predictions: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+    """The rows the published protocol scores: every prediction line in file order (a duplicate id again,
+    with its own text) with its reference's gold; a reference without a prediction is not scored, a line
+    without a reference is left out (the reference code stops there with a KeyError). Both are counted.
+
+    The question is the line's own (the reference reads ECG-QA's options from its output's ``prompt``),
+    else the reference's. Without references, every line with its own ``answer``.
+
+    Example::
+
+        lines, counts = prediction_lines(refs, preds)
+        counts  # {"lines": 1613, "duplicate_lines": 2, "missing_not_scored": 0, "unmatched_not_scored": 0,
+                #  "scored": 1613}
+    """
+    lines = predictions.reset_index(drop=True).assign(_line=np.arange(len(predictions)))
+    counts = {"lines": int(len(lines)), "duplicate_lines": int(lines["id"].duplicated().sum())}
+    if references is None:
+        if "answer" not in lines:
+            raise KeyError("without references the predictions need an `answer` column (our prediction rows)")
+        rows = lines
+        counts.update(missing_not_scored=0, unmatched_not_scored=0)
+    else:
+        refs = references[~references["id"].duplicated()]
+        refs = refs[[c for c in ("id", "answer", "question", "task") if c in refs]]
+        drop = ["answer"] + [c for c in ("task",) if c in refs]
+        preds = lines.drop(columns=[c for c in drop if c in lines])
+        if "question" in preds and "question" in refs:
+            preds = preds.rename(columns={"question": "line_question"})
+        rows = preds.merge(refs, on="id", how="inner").sort_values("_line", kind="stable")
+        if "line_question" in rows:
+            q = rows["line_question"].astype(object)
+            rows["question"] = q.where(q.notna() & (q.astype(str) != ""), rows["question"])
+            rows = rows.drop(columns=["line_question"])
+        counts.update(missing_not_scored=int((~refs["id"].isin(lines["id"])).sum()),
+                      unmatched_not_scored=int((~lines["id"].isin(refs["id"])).sum()))
+    counts["scored"] = int(len(rows))
+    return rows.drop(columns=["_line"]).reset_index(drop=True), counts
+
+
 def _warnings(r: dict) -> list[str]:
     out = []
     if r.get("missing_predictions"):
         out.append(f"{r['missing_predictions']} of {r['references']} reference ids have no prediction "
-                   f"(e.g. {r['missing_examples']}): scored as empty answers")
+                   f"(e.g. {r['missing_examples']}): scored as empty answers by strict, not scored by ecgbench")
     if r.get("unmatched_predictions"):
         out.append(f"{r['unmatched_predictions']} of {r['predictions']} predictions have no reference "
                    f"(e.g. {r['unmatched_examples']}): not scored")
@@ -170,7 +248,8 @@ def _warnings(r: dict) -> list[str]:
                    f"(e.g. {r['duplicate_reference_examples']}): the first is kept")
     if r.get("duplicate_prediction_ids"):
         out.append(f"{r['duplicate_prediction_ids']} duplicate prediction id(s) "
-                   f"(e.g. {r['duplicate_prediction_examples']}): the first is kept")
+                   f"(e.g. {r['duplicate_prediction_examples']}): strict keeps the first, ecgbench counts "
+                   "every line")
     if r.get("empty_predictions"):
         out.append(f"{r['empty_predictions']} prediction(s) are empty (including missing ones)")
     return out

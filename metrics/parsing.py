@@ -4,6 +4,15 @@
 and NORM/ABNORMAL rules, the reference's choice-letter extraction, ECG-QA candidates from ``Options:``).
 ``strict``: case-insensitive whole-token matching with the task's synonyms, and no guessing.
 
+ECG-QA (set match) under each protocol, for a question "... Options: yes, no, None ..." and gold ``["none"]``:
+``ecgbench`` looks for each candidate *as written* in the *lower-cased* answer, so "None" (capital N) is never
+found and this record can never pass; "normal" counts as "no" (a substring). ``strict`` lower-cases both
+sides, needs whole tokens ("normal" names no option), ignores empty candidates and compares the gold
+lower-cased and stripped: "None." passes it.
+
+A gold answer may be a list of texts (ECG-QA's ``conversations[1].value``): the ``answer`` column holds it as
+JSON text (``gold_text``) and the scorer reads it back as the list (``gold_items``).
+
 Texts are parsed once per distinct string (``pandas.factorize``): model outputs repeat a lot, and the
 reduction over millions of rows relies on it.
 
@@ -16,6 +25,8 @@ Example::
 
 from __future__ import annotations
 
+import ast
+import json
 import re
 from functools import lru_cache
 
@@ -32,6 +43,71 @@ def as_text(values) -> pd.Series:
     """A Series of str: None/NaN become "" (an empty answer), anything else ``str(value)``."""
     s = pd.Series(values, copy=False, dtype=object)
     return s.map(lambda v: v if isinstance(v, str) else ("" if v is None or v != v else str(v)))
+
+
+def gold_text(value) -> str | None:
+    """The ``answer`` column's text for a gold answer as given: a text as it is, a list of texts (ECG-QA's
+    gold) as JSON text, so that a string column keeps it losslessly; None stays None; a number becomes text.
+
+    >>> gold_text(["sinus rhythm", "None"]), gold_text("SB; 1dAVb")
+    ('["sinus rhythm", "None"]', 'SB; 1dAVb')
+    """
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, float) and value != value:  # NaN: no gold
+        return None
+    if isinstance(value, (list, tuple, np.ndarray)):  # a Parquet list cell arrives as an ndarray
+        items = value.tolist() if isinstance(value, np.ndarray) else list(value)
+        bad = [x for x in items if not isinstance(x, str)]
+        if bad:
+            raise ValueError(f"a gold answer list must hold texts only; it holds {type(bad[0]).__name__} {bad[0]!r}")
+        return json.dumps(items, ensure_ascii=False)
+    return str(value)
+
+
+def gold_column(values) -> pd.Series:
+    """``values`` with every list-valued gold turned into its JSON text (``gold_text``); texts untouched."""
+    s = pd.Series(values, copy=False)
+    if pd.api.types.infer_dtype(s, skipna=True) in ("string", "empty"):
+        return s
+    return s.map(gold_text)
+
+
+def json_items(text: str) -> list[str] | None:
+    """The items of a gold stored as a JSON list of texts (``gold_text``), as given; None for any other text.
+    A Python list literal (``str(list)``, as rows prepared before lists were kept as JSON hold) reads too.
+
+    >>> json_items('["yes"]'), json_items("['not sure']"), json_items("yes")
+    (['yes'], ['not sure'], None)
+    """
+    if not text.startswith("["):
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            return None
+    return value if isinstance(value, list) and all(isinstance(x, str) for x in value) else None
+
+
+def gold_items(text: str) -> list[str]:
+    """The gold set of a set-match answer: the items of a JSON list exactly as given (not stripped, not
+    lower-cased: the reference compares ``set(gold)`` as is); a plain text (our own rows' form; ECGBench's
+    golds are lists) is read as comma-separated items, each stripped.
+
+    >>> gold_items('["sinus rhythm", "None"]'), gold_items("sinus rhythm, none")
+    (['sinus rhythm', 'None'], ['sinus rhythm', 'none'])
+    """
+    items = json_items(text)
+    return items if items is not None else [g.strip() for g in text.split(",")]
+
+
+def gold_display(text: str) -> str:
+    """The gold as an answer a model would write (for ANLS): a JSON list's items joined by ", "."""
+    items = json_items(text)
+    return text if items is None else ", ".join(items)
 
 
 def distinct(texts) -> tuple[np.ndarray, list[str]]:
@@ -133,16 +209,30 @@ def ecgbench_letters(text) -> np.ndarray:
 
 
 def qa_candidates(question: str) -> list[str]:
-    """ECG-QA options: the comma-separated list after the last "Options:" (the reference's rule)."""
+    """ECG-QA options, the reference's rule: the text after the last "Options:", the closing "Only answer ..."
+    sentence removed, split on commas, each part stripped (empty parts and trailing periods kept).
+
+    >>> qa_candidates("Which? Options: yes, no, None\\n\\n" + _QA_TAIL)
+    ['yes', 'no', 'None']
+    """
     return [c.strip() for c in question.split("Options:")[-1].replace(_QA_TAIL, "").split(",")]
 
 
+def ecgbench_qa_found(question: str, text: str) -> set[str]:
+    """The candidates the reference finds: each one *as written* occurring in the *lower-cased* text, so a
+    candidate with a capital letter is never found (and an empty one always is).
+
+    >>> sorted(ecgbench_qa_found("Options: yes, no, None", "None, not yes"))
+    ['no', 'yes']
+    """
+    low = text.lower()
+    return {c for c in qa_candidates(question) if c in low}
+
+
 def ecgbench_setmatch(question, gold, text) -> np.ndarray:
-    """(n,) bool: the set of candidates found in the lower-cased text equals the gold set."""
-    out = [
-        {c for c in qa_candidates(q) if c.lower() in t.lower()} == {g.strip() for g in a.split(",")}
-        for q, a, t in zip(as_text(question), as_text(gold), as_text(text))
-    ]
+    """(n,) bool: the set of candidates found (``ecgbench_qa_found``) equals the set of gold items as given."""
+    out = [ecgbench_qa_found(q, t) == set(gold_items(a))
+           for q, a, t in zip(as_text(question), as_text(gold), as_text(text))]
     return np.array(out, dtype=bool)
 
 
@@ -203,14 +293,19 @@ def strict_letters(text) -> np.ndarray:
     return _per_unique(text, lambda texts: np.array([strict_letter(t) for t in texts], dtype=object))
 
 
+def strict_qa_found(question: str, text: str) -> set[str]:
+    """The candidates (lower-cased) named in the text as whole tokens, case-insensitive; empty ones ignored.
+
+    >>> sorted(strict_qa_found("Options: yes, no, None", "None, normal otherwise"))
+    ['none']
+    """
+    low = text.lower()
+    return {c.lower() for c in qa_candidates(question)
+            if c and re.search(r"(?<![a-z0-9])" + re.escape(c.lower()) + r"(?![a-z0-9])", low)}
+
+
 def strict_setmatch(question, gold, text) -> np.ndarray:
-    """(n,) bool: the candidates named as whole tokens (case-insensitive) equal the gold set."""
-    out = []
-    for q, a, t in zip(as_text(question), as_text(gold), as_text(text)):
-        t = t.lower()
-        found = {
-            c.lower() for c in qa_candidates(q)
-            if c and re.search(r"(?<![a-z0-9])" + re.escape(c.lower()) + r"(?![a-z0-9])", t)
-        }
-        out.append(found == {g.strip().lower() for g in a.split(",") if g.strip()})
+    """(n,) bool: the candidates named (``strict_qa_found``) equal the gold items, lower-cased and stripped."""
+    out = [strict_qa_found(q, t) == {g.strip().lower() for g in gold_items(a) if g.strip()}
+           for q, a, t in zip(as_text(question), as_text(gold), as_text(text))]
     return np.array(out, dtype=bool)

@@ -14,8 +14,13 @@ What a stats dict holds (G = ``N_BUCKETS`` id-hash buckets, L = the task's label
     score_rows, score_hist (L, 2, SCORE_BINS), score_boot (G, L, 2, BOOT_BINS)
                                           label_scores histograms per label and gold value (AUC from scores)
     eb_correct, eb_unparsed_gold          ecgbench correct count; gold of unparsable rows, in row order
-                                          (the seeded random letters are drawn at the end, in that order)
+                                          (the seeded random letters are drawn at the end, in that order,
+                                          which is the prediction file's line order: see metrics.score)
     st_correct (G,), st_unparsed, st_out_of_range    strict choice / set match
+    qa_no_options                         set-match rows whose question has no "Options:"
+
+A gold answer given as a list (ECG-QA) is scored from its JSON text (``parsing.gold_text``); its ANLS is
+against the items joined by ", ".
 
 Example::
 
@@ -143,10 +148,18 @@ def _choice_stats(task: Task, gold, text, bucket) -> dict:
 
 
 def _setmatch_stats(gold, text, question, bucket) -> dict:
-    g, t = gold[1][gold[0]], text[1][text[0]]  # back to per-row texts: set match reads the question too
-    return {"eb_correct": int(parsing.ecgbench_setmatch(question, g, t).sum()),
-            "st_correct": np.bincount(bucket, weights=parsing.strict_setmatch(question, g, t),
-                                      minlength=N_BUCKETS)}
+    (gc, gu), (tc, tu) = gold, text
+    qc, qu = parsing.distinct(parsing.as_text(question))
+    # set match reads question, gold and text together: parse each distinct triple once (keys stay < n**2)
+    pairs, pc = np.unique(qc.astype(np.int64) * len(gu) + gc, return_inverse=True)
+    triples, row = np.unique(pc.reshape(-1).astype(np.int64) * len(tu) + tc, return_inverse=True)
+    pair = pairs[triples // len(tu)]
+    q, g, t = np.array(qu, dtype=object)[pair // len(gu)], gu[pair % len(gu)], tu[triples % len(tu)]
+    row = row.reshape(-1)
+    no_options = np.array(["Options:" not in x for x in qu], dtype=bool)[qc] if len(qc) else np.zeros(0, bool)
+    return {"eb_correct": int(parsing.ecgbench_setmatch(q, g, t)[row].sum()),
+            "st_correct": np.bincount(bucket, weights=parsing.strict_setmatch(q, g, t)[row], minlength=N_BUCKETS),
+            "qa_no_options": int(no_options.sum())}
 
 
 def batch_stats(task: Task, frame: pd.DataFrame) -> dict:
@@ -160,9 +173,9 @@ def batch_stats(task: Task, frame: pd.DataFrame) -> dict:
     if errors.any():  # an errored row is an empty answer, whatever text it carries
         tu = tu + [""]
         tc = np.where(errors, len(tu) - 1, tc)
-    gc, gu = parsing.distinct(frame["answer"])
+    gc, gu = parsing.distinct(parsing.gold_column(frame["answer"]))  # a list gold becomes its JSON text
     bucket = _buckets(frame["id"])
-    anls = anls_codes(tc, tu, gc, gu)
+    anls = anls_codes(tc, tu, gc, [parsing.gold_display(g) for g in gu])
     blank = np.array([not t.strip() for t in tu], dtype=bool)[tc] if len(tc) else np.zeros(0, dtype=bool)
     stats = {"task": task.name, "kind": task.kind, "n": int(len(frame)), "errors": int(errors.sum()),
              "empty": int((blank & ~errors).sum()),

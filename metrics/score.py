@@ -3,11 +3,22 @@
 ``score_frame(task, frame)`` is the one entry point for a table of rows; ``finalize`` is shared with the
 Ray reduction (``pipelines.score.score_dataset``), so both paths print identical numbers.
 
+Which rows each protocol scores: ``strict`` one row per reference id (a missing prediction is a wrong, empty
+answer; a duplicate keeps its first line); ``ecgbench`` what the reference code scores, one row per
+prediction line in file order (a duplicate line counts again, a reference without a prediction is not
+scored: the divisor is the number of lines). ``score_frame(..., ecgbench_rows=lines)`` takes those lines
+where they differ from the frame (``metrics.inputs.prediction_lines``); ``ecgbench.n`` says how many.
+
+Random letters (csn, g12, mmmu): the reference draws ``random.choice`` from one ``random.seed(42)`` stream
+for each unparsable answer, in the order of the prediction file's lines, from A-D (mmmu) or A-H (csn, g12).
+Its whole run scores mmmu, then csn, then g12 from the same stream; ``letter_stream`` gives either the
+task's own stream (the default) or its place in that whole run.
+
 The result (also what ``ecgvlm score --json`` prints)::
 
     {"task": "code15", "version": "1", "kind": "multilabel", "n": 1400, "errors": 0,
      "f1": 27.5, "auc": 65.3, "hamming_loss": 16.5, "anls": 68.7,        # ecgbench, x100, one decimal
-     "ecgbench": {"classes": [...], "per_class": {...}, "random_letters": 0, "notes": [...]},
+     "ecgbench": {"n": 1400, "classes": [...], "per_class": {...}, "random_letters": 0, "notes": [...]},
      "strict": {"f1_macro": .., "f1_micro": .., "auc": .., "per_class": [...], "intervals": {...}, ...},
      "warnings": [...]}
 
@@ -30,6 +41,50 @@ from metrics.tasks import CHOICE, MULTILABEL, SETMATCH, Task, get_task
 PROTOCOLS = ("ecgbench", "strict", "both", study.NAME, "all")  # both: ecgbench + strict; all: the three
 N_BOOT = 1000
 REFERENCE_SEED = 42  # the reference draws random letters from random.seed(42)
+# the choice tasks in the order the reference's whole run scores them (eval_mmmu, then eval_csn_test, then
+# eval_g12_test in its __main__): one random stream serves all three
+REFERENCE_RUN = ("mmmu", "csn", "g12")
+RANDOM_ORDERS = ("task", "benchmark")
+# the reference skips a choice prediction file whose line count is not the split's size (it prints nothing)
+REFERENCE_LINES = {"mmmu": 200, "csn": 1611, "g12": 2026}
+
+
+def letter_stream(task: Task | str, *, order: str = "task", drawn_before: dict[str, int] | None = None
+                  ) -> random.Random:
+    """The ``random.Random`` the ecgbench protocol draws ``task``'s random letters from.
+
+    ``order="task"``: ``random.Random(42)``, the task scored alone. ``order="benchmark"``: the task's place
+    in the reference's whole run, in which one stream serves mmmu, then csn, then g12: first the letters
+    the tasks before it drew (``drawn_before``: task -> count, their reported ``random_letters``; every
+    task before it must be given, 0 if it was not run), each from its own options.
+
+    Example::
+
+        rng = letter_stream("g12", order="benchmark", drawn_before={"mmmu": 3, "csn": 40})
+        # = random.seed(42); 3 x random.choice("ABCD"); 40 x random.choice("ABCDEFGH"); then g12's letters
+    """
+    task = get_task(task) if isinstance(task, str) else task
+    drawn_before = {get_task(k).name: int(v) for k, v in (drawn_before or {}).items()}
+    if order not in RANDOM_ORDERS:
+        raise ValueError(f"random order must be one of {RANDOM_ORDERS}, got {order!r}")
+    rng = random.Random(REFERENCE_SEED)
+    if order == "task" and drawn_before:
+        raise ValueError("letters drawn before a task only count in the benchmark random order")
+    if order == "task" or task.kind != CHOICE:  # the other kinds draw no letters
+        return rng
+    if task.name not in REFERENCE_RUN:
+        raise ValueError(f"task {task.name!r} has no place in the reference's run {REFERENCE_RUN}")
+    before = REFERENCE_RUN[:REFERENCE_RUN.index(task.name)]
+    wrong = sorted(set(drawn_before) - set(before))
+    missing = [t for t in before if t not in drawn_before]
+    if wrong or missing or any(v < 0 for v in drawn_before.values()):
+        raise ValueError(f"in the benchmark random order {task.name} comes after {list(before) or 'no task'}: "
+                         f"give the letters each drew, e.g. {dict.fromkeys(before, 0)} (got {drawn_before})")
+    for name in before:
+        options = list(get_task(name).labels)
+        for _ in range(drawn_before[name]):
+            rng.choice(options)
+    return rng
 
 
 def pct1(x: float) -> float | None:
@@ -82,8 +137,18 @@ def f1_from(c: np.ndarray) -> np.ndarray:
 
 
 # ---- ecgbench -----------------------------------------------------------------------------------------------
-def _ecgbench(task: Task, st: dict) -> tuple[dict, dict]:
-    """(top-level fields, details) of the published protocol."""
+def _choice_notes(task: Task, st: dict, options: list[str]) -> list[str]:
+    notes = [f"{len(st['eb_unparsed_gold'])} unparsable answer(s) got a random letter ({options[0]}-{options[-1]}, "
+             "seed 42, in line order), as the reference does"] if st["eb_unparsed_gold"] else []
+    size = REFERENCE_LINES.get(task.name)
+    if size is not None and st["n"] != size:
+        notes.append(f"the reference prints no {task.name} accuracy for a prediction file without exactly "
+                     f"{size} lines ({st['n']} here)")
+    return notes
+
+
+def _ecgbench(task: Task, st: dict, rng: random.Random | None = None) -> tuple[dict, dict]:
+    """(top-level fields, details) of the published protocol; choice tasks draw from ``rng``."""
     if task.kind == MULTILABEL:
         c = st["eb_counts"]  # (L, 4)
         seen = (c[:, 0] + c[:, 2]) > 0  # binarisation: only classes that occur in the gold labels
@@ -106,19 +171,20 @@ def _ecgbench(task: Task, st: dict) -> tuple[dict, dict]:
         return top, {"classes": classes, "per_class": {k: per[k] for k in classes}, "notes": notes,
                      "raw": {k: (None if math.isnan(v) else v) for k, v in raw.items()}}
     if task.kind == CHOICE:
-        rng = random.Random(REFERENCE_SEED)
+        rng = random.Random(REFERENCE_SEED) if rng is None else rng
         options = list(task.labels)
-        lucky = sum(rng.choice(options) == g for g in st["eb_unparsed_gold"])
+        lucky = sum(rng.choice(options) == g for g in st["eb_unparsed_gold"])  # one draw per row, in order
         n = st["n"]
         acc = (st["eb_correct"] + lucky) / n if n else None
         return ({"accuracy": pct1(acc) if n else None},
                 {"random_letters": len(st["eb_unparsed_gold"]), "random_letters_correct": int(lucky),
                  "raw": {"accuracy": acc},
-                 "notes": ["unparsable answers get a random letter (random.Random(42), in row order), "
-                           "as the reference does"] if st["eb_unparsed_gold"] else []})
+                 "notes": _choice_notes(task, st, options)})
     if task.kind == SETMATCH:
         n = st["n"]
-        return {"accuracy": pct1(st["eb_correct"] / n) if n else None}, {}
+        notes = [f"{st['qa_no_options']} row(s) have no \"Options:\" in their question: the reference takes "
+                 "the whole question's comma-separated parts as candidates"] if st.get("qa_no_options") else []
+        return {"accuracy": pct1(st["eb_correct"] / n) if n else None}, {"notes": notes}
     return {}, {"notes": ["the paper scores this task with an LLM judge; only ANLS is computed here"]}
 
 
@@ -194,8 +260,11 @@ def _strict(task: Task, st: dict, seed: int, n_boot: int = N_BOOT) -> dict:
     return out
 
 
-def finalize(task: Task | str, st: dict, *, protocol: str = "both", seed: int = 0) -> dict:
-    """The result dict from merged stats (see the module docstring)."""
+def finalize(task: Task | str, st: dict, *, protocol: str = "both", seed: int = 0,
+             ecgbench_stats: dict | None = None, rng: random.Random | None = None) -> dict:
+    """The result dict from merged stats (see the module docstring). ``ecgbench_stats``: the stats of the
+    rows the published protocol scores, where they differ from ``st``; ``rng``: its letter stream
+    (``letter_stream``; default ``random.Random(42)``)."""
     task = get_task(task) if isinstance(task, str) else task
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
@@ -211,9 +280,10 @@ def finalize(task: Task | str, st: dict, *, protocol: str = "both", seed: int = 
     if result["truncated"]:
         notes.append(f"{result['truncated']} of {n} answers ended at the token budget (no stop token)")
     if protocol in ("ecgbench", "both", "all"):
-        top, details = _ecgbench(task, st)
+        eb = st if ecgbench_stats is None else ecgbench_stats
+        top, details = _ecgbench(task, eb, rng)
         result.update(top)
-        result["ecgbench"] = details
+        result["ecgbench"] = {"n": eb["n"], **details}
     if protocol in ("strict", "both", "all"):
         result["strict"] = _strict(task, st, seed)
     if protocol in (study.NAME, "all"):
@@ -222,9 +292,42 @@ def finalize(task: Task | str, st: dict, *, protocol: str = "both", seed: int = 
     return result
 
 
-def score_frame(task: str, frame: pd.DataFrame, *, protocol: str = "both", seed: int = 0) -> dict:
-    """Score a table of rows (``id``, ``answer`` gold text, ``prediction`` model text, optional
+def finalize_tasks(merged: dict[str, dict], *, protocol: str = "both", seed: int = 0,
+                   random_order: str = "task") -> dict:
+    """``{task: result}`` from merged stats per task. ``random_order="benchmark"``: one letter stream serves
+    the choice tasks present in the reference's order (mmmu, csn, g12); each reports the letters drawn
+    before it (``ecgbench.drawn_before``). ``"task"``: every task its own ``random.Random(42)``."""
+    if random_order not in RANDOM_ORDERS:
+        raise ValueError(f"random order must be one of {RANDOM_ORDERS}, got {random_order!r}")
+    shared = random.Random(REFERENCE_SEED) if random_order == "benchmark" else None
+    run = [t for t in REFERENCE_RUN if t in merged]
+    drawn, results = {}, {}
+    for task in run + sorted(t for t in merged if t not in run):  # the stream's order first
+        results[task] = finalize(task, merged[task], protocol=protocol, seed=seed, rng=shared)
+        eb = results[task].get("ecgbench")
+        if shared is not None and eb is not None and task in run:
+            eb.update(random_order=random_order, drawn_before=dict(drawn))
+            drawn[task] = eb["random_letters"]
+    return dict(sorted(results.items()))
+
+
+def _line_note(result: dict, counts: dict) -> str | None:
+    if counts["scored"] == result["n"] and not counts["duplicate_lines"]:
+        return None
+    return (f"ecgbench scores {counts['scored']} prediction lines, as the reference does "
+            f"({counts['duplicate_lines']} duplicate line(s) counted again, {counts['missing_not_scored']} "
+            f"reference(s) without a prediction not scored); strict scores {result['n']} reference ids once each")
+
+
+def score_frame(task: str, frame: pd.DataFrame, *, protocol: str = "both", seed: int = 0,
+                ecgbench_rows: pd.DataFrame | None = None, line_counts: dict | None = None,
+                rng: random.Random | None = None) -> dict:
+    """Score a table of rows (``id``, ``answer`` gold text or list, ``prediction`` model text, optional
     ``question``, ``label_scores``, ``error``) of one task; returns the ``ecgvlm score --json`` object.
+
+    Rows are in prediction-line order. ``ecgbench_rows``: the rows of the published protocol where they
+    differ from ``frame`` (every prediction line, without the missing ones), with ``line_counts`` from
+    ``metrics.inputs.prediction_lines`` (reported as ``ecgbench.lines``); ``rng``: its letter stream.
 
     Example::
 
@@ -232,7 +335,12 @@ def score_frame(task: str, frame: pd.DataFrame, *, protocol: str = "both", seed:
         score_frame("code15", frame)["f1"]     # 50.0: SB right, NORM missed
     """
     t = get_task(task)
-    result = finalize(t, batch_stats(t, frame), protocol=protocol, seed=seed)
+    eb = batch_stats(t, ecgbench_rows) if ecgbench_rows is not None and protocol != "strict" else None
+    result = finalize(t, batch_stats(t, frame), protocol=protocol, seed=seed, ecgbench_stats=eb, rng=rng)
+    if line_counts is not None and "ecgbench" in result:
+        result["ecgbench"]["lines"] = line_counts
+        note = _line_note(result, line_counts)
+        result["ecgbench"]["notes"] = result["ecgbench"].get("notes", []) + ([note] if note else [])
     dup = int(frame["id"].duplicated().sum()) if "id" in frame else 0
     if dup:
         result["warnings"].append(f"{dup} duplicate id(s) in the frame: every row was scored")

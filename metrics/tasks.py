@@ -220,6 +220,17 @@ ARENA = register(
     )
 )
 
+FREETEXT_TASK = register(
+    Task(
+        name="freetext",
+        kind=FREETEXT,
+        question="",
+        max_new_tokens=512,
+        metrics=("anls",),
+        description="any other question with a free-text answer (ECGInstruct's open-ended, fill-in, report and "
+                    "follow-up turns that fit no benchmark task); ANLS",
+    )
+)
 
 # ---- decoding budgets ---------------------------------------------------------------------------------------
 PUBLISHED_MAX_NEW_TOKENS = 1024  # ECGBench (PULSE) decodes greedy with max_new_tokens 1024 for every task

@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from ecg import storage
     from metrics.report import published_table
-    from pipelines import evaluate, prepare, train
+    from pipelines import evaluate, launch, prepare, train
 
     work = storage.absolute(args.workdir)
     data, run, out = storage.join(work, "data"), storage.join(work, "run"), storage.join(work, "eval")
@@ -59,8 +59,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"removing the previous demo's {previous}", flush=True)
             fs, path = storage.resolve(previous)
             fs.delete_dir(path)
-    if not ray.is_initialized():
-        ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=True)
+    started = launch.start(num_cpus=args.num_cpus, what="ecgvlm demo", log_to_driver=True)
 
     t = _stage(f"1/3 prepare: {args.n} synthetic 12-lead ECGs -> {data}")
     rc = prepare.main(["--source", "synthetic", "--n", str(args.n), "--seed", str(args.seed), "--out", data])
@@ -88,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"checkpoint: {storage.join(run, 'checkpoints')}")
     print(f"export:     {export}")
     print(f"wall time:  {(time.perf_counter() - start) / 60:.1f} min")
-    ray.shutdown()
+    if started:
+        ray.shutdown()
     return 0
 
 

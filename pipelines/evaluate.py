@@ -18,12 +18,11 @@ import json
 import os
 import sys
 import time
-
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipelines.prepare import ensure_ray, load_config
+from pipelines.prepare import load_config
 
 
 class EvaluateConfig(BaseModel):
@@ -36,8 +35,10 @@ class EvaluateConfig(BaseModel):
     split: str = Field("test", description="split folder under --data ('' for --data itself)")
     tasks: str | None = Field(None, description="comma-separated task names to keep (default: all)")
     limit: int | None = Field(None, ge=1, description="predict at most this many new rows in this run")
-    image_splitting: bool = Field(False, description="processor image splitting (17 tiles per page when on)")
-    longest_edge: int | None = Field(None, description="resize pages so the longest edge is this many px")
+    image_splitting: bool | None = Field(None, description="processor image splitting (None: as the model was "
+                                         "trained, from its export, else its processor's own; SmolVLM: 17 tiles)")
+    longest_edge: int | None = Field(None, description="resize pages so the longest edge is this many px "
+                                     "(None: as trained / the processor's own)")
     device: str = Field("auto", description="auto, cpu, cuda")
     dtype: str = Field("auto", description="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16")
     batch_size: int = Field(8, ge=1, description="rows per predictor call")
@@ -72,6 +73,13 @@ class EvaluateConfig(BaseModel):
     price_output_per_mtok: float | None = Field(None, ge=0, description="USD per million completion tokens")
     compare: str | None = Field(None, description="earlier --out folders (comma-separated) whose CODE-15 rows the "
                                                   "report's comparison table shows, marked as run earlier")
+    ray_cpus: int | None = Field(None, ge=1, description="CPUs of the local Ray started when none is running "
+                                 "(None: every core)")
+
+    def bundles(self) -> list[dict]:
+        """The actor pool's minimum (it grows to ``max_actors`` where there is room) and one read task."""
+        actor = {"CPU": self.num_cpus, "GPU": self.num_gpus, "memory": (self.memory_gb or 0) * 2**30}
+        return [actor] * self.min_actors + [{"CPU": 0.1}]
 
 
 class PredictorActor:
@@ -165,7 +173,8 @@ def build_dataset(cfg: EvaluateConfig, done):
 
     fs, _ = storage.resolve(cfg.data)
     files = [shards.strip_scheme(f) for f in storage.list_files(_samples_uri(cfg), ".parquet")]
-    ds = ray.data.read_parquet(files, filesystem=fs, columns=["id", "task", "image", "question", "answer"])
+    ds = ray.data.read_parquet(files, filesystem=fs).select_columns(["id", "task", "image", "question", "answer",
+                                                                     "meta"])
     tasks = set(cfg.tasks.split(",")) if cfg.tasks else None
     if len(done) or tasks:
         ds = ds.map_batches(shards.keep_rows, fn_kwargs={"done": done, "tasks": tasks}, batch_format="pyarrow")
@@ -224,12 +233,11 @@ def run_predictions(cfg: EvaluateConfig, ds, pred_uri: str, todo: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = load_config(EvaluateConfig, argv, prog="ecgvlm evaluate", doc=__doc__)
-    from ecg import storage
+    from pipelines import launch
 
+    cfg = load_config(EvaluateConfig, argv, prog="ecgvlm evaluate", doc=__doc__)
     # Predictor actors need not share the driver's working directory: local paths travel as absolute paths.
-    local = {k: storage.absolute(v) for k, v in (("model", cfg.model), ("adapter", cfg.adapter)) if v and os.path.exists(v)}
-    cfg = cfg.model_copy(update={"data": storage.absolute(cfg.data), "out": storage.absolute(cfg.out), **local})
+    cfg = launch.absolute_paths(cfg, "data", "out", "model", "adapter", "cache", outputs=("data", "out", "cache"))
     if endpoint_name(cfg.model):
         try:  # a missing --api-base or key fails here, before any cluster starts
             endpoint_config(cfg), api_key(cfg)
@@ -240,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from ecg import shards, storage
     from metrics.report import earlier_runs, write_report
+    from vlm.load import load_processor
 
     earlier = earlier_runs(cfg.compare)  # read first: a wrong folder fails now, not after the predictions
     start = time.perf_counter()
@@ -247,8 +256,16 @@ def main(argv: list[str] | None = None) -> int:
     done_ids, _ = shards.predicted_ids(pred_uri)
     done = pa.array(sorted(done_ids), pa.string())  # one compact array shipped to every filter task
     todo = count_todo(cfg, done)
-    print(f"evaluate: {todo} rows to predict, {len(done)} already in {pred_uri}", flush=True)
-    started = ensure_ray() if todo else False  # nothing left to predict: no cluster, no model load
+    if endpoint_name(cfg.model):  # the stored page goes as it is; the endpoint's own processor prepares it
+        described, images_run = "pages sent as stored (the endpoint prepares them)", {"from": "endpoint"}
+    else:
+        images = load_processor(cfg.model, image_splitting=cfg.image_splitting, longest_edge=cfg.longest_edge)
+        described, images_run = images.describe_images(), {**images.images.to_dict(), "from": images.images_from}
+    print(f"evaluate: {todo} rows to predict, {len(done)} already in {pred_uri}; {described}", flush=True)
+    started = False  # nothing left to predict: no cluster, no model load
+    if todo:
+        started = launch.start(cfg.bundles(), what="ecgvlm evaluate", num_cpus=cfg.ray_cpus,
+                               hint="min_actors, num_cpus, num_gpus, memory_gb (or ray_cpus for a local Ray)")
     try:
         run = run_predictions(cfg, build_dataset(cfg, done) if todo else None, pred_uri, todo)
         results, totals = score(pred_uri, protocol=cfg.protocol)
@@ -260,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     run.update(model=cfg.model, adapter=cfg.adapter, data=cfg.data, split=cfg.split, skipped=len(done), **totals,
                decoding=cfg.decoding, max_new_tokens=tasks_budgets(cfg),
                truncated={t: r.get("truncated", 0) for t, r in results.items()},
+               images=images_run,
                wall_s=round(time.perf_counter() - start, 2))
     storage.write_text(storage.join(cfg.out, "metrics.json"), json.dumps(results, indent=2, default=str))
     storage.write_text(storage.join(cfg.out, "run.json"), json.dumps(run, indent=2, default=str))

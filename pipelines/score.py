@@ -2,6 +2,8 @@
 
     ecgvlm score --task code15 --references code15-test.json --predictions out/code15-test.jsonl
     ecgvlm score --task code15 --predictions runs/eval/predictions --json --report runs/eval
+    ecgvlm score --task csn-test-no-cot --references csn.json --predictions csn.jsonl \
+        --random-order benchmark --drawn-before mmmu=12     # csn's random letters as in the reference's whole run
     python -m pipelines.score --config my-score.yaml      # the same fields as ScoreConfig
 
 References: ECGBench records (JSON list / JSONL / Parquet with ``id`` and ``conversations``) or our sample rows;
@@ -42,6 +44,22 @@ class ScoreConfig(BaseModel):
     judge_cache: str | None = Field(None, description="judge reply cache (folder or s3://; default "
                                                       "<report or predictions folder>/judge-cache)")
     judge_concurrency: int = Field(8, ge=1, description="judge requests in flight at once")
+    random_order: Literal["task", "benchmark"] = Field(
+        "task", description="stream of the ecgbench protocol's random letters for unparsable choice answers: "
+                            "`task` = random.seed(42) for this task alone; `benchmark` = the reference's whole "
+                            "run, one stream for mmmu, then csn, then g12 (see drawn_before)")
+    drawn_before: dict[str, int] = Field(
+        default_factory=dict, description="with random_order benchmark: letters drawn by each task before this "
+                                          "one in the reference's run (their reported random_letters; 0 if not "
+                                          "run): {} for mmmu, {mmmu: N} for csn, {mmmu: N, csn: M} for g12")
+
+
+def _counts(text: str) -> dict[str, int]:
+    """``"mmmu=12,csn=40"`` -> ``{"mmmu": 12, "csn": 40}``."""
+    try:
+        return {k.strip(): int(v) for k, v in (part.split("=") for part in text.split(",") if part.strip())}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected TASK=N[,TASK=N], got {text!r}") from None
 
 
 def parse_args(argv) -> ScoreConfig:
@@ -60,6 +78,8 @@ def parse_args(argv) -> ScoreConfig:
     p.add_argument("--judge-key-env", help="environment variable with the judge's key (default OPENAI_API_KEY)")
     p.add_argument("--judge-cache", help="judge reply cache folder or s3:// URI")
     p.add_argument("--judge-concurrency", type=int)
+    p.add_argument("--random-order", choices=["task", "benchmark"])
+    p.add_argument("--drawn-before", type=_counts, help="TASK=N[,TASK=N]: e.g. mmmu=12,csn=40")
     args = vars(p.parse_args(argv))
     config = args.pop("config")
     base = (yaml.safe_load(open(config)) or {}) if config else {}
@@ -67,13 +87,22 @@ def parse_args(argv) -> ScoreConfig:
 
 
 def score_files(cfg: ScoreConfig) -> dict:
-    """The result dict of one task: ``metrics.score_frame`` on the joined rows, plus the join's counts."""
-    from metrics.inputs import join, read_predictions, read_references
-    from metrics.score import score_frame
+    """The result dict of one task: ``metrics.score_frame`` on the joined rows (strict: one per reference id)
+    and on the prediction lines (ecgbench: as the reference code counts them), plus the join's counts."""
+    from metrics.inputs import join, only_task, prediction_lines, read_predictions, read_references
+    from metrics.score import letter_stream, score_frame
 
-    refs = read_references(cfg.references) if cfg.references else None
-    frame, counts = join(refs, read_predictions(cfg.predictions))
-    result = score_frame(cfg.task, frame, protocol=cfg.protocol, seed=cfg.seed)
+    rng = letter_stream(cfg.task, order=cfg.random_order, drawn_before=cfg.drawn_before)
+    # rows of other tasks (a mixed ECGInstruct split, a whole evaluation's predictions) are not this task's
+    refs, other_refs = only_task(read_references(cfg.references) if cfg.references else None, cfg.task)
+    preds, other_preds = only_task(read_predictions(cfg.predictions), cfg.task)
+    frame, counts = join(refs, preds)
+    counts.update(other_task_references=other_refs, other_task_predictions=other_preds)
+    lines, line_counts = prediction_lines(refs, preds)
+    result = score_frame(cfg.task, frame, protocol=cfg.protocol, seed=cfg.seed, ecgbench_rows=lines,
+                         line_counts=line_counts, rng=rng)
+    if "ecgbench" in result:
+        result["ecgbench"].update(random_order=cfg.random_order, drawn_before=cfg.drawn_before)
     result["warnings"] = counts.pop("warnings") + result["warnings"]
     result["input"] = counts
     if cfg.judge:
@@ -111,19 +140,20 @@ def judge_frame(cfg: ScoreConfig, frame) -> dict:
 
 
 def score_dataset(predictions_uri: str, *, protocol: str = "both", seed: int = 0,
-                  batch_size: int | None = None) -> dict:
+                  batch_size: int | None = None, random_order: str = "task") -> dict:
     """``{task: result}`` over prediction shards (Parquet, PREDICTION_SCHEMA) with Ray Data: per-block
     counts (``map_batches`` of a pure function; ``batch_size`` None = one batch per block), merged in block
-    order on the driver. Uses the running Ray cluster, or starts a local one (2 CPUs, no dashboard)."""
+    order on the driver. Uses the running Ray cluster (or ``RAY_ADDRESS``), or starts a local one.
+    ``random_order="benchmark"``: one letter stream for the choice tasks present, in the reference's order."""
     import ray
 
     from ecg import storage
     from metrics.inputs import data_files
     from metrics.reduce import merge_table, stats_table
-    from metrics.score import finalize
+    from metrics.score import finalize_tasks
+    from pipelines import launch
 
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False)
+    launch.start([{"CPU": 1}], what="ecgvlm score")
     files = data_files(predictions_uri)
     fs, _ = storage.resolve(predictions_uri)
     ctx = ray.data.DataContext.get_current()
@@ -138,7 +168,7 @@ def score_dataset(predictions_uri: str, *, protocol: str = "both", seed: int = 0
                                      for row in batch.to_dict("records"))
     finally:
         ctx.execution_options.preserve_order = saved
-    results = {task: finalize(task, st, protocol=protocol, seed=seed) for task, st in sorted(merged.items())}
+    results = finalize_tasks(merged, protocol=protocol, seed=seed, random_order=random_order)
     for task, f in failed.items():
         entry = results.setdefault(task, {"task": task, "n": 0, "warnings": []})
         entry["failed_rows"] = f["rows"]

@@ -27,8 +27,15 @@ class ServeJob(BaseModel):
 
     host: str = Field("127.0.0.1", description="address to bind; 0.0.0.0 exposes it to the network")
     port: int = Field(8000, ge=1, le=65535)
-    num_cpus: float = Field(2, gt=0, description="CPUs of the local Ray started for serving")
+    num_cpus: float = Field(2, gt=0, description="CPUs of the local Ray started for serving (ignored when "
+                            "RAY_ADDRESS names a cluster)")
     app: AppConfig = Field(default_factory=AppConfig)
+
+    def bundles(self) -> list[dict]:
+        """The minimum predictor replicas and the ingress replicas."""
+        p, i = self.app.predictor, self.app.ingress
+        replica = {"CPU": p.num_cpus, "GPU": p.num_gpus}
+        return [replica] * max(1, p.min_replicas) + [{"CPU": i.num_cpus}] * i.num_replicas
 
 
 def parse_args(argv: list[str] | None) -> ServeJob:
@@ -41,6 +48,9 @@ def parse_args(argv: list[str] | None) -> ServeJob:
     p.add_argument("--port", type=int)
     p.add_argument("--num-cpus", type=float, help="CPUs of the local Ray (default 2)")
     p.add_argument("--device", help='"auto", "cpu" or "cuda"')
+    p.add_argument("--image-splitting", action=argparse.BooleanOptionalAction, default=None,
+                   help="processor image splitting (default: as the model was trained, from its export)")
+    p.add_argument("--longest-edge", type=int, help="px pages are resized to (default: as trained)")
     p.add_argument("--no-batching", action="store_true", help="one model call per request")
     p.add_argument("--max-batch-size", type=int)
     p.add_argument("--batch-wait-s", type=float, help="longest wait for a batch to fill, s")
@@ -56,7 +66,7 @@ def parse_args(argv: list[str] | None) -> ServeJob:
         http, cfg = load_serve_yaml(args.config)
         job.update({k: http[k] for k in ("host", "port") if k in http})
         app = cfg.model_dump()
-    for key in ("model", "adapter", "device"):
+    for key in ("model", "adapter", "device", "image_splitting", "longest_edge"):
         if getattr(args, key) is not None:
             app[key] = getattr(args, key)
     batching, predictor = dict(app.get("batching") or {}), dict(app.get("predictor") or {})
@@ -83,8 +93,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from serving.app import build_app
 
+    from pipelines import launch
+
     stop = threading.Event()
-    ray.init(num_cpus=job.num_cpus, include_dashboard=False)
+    launch.start(job.bundles(), what="ecgvlm serve", num_cpus=job.num_cpus,
+                 hint="app.predictor num_cpus / num_gpus / min_replicas, app.ingress (or --num-cpus)")
     # after ray.init, which installs its own handler: SIGTERM (a process manager) stops as cleanly as Ctrl-C
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:

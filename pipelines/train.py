@@ -3,11 +3,14 @@
     ecgvlm train --model tiny --data ./data/synth --out ./runs/tiny --config configs/tiny-code15.yaml
     python -m pipelines.train --config configs/train-smolvlm-lora.yaml --data s3://ecg/synth --out s3://ecg/runs/a
 
-Flow: Ray Data reads ``<data>/train`` and encodes every row once (decode, the model's image recipe, processor,
-answer-only labels; ``vlm.finetune.encode_rows``) into a materialized dataset; each worker iterates its shard
-with ``vlm.finetune.Collator`` and runs ``vlm.finetune.train_loop``. Checkpoints go to ``<out>/checkpoints/<name>``
-through ``ray.train.report``; rerunning the same command resumes from the latest one. Rank 0 validates on
-``<data>/val`` and writes ``<out>/export`` (``vlm.load``-able) and ``<out>/train_summary.json``.
+Flow: Ray Data reads ``<data>/train`` and encodes rows in CPU actors that load the processor only
+(``vlm.load_processor``; decode once, the model's image recipe, processor, answer-only labels:
+``vlm.training.encode_rows``). Encoded rows that fit the cache budget are materialized once; bigger data is
+streamed, re-encoded every epoch, so nothing per-row outlives its batch (the log says which, and why). Each
+worker iterates its shard with ``vlm.training.Collator`` and runs ``vlm.finetune.train_loop``. Checkpoints go
+to ``<out>/checkpoints/<name>`` through ``ray.train.report``; rerunning the same command resumes from the
+latest one. Rank 0 validates on ``<data>/val`` (each row scored with its own task) and writes ``<out>/export``
+(``vlm.load``-able, its ``ecgvlm.json`` recording the image settings) and ``<out>/train_summary.json``.
 """
 
 from __future__ import annotations
@@ -34,9 +37,14 @@ class TrainConfig(BaseModel):
     model: str = Field("tiny", description="'tiny', a Hugging Face id, a local folder or 'random:PATH' (vlm.load)")
     data: str = Field(..., description="sample shards (local folder or s3://) with train/ and val/ Parquet")
     out: str = Field(..., description="run folder (local or s3://): checkpoints/, export/, train_summary.json")
-    task: str = Field("code15", description="task scored by validation (metrics.tasks registry name)")
+    task: str = Field("code15", description="headline task of validation (each val row is scored with its own)")
     name: str = Field("train", description="run name under <out>/checkpoints; the same name resumes")
     tiny: dict[str, Any] = Field(default_factory=dict, description="vlm.tiny.TinySpec overrides (model 'tiny' only)")
+    config_overrides: dict[str, Any] = Field(default_factory=dict, description="nested config fields for a "
+                                             "random:PATH model, e.g. {text_config: {num_hidden_layers: 2}}")
+    image_splitting: bool | None = Field(None, description="processor image splitting (None: the model's own; "
+                                         "SmolVLM: on, 17 tiles per page); the export records it")
+    longest_edge: int | None = Field(None, ge=1, description="px pages are resized to (None: the model's own)")
     finetune: Literal["lora", "full"] = Field("lora", description="LoRA adapters or full fine-tuning")
     lora_rank: int = Field(8, ge=1, description="LoRA rank r")
     lora_alpha: int = Field(16, ge=1, description="LoRA alpha (scale = alpha / r)")
@@ -60,7 +68,12 @@ class TrainConfig(BaseModel):
     use_gpu: bool = Field(False, description="one GPU per worker")
     cpus_per_worker: float = Field(1.0, gt=0, description="Ray CPUs reserved per worker (fractions leave room)")
     threads_per_worker: int | None = Field(None, ge=1, description="torch threads (None: cores / workers)")
-    encode_actors: int = Field(1, ge=1, description="Ray Data actors that encode rows (0.5 CPU each)")
+    encode_actors: int = Field(1, ge=1, description="Ray Data actors that encode rows (encode_cpus each)")
+    encode_cpus: float = Field(0.5, gt=0, description="CPUs per encode actor")
+    cache: Literal["auto", "memory", "stream"] = Field("auto", description="encoded rows: materialized once "
+                                                       "(memory), re-encoded every epoch (stream), or by size")
+    cache_gb: float | None = Field(None, gt=0, description="auto: cache when the encoded rows' estimate is under "
+                                   "this (None: a quarter of the object store)")
     bf16: bool | None = Field(None, description="bf16 autocast (None: on with a GPU)")
     gradient_checkpointing: bool | None = Field(None, description="recompute activations (None: on with a GPU)")
     log_every: int = Field(50, ge=1, description="steps between progress lines")
@@ -68,8 +81,15 @@ class TrainConfig(BaseModel):
     keep_checkpoints: int = Field(2, ge=1, description="checkpoints kept in storage")
     validate_every: int | None = Field(500, ge=1, description="steps between validations (None: only at the end)")
     seed: int = Field(0, description="torch seed for adapters, dropout and data order")
-    ray_cpus: int = Field(2, ge=1, description="CPUs of the local Ray cluster started when none is running")
+    ray_cpus: int | None = Field(None, ge=1, description="CPUs of the local Ray started when none is running "
+                                 "(None: every core)")
+    object_store_gb: float | None = Field(None, gt=0, description="object store of that local Ray (None: Ray's)")
     stop_after_steps: int | None = Field(None, ge=1, description="tests: stop like a crash after N steps of a run")
+
+    def bundles(self) -> list[dict]:
+        """What must run at once: the workers and the encode actors (Ray Data's read tasks share their CPUs)."""
+        worker = {"CPU": self.cpus_per_worker, "GPU": 1.0 if self.use_gpu else 0.0}
+        return [worker] * self.num_workers + [{"CPU": self.encode_cpus}]
 
 
 def parse_config(argv: list[str] | None) -> TrainConfig:
@@ -93,36 +113,26 @@ def parse_config(argv: list[str] | None) -> TrainConfig:
             values.update(yaml.safe_load(open(value)) or {})
         else:
             overrides[key.replace("-", "_")] = yaml.safe_load(value) if key not in ("model", "data", "out") else value
-    cfg = TrainConfig(**{**values, **overrides})
-    from ecg import storage
+    from pipelines import launch
 
     # Ray Train runs each worker in its own run folder: local paths travel as absolute paths.
-    model = storage.absolute(cfg.model) if os.path.exists(cfg.model) else cfg.model
-    return cfg.model_copy(update={"data": storage.absolute(cfg.data), "out": storage.absolute(cfg.out), "model": model})
+    return launch.absolute_paths(TrainConfig(**{**values, **overrides}), "data", "out", "model")
 
 
 class Encode:
-    """Ray Data stage: sample rows -> cached training examples (``vlm.finetune.encode_rows``); one model load per actor.
+    """Ray Data stage: sample rows -> encoded training rows (``vlm.training.encode_rows``), the processor loaded once
+    per actor (no model weights). A row that fails keeps its place with an ``error``; the workers count it."""
 
-    A row whose image does not decode is counted and named on stderr, and the rest of its batch goes on.
-    """
+    def __init__(self, model: str, tiny: dict, image_splitting: bool | None, longest_edge: int | None):
+        from vlm.load import load_processor
 
-    def __init__(self, model: str, tiny: dict):
-        from vlm.finetune import load_for_training
-
-        self.loaded = load_for_training(model, tiny=tiny)
+        self.loaded = load_processor(model, tiny=tiny or None, image_splitting=image_splitting,
+                                     longest_edge=longest_edge)
 
     def __call__(self, batch):
-        from vlm.finetune import decode_image, encode_rows
+        from vlm.training import encode_rows
 
-        good = []
-        for i, (row_id, data) in enumerate(zip(batch["id"], batch["image"])):
-            try:
-                decode_image(row_id, data)
-                good.append(i)
-            except ValueError as e:
-                print(f"train: skipping row: {e}", file=sys.stderr, flush=True)
-        return encode_rows(self.loaded, batch.iloc[good])
+        return encode_rows(self.loaded, batch)
 
 
 def _setup(cfg: TrainConfig, rank: int):
@@ -132,12 +142,15 @@ def _setup(cfg: TrainConfig, rank: int):
 
     from vlm import finetune as ft
 
-    loaded = ft.load_for_training(cfg.model, tiny=cfg.tiny)
+    loaded = ft.load_for_training(cfg.model, tiny=cfg.tiny or None, image_splitting=cfg.image_splitting,
+                                  longest_edge=cfg.longest_edge, config_overrides=cfg.config_overrides or None)
+    if rank == 0:
+        print(f"train: {loaded.describe_images()}", flush=True)
     model = ft.configure_trainable(loaded.model, mode=cfg.finetune, lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha,
                                    lora_dropout=cfg.lora_dropout, lora_targets=cfg.lora_targets,
                                    freeze_vision=cfg.freeze_vision)
     if cfg.gradient_checkpointing if cfg.gradient_checkpointing is not None else cfg.use_gpu:
-        ft.unwrap(model).gradient_checkpointing_enable()
+        ft.enable_gradient_checkpointing(model)
     model = ray.train.torch.prepare_model(model)  # DDP when world > 1; moves to the worker's device
     opt = ft.build_optimizer(model, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     state = ft.LoopState()
@@ -163,7 +176,7 @@ def _hooks(cfg: TrainConfig, loaded, model, opt, rank: int, has_val: bool):
         if rank != 0 or not has_val:  # every rank calls; rank 0 alone generates and scores
             return None
         if validator is None:
-            it = ray.train.get_dataset_shard("val").iter_batches(batch_size=256, batch_format="pandas")
+            it = ray.train.get_dataset_shard("val").iter_batches(batch_size=64, batch_format="pandas")
             validator = ft.Validator(loaded, model, pd.concat(list(it), ignore_index=True), task=cfg.task)
         result = validator(st)
         print(f"validation at step {st.step}: " + " ".join(f"{k} {v:.1f}" for k, v in result.items()), flush=True)
@@ -181,6 +194,13 @@ def _hooks(cfg: TrainConfig, loaded, model, opt, rank: int, has_val: bool):
     return ft.Hooks(log=lambda line: print(line, flush=True), checkpoint=checkpoint, validate=validate)
 
 
+def _peak_rss_mib() -> float:
+    """This process's peak resident memory, MiB (Linux reports KiB)."""
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
 def worker(c: dict) -> None:
     """The Ray Train worker: set up, resume, run ``vlm.finetune.train_loop``, validate, checkpoint, export."""
     import dataclasses
@@ -191,7 +211,7 @@ def worker(c: dict) -> None:
 
     from vlm import finetune as ft
 
-    cfg = TrainConfig(**{k: v for k, v in c.items() if k not in ("n_train", "has_val")})
+    cfg = TrainConfig(**{k: v for k, v in c.items() if k not in ("n_train", "has_val", "ingest")})
     n_train, has_val = c["n_train"], c.get("has_val", True)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -204,12 +224,13 @@ def worker(c: dict) -> None:
         trainable, total = ft.count_parameters(model)
         print(f"training {cfg.model} ({cfg.finetune}): {trainable:,} of {total:,} parameters, {world} worker(s), "
               f"{n_train} rows, {per_step} rows/step, up to {max_steps} steps / {cfg.max_minutes} min", flush=True)
-    collate = ft.Collator.for_loaded(loaded)
     shard = ray.train.get_dataset_shard("train")
+    collators: dict[int, ft.Collator] = {}  # per epoch: rows that failed to encode, counted once per pass
 
     def batches(epoch: int):
+        collate = collators.setdefault(epoch, ft.Collator.for_loaded(loaded))
         return shard.iter_torch_batches(batch_size=cfg.batch_size, collate_fn=collate, drop_last=True,
-                                        local_shuffle_buffer_size=max(4 * cfg.batch_size, 256),
+                                        local_shuffle_buffer_size=max(4 * cfg.batch_size, 64),
                                         local_shuffle_seed=cfg.seed + 1000 * epoch + rank)
 
     settings = ft.LoopSettings(
@@ -223,7 +244,10 @@ def worker(c: dict) -> None:
     summary = {"step": state.step, "start_step": state.start_step, "interrupted": state.interrupted,
                "minutes": round(state.elapsed_s / 60, 2), "samples": state.samples, "epochs": state.epoch,
                "losses": state.losses, "last_loss": state.losses[-1][1] if state.losses else None,
-               "first_loss": state.losses[0][1] if state.losses else None, "workers": world}
+               "first_loss": state.losses[0][1] if state.losses else None, "workers": world,
+               # rows that failed to encode in one pass over the data, over all workers (each is named on stderr)
+               "failed_rows": int(ft._reduce(max((c.failed for c in collators.values()), default=0), "sum")),
+               "images": loaded.images.to_dict(), "ingest": c.get("ingest"), "peak_rss_mib": _peak_rss_mib()}
     if not state.interrupted:
         if not state.validations or state.validations[-1]["step"] != state.step:
             ft.run_validation(model, state, hooks)  # every rank calls; rank 0 computes
@@ -241,27 +265,70 @@ def worker(c: dict) -> None:
         storage.write_text(storage.join(cfg.out, "train_summary.json"), json.dumps(summary, indent=1))
 
 
-def _datasets(cfg: TrainConfig):
-    """The encoded, materialized train dataset and the val rows (a small un-split dataset)."""
+COLUMNS = ["id", "task", "image", "question", "answer", "meta"]
+
+
+def _read(cfg: TrainConfig, split: str):
+    """``(dataset, rows)``: the split's sample rows streamed from its shards (``ecg.shards.file_batches`` on a
+    quarter CPU per file: the read must find room beside the workers and encoders on a 2-core machine)."""
     import ray
 
-    fs, path = storage.resolve(storage.join(cfg.data, "train"))
-    train = ray.data.read_parquet(path, filesystem=fs, columns=["id", "image", "question", "answer"])
-    if cfg.train_rows:
-        train = train.limit(cfg.train_rows)
+    from ecg import shards
+
+    uri = storage.join(cfg.data, split)
+    files = storage.list_files(uri, ".parquet")
+    if not files:
+        return None, 0
+    n_rows = shards.parquet_dataset(uri).count_rows()  # Parquet footers only
+    ds = ray.data.from_items([{"path": f} for f in files], override_num_blocks=len(files))
+    ds = ds.map_batches(shards.file_batches, fn_kwargs={"columns": COLUMNS}, batch_size=1, num_cpus=0.25)
+    if cfg.train_rows and split == "train":
+        ds, n_rows = ds.limit(cfg.train_rows), min(n_rows, cfg.train_rows)
+    return ds, n_rows
+
+
+def _ingest(cfg: TrainConfig, train, n_rows: int) -> str:
+    """"memory" or "stream": cache the encoded rows when their estimated size fits the budget (a few rows are
+    encoded here to measure it). Prints the decision with its figures."""
+    import ray
+
+    from vlm.load import load_processor
+    from vlm.training import encode_rows, encoded_nbytes
+
+    store = ray.cluster_resources().get("object_store_memory", 0.0)
+    budget = cfg.cache_gb * 2**30 if cfg.cache_gb else store / 4
+    sample = train.limit(4).to_pandas()
+    per_row = encoded_nbytes(encode_rows(load_processor(cfg.model, tiny=cfg.tiny or None,
+                                                        image_splitting=cfg.image_splitting,
+                                                        longest_edge=cfg.longest_edge), sample)) / max(1, len(sample))
+    total = per_row * n_rows
+    mode = cfg.cache if cfg.cache != "auto" else ("memory" if total <= budget else "stream")
+    how = ("materialized once, every epoch reads the cache" if mode == "memory" else
+           "streamed: Ray Data re-encodes the rows every epoch, nothing per-row is kept")
+    print(f"train ingest: {n_rows} rows x ~{per_row / 2**20:.2f} MiB encoded = ~{total / 2**30:.2f} GiB; "
+          f"cache budget {budget / 2**30:.2f} GiB (object store {store / 2**30:.2f} GiB, cache={cfg.cache}): {how}",
+          flush=True)
+    return mode
+
+
+def _datasets(cfg: TrainConfig):
+    """``(datasets, n_train, ingest)``: the encoded train dataset (materialized or streamed) and the val rows."""
+    import ray
+
+    train, n_train = _read(cfg, "train")
+    if n_train == 0:
+        raise ValueError(f"{cfg.data}/train: no rows")
+    mode = _ingest(cfg, train, n_train)
     encoded = train.map_batches(
-        Encode, fn_constructor_kwargs={"model": cfg.model, "tiny": cfg.tiny}, batch_size=32,
-        batch_format="pandas", num_cpus=0.5, compute=ray.data.ActorPoolStrategy(min_size=1, max_size=cfg.encode_actors),
-    ).materialize()  # encode once: every epoch then reads cached tensors, not PNGs through the processor
-    n_read, n_encoded = train.count(), encoded.count()
-    if n_encoded < n_read:  # Encode named each one on stderr
-        print(f"train: {n_read - n_encoded} of {n_read} rows failed to decode and were left out", flush=True)
-    datasets = {"train": encoded}
-    if cfg.val_rows and storage.list_files(storage.join(cfg.data, "val"), ".parquet"):
-        vfs, vpath = storage.resolve(storage.join(cfg.data, "val"))
-        val = ray.data.read_parquet(vpath, filesystem=vfs, columns=["id", "image", "question", "answer"])
+        Encode, fn_constructor_kwargs={"model": cfg.model, "tiny": cfg.tiny, "image_splitting": cfg.image_splitting,
+                                       "longest_edge": cfg.longest_edge},
+        batch_size=max(1, min(cfg.batch_size, 16)), batch_format="pandas", num_cpus=cfg.encode_cpus,
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=cfg.encode_actors))
+    datasets = {"train": encoded.materialize() if mode == "memory" else encoded}
+    val, n_val = _read(cfg, "val") if cfg.val_rows else (None, 0)
+    if n_val:
         datasets["val"] = val.limit(cfg.val_rows).materialize()
-    return datasets
+    return datasets, n_train, mode
 
 
 def run(cfg: TrainConfig) -> dict:
@@ -270,38 +337,40 @@ def run(cfg: TrainConfig) -> dict:
     from ray.train import CheckpointConfig, DataConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    if not ray.is_initialized():
-        if os.environ.get("RAY_ADDRESS"):
-            ray.init()
-        else:
-            ray.init(num_cpus=cfg.ray_cpus, include_dashboard=False)
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False  # progress lines come from the loop; bars would bury them
-    ctx.enable_operator_progress_bars = False
-    datasets = _datasets(cfg)
-    n_train = datasets["train"].count()
-    if n_train == 0:
-        raise ValueError(f"{cfg.data}/train: no rows could be encoded")
-    print(f"train rows encoded: {n_train}; val rows: {datasets['val'].count() if 'val' in datasets else 0}", flush=True)
-    storage_uri = storage.join(cfg.out, "checkpoints")
-    fs, path = storage.resolve(storage_uri)
-    if not storage.is_s3(storage_uri):
-        os.makedirs(path, exist_ok=True)
-    trainer = TorchTrainer(
-        worker,
-        train_loop_config={**cfg.model_dump(), "n_train": n_train, "has_val": "val" in datasets},
-        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
-                                     resources_per_worker={"CPU": cfg.cpus_per_worker}),
-        run_config=RunConfig(name=cfg.name, storage_path=path, storage_filesystem=fs,
-                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints)),
-        datasets=datasets,
-        dataset_config=DataConfig(datasets_to_split=["train"]),
-    )
-    result = trainer.fit()
+    from pipelines import launch
+
+    store = int(cfg.object_store_gb * 2**30) if cfg.object_store_gb else None
+    started = launch.start(cfg.bundles(), what="ecgvlm train", num_cpus=cfg.ray_cpus, object_store_memory=store,
+                           hint="num_workers, cpus_per_worker, use_gpu, encode_cpus (or ray_cpus for a local Ray)")
+    try:
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False  # progress lines come from the loop; bars would bury them
+        ctx.enable_operator_progress_bars = False
+        datasets, n_train, ingest = _datasets(cfg)
+        print(f"train rows: {n_train}; val rows: {datasets['val'].count() if 'val' in datasets else 0}", flush=True)
+        storage_uri = storage.join(cfg.out, "checkpoints")
+        fs, path = storage.resolve(storage_uri)
+        if not storage.is_s3(storage_uri):
+            os.makedirs(path, exist_ok=True)
+        trainer = TorchTrainer(
+            worker,
+            train_loop_config={**cfg.model_dump(), "n_train": n_train, "has_val": "val" in datasets, "ingest": ingest},
+            scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
+                                         resources_per_worker={"CPU": cfg.cpus_per_worker}),
+            run_config=RunConfig(name=cfg.name, storage_path=path, storage_filesystem=fs,
+                                 checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints)),
+            datasets=datasets,
+            dataset_config=DataConfig(datasets_to_split=["train"]),
+        )
+        result = trainer.fit()
+    finally:
+        if started:
+            ray.shutdown()
     summary = json.loads(storage.read_text(storage.join(cfg.out, "train_summary.json")))
     print(f"done: step {summary['step']} (started at {summary['start_step']}), last loss {summary['last_loss']}, "
-          f"validation {summary.get('validation')}, export {summary.get('export')}, "
-          f"checkpoint {result.checkpoint.path if result.checkpoint else None}", flush=True)
+          f"{summary.get('failed_rows', 0)} rows failed to encode, validation {summary.get('validation')}, "
+          f"export {summary.get('export')}, checkpoint {result.checkpoint.path if result.checkpoint else None}",
+          flush=True)
     return summary
 
 

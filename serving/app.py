@@ -49,15 +49,19 @@ class Predictor:
             import torch
 
             torch.set_num_threads(cfg.predictor.torch_threads)
-        self.predictor = vlm.Predictor(cfg.model, adapter=cfg.adapter, device=cfg.device, dtype=cfg.dtype)
+        self.predictor = vlm.Predictor(cfg.model, adapter=cfg.adapter, device=cfg.device, dtype=cfg.dtype,
+                                       image_splitting=cfg.image_splitting, longest_edge=cfg.longest_edge)
         self.name = cfg.model_id or self.predictor.name
+        log.info("ecgvlm predictor %s: %s", self.name, self.predictor.loaded.describe_images())
         self.batching = cfg.batching.effective()
         for method in (self.diagnose, self.chat):  # the decorator's sizes are placeholders; config decides
             method.set_max_batch_size(self.batching[0])
             method.set_batch_wait_timeout_s(self.batching[1])
 
     def info(self) -> dict:
-        return {"model": self.name, "max_batch_size": self.batching[0], "batch_wait_timeout_s": self.batching[1]}
+        images = self.predictor.loaded
+        return {"model": self.name, "max_batch_size": self.batching[0], "batch_wait_timeout_s": self.batching[1],
+                "images": {**images.images.to_dict(), "from": images.images_from}}
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
     async def diagnose(self, rows: list[dict]) -> list[dict]:
@@ -228,6 +232,7 @@ class Ingress:
             "label_scores": json.loads(scores) if isinstance(scores, str) else scores,
             "input": {"kind": upload.kind, **upload.meta},
             "batch_size": int(out.get("batch_size", 1)),
+            "prompt_tokens": int(out["prompt_tokens"]) if out.get("prompt_tokens") is not None else None,
             "model_latency_ms": _float(out.get("latency_ms")),
             "latency_ms": round((time.perf_counter() - start) * 1000, 2),
         }

@@ -80,6 +80,9 @@ class AppConfig(BaseModel):
     adapter: str | None = Field(None, description="LoRA adapter folder applied on top of the model")
     device: str = Field("auto", description='"auto", "cpu", "cuda"')
     dtype: str = Field("auto")
+    image_splitting: bool | None = Field(None, description="processor image splitting (None: as the model was "
+                                         "trained, from its export's ecgvlm.json, else its processor's own)")
+    longest_edge: int | None = Field(None, ge=1, description="px pages are resized to (None: as trained)")
     model_id: str | None = Field(None, description="the id clients see (/v1/models, responses); "
                                  "default: the predictor's name")
     default_task: str = Field("code15", description="task of /v1/diagnose and chat when none is given")

@@ -140,6 +140,7 @@ def test_stage_retries_reports_and_caches(tmp_path):
             else:
                 assert pd.isna(row["error"]) and row["prediction"] == ("SB; ST" if plan == "length" else "SB"), row
                 assert row["truncated"] == (plan == "length") and row["prompt_tokens"] == 100
+                assert row["sent_prompt_tokens"] == 100 * (row["requests"] == ATTEMPTS[plan])
         assert list(out["id"]) == list(frame["id"]) and out["model"].eq("openai:fake-vlm").all()
         sent = server.requests[0]
         assert sent["max_tokens"] == 16 and sent["temperature"] == 0.0

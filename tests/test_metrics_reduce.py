@@ -80,3 +80,53 @@ def test_score_dataset_equals_score_frame(ray_cluster, tmp_path):
         want.pop("duplicate_ids")
         assert got[name] == want, name
     assert got["csn"]["ecgbench"]["random_letters"] > 0  # the seeded letters were drawn in the same order
+
+
+def whole_run_rows() -> pd.DataFrame:
+    """mmmu, csn, g12 rows with unparsable answers, and ECG-QA rows with list golds, interleaved across tasks
+    (each task's rows keep their order: the reference draws in line order)."""
+    from test_metrics_published import QA as LIST_QA
+
+    choice = [("mmmu", "m0", "A", "?"), ("csn", "c0", "E. x", "x"), ("g12", "g0", "C. x", "-"),
+              ("csn", "c1", "D. x", "y"), ("mmmu", "m1", "B", "??"), ("g12", "g1", "B. x", "-"),
+              ("csn", "c2", "A. x", "z"), ("mmmu", "m2", "C", "C"), ("g12", "g2", "H. x", "-"),
+              ("csn", "c3", "B. x", "B")]
+    out = [{"id": i, "task": t, "question": "q", "answer": g, "prediction": p} for t, i, g, p in choice]
+    out[5:5] = [{"id": k, "task": "ecgqa", "question": q, "answer": json.dumps(gold), "prediction": text}
+                for k, (q, gold, text) in LIST_QA.items()]
+    frame = pd.DataFrame(out)
+    frame["label_scores"], frame["model"], frame["error"], frame["latency_ms"] = None, "m", None, 1.0
+    return frame
+
+
+@pytest.mark.slow
+def test_score_dataset_whole_run_letters_and_list_golds(ray_cluster, tmp_path):
+    from metrics.score import letter_stream
+    from pipelines.score import score_dataset
+    from test_metrics_published import QA as LIST_QA
+    from test_metrics_published import QA_ECGBENCH, QA_STRICT
+
+    frame = whole_run_rows()
+    for i, part in enumerate((frame.iloc[:6], frame.iloc[6:])):
+        pq.write_table(pa.Table.from_pandas(part[list(PREDICTION_SCHEMA.names)], schema=PREDICTION_SCHEMA,
+                                            preserve_index=False), tmp_path / f"part-{i}.parquet")
+    got = score_dataset(str(tmp_path), random_order="benchmark")
+    # one seed-42 stream: mmmu m0, m1 draw A, A (m0 lucky); csn c0, c1, c2 draw E, D, D (c0, c1 lucky);
+    # g12 g0, g1, g2 draw C, B, B (g0, g1 lucky)
+    assert [got[t]["accuracy"] for t in ("mmmu", "csn", "g12")] == [66.7, 75.0, 66.7]
+    assert got["g12"]["ecgbench"]["drawn_before"] == {"mmmu": 2, "csn": 3}
+    alone = score_dataset(str(tmp_path))  # each task its own stream: csn B, A, E and g12 B, A, E: none lucky
+    assert [alone[t]["accuracy"] for t in ("mmmu", "csn", "g12")] == [66.7, 25.0, 0.0]
+    assert (got["ecgqa"]["accuracy"], got["ecgqa"]["strict"]["accuracy"]) == (QA_ECGBENCH, QA_STRICT)
+    drawn = {}
+    for name in ("mmmu", "csn", "g12"):  # the in-memory path, task by task, gives the same figures
+        part = frame[frame["task"] == name].reset_index(drop=True)
+        want = score_frame(name, part, rng=letter_stream(name, order="benchmark", drawn_before=drawn))
+        want.pop("duplicate_ids")
+        want["ecgbench"].update(random_order="benchmark", drawn_before=dict(drawn))
+        assert got[name] == want, name
+        drawn[name] = want["ecgbench"]["random_letters"]
+    qa = frame[frame["task"] == "ecgqa"].reset_index(drop=True)
+    want = score_frame("ecgqa", qa.assign(answer=[v[1] for v in LIST_QA.values()]))  # golds as lists in memory
+    want.pop("duplicate_ids")
+    assert got["ecgqa"] == want

@@ -1,6 +1,7 @@
 """Sample rows -> prediction rows: the pure stage that batch evaluation and serving both call.
 
-Reads columns ``id``, ``task``, ``image`` (PNG/JPEG bytes), ``question``, ``answer``; writes the
+Reads columns ``id``, ``task``, ``image`` (PNG/JPEG bytes), ``question``, ``answer`` and, when present, ``meta``
+(``meta["history"]``: the earlier turns of a multi-turn record, put before the question); writes the
 ecg/rows.py PREDICTION_SCHEMA columns. A row whose image does not decode or whose prompt is too long gets
 ``error`` (naming the id) and an empty ``prediction``; the other rows of the batch proceed. ``truncated`` says
 whether the answer ended at its token budget (``budgets``: task name -> max new tokens; default the task's own).
@@ -22,6 +23,7 @@ from PIL import Image
 
 from ecg.rows import PREDICTION_COLUMNS, require_columns
 from metrics.tasks import MULTILABEL, get_task
+from vlm.prompt import row_history
 
 NEEDED = ("id", "task", "image", "question", "answer")
 
@@ -50,6 +52,7 @@ def predict_rows(predictor, batch: pd.DataFrame, *, budgets: dict[str, int] | No
     )
     out["prediction"], out["label_scores"], out["error"] = "", None, None
     out["model"], out["latency_ms"], out["truncated"] = predictor.name, 0.0, None
+    out["prompt_tokens"] = pd.array([None] * len(out), dtype="Int64")
     for task_name, positions in out.groupby("task", sort=False).indices.items():
         _predict_task(predictor, batch, out, task_name, list(positions), budgets or {})
     return out[list(PREDICTION_COLUMNS)]
@@ -70,7 +73,10 @@ def _predict_task(predictor, batch: pd.DataFrame, out: pd.DataFrame, task_name: 
         row_id = out.at[pos, "id"]
         try:
             image = _decode(row_id, batch["image"].iat[pos])
-            encoded.append(predictor.encode_one(image, batch["question"].iat[pos], max_new_tokens=budget))
+            history = row_history(batch["meta"].iat[pos]) if "meta" in batch else None
+            encoded.append(predictor.encode_one(image, batch["question"].iat[pos], max_new_tokens=budget,
+                                                history=history))
+            out.at[pos, "prompt_tokens"] = int(encoded[-1]["input_ids"].shape[1])
             good.append(pos)
         except Exception as exc:
             msg = str(exc) if row_id in str(exc) else f"record {row_id}: {exc}"

@@ -1,4 +1,4 @@
-"""The fine-tuning loop: trainable-parameter setup, cached batches, schedule, steps, checkpoints, validation.
+"""The fine-tuning loop: trainable-parameter setup, schedule, steps, checkpoints, validation.
 
 Plain torch, no Ray: the Ray Train worker (``pipelines/train.py``) and a plain-process baseline
 (``benchmarks/train.py``) run the same :func:`train_loop`. Distributed data parallel is used when the
@@ -18,7 +18,6 @@ Example (one process)::
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
@@ -26,12 +25,12 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterable
 
-import numpy as np
 import torch
+
+from vlm.training import Collator, decode_image, encode_rows, iter_cached  # noqa: F401  (the data side)
 
 # Text-model attention projections of Idefics3 / SmolVLM (the vision tower's are ``...vision_model...``).
 TEXT_ATTENTION = r".*text_model.*\.(q_proj|k_proj|v_proj|o_proj)"
-SEQUENCE_KEYS = ("input_ids", "attention_mask", "labels")
 
 
 # ---------------------------------------------------------------- trainable parameters
@@ -66,27 +65,33 @@ def configure_trainable(model, *, mode: str = "lora", lora_rank: int = 8, lora_a
     return model
 
 
-def load_for_training(model: str, *, tiny: dict | None = None, device="cpu", dtype="float32"):
-    """``vlm.load`` for training: float32 master weights (bf16 comes from autocast), and for ``tiny`` optional
-    :class:`vlm.tiny.TinySpec` overrides (e.g. ``{"image_size": 448, "patch_size": 32}``) that vlm.export records.
-    """
+def load_for_training(model: str, *, tiny: dict | None = None, device="cpu", dtype="float32",
+                      image_splitting: bool | None = None, longest_edge: int | None = None,
+                      config_overrides: dict | None = None):
+    """``vlm.load`` for training: float32 master weights (bf16 comes from autocast); ``tiny`` overrides for the
+    tiny preset (e.g. ``{"image_size": 448, "patch_size": 32}``), ``config_overrides`` for ``random:PATH``, and
+    the image settings the model is trained with (vlm.export records all of them)."""
     import vlm
-    from vlm.load import ImagePrep, Loaded, resolve_device_dtype
-    from vlm.tiny import TinySpec, build
 
-    if model != "tiny" or not tiny:
-        if tiny:
-            raise ValueError(f"tiny overrides {sorted(tiny)} given but model is {model!r}, not 'tiny'")
-        return vlm.load(model, device=device, dtype=dtype)
-    spec = TinySpec.from_dict({**TinySpec().to_dict(), **tiny})
-    unknown = set(tiny) - set(spec.to_dict())
-    if unknown:
-        raise ValueError(f"unknown tiny override(s) {sorted(unknown)}; TinySpec has {sorted(spec.to_dict())}")
-    dev, dt = resolve_device_dtype(device, dtype)
-    net, processor = build(spec)
-    processor.tokenizer.padding_side = "left"
-    prep = ImagePrep("ecg_gray", spec.image_size, spec.white_fraction)
-    return Loaded(net.to(device=dev, dtype=dt).eval(), processor, "tiny", dev, dt, prep, spec)
+    return vlm.load(model, device=device, dtype=dtype, tiny=tiny, image_splitting=image_splitting,
+                    longest_edge=longest_edge, config_overrides=config_overrides)
+
+
+def enable_gradient_checkpointing(model) -> None:
+    """Recompute activations in the backward pass (less memory, about a third more compute).
+
+    Non-reentrant checkpointing, plus the input-grad hook for adapters: with a frozen base (LoRA) no input of a
+    checkpointed block requires grad, and reentrant checkpointing would then pass no gradient to the adapters.
+    """
+    base = unwrap(model)
+    inner = base.get_base_model() if hasattr(base, "get_base_model") else base  # peft wrapper
+    if hasattr(inner, "activation_checkpointing_enable"):  # transformers 5 name
+        inner.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if hasattr(inner, "enable_input_require_grads"):
+        inner.enable_input_require_grads()
+    inner.config.use_cache = False  # a KV cache is useless in training and conflicts with recomputation
 
 
 def count_parameters(model) -> tuple[int, int]:
@@ -98,106 +103,6 @@ def count_parameters(model) -> tuple[int, int]:
 def unwrap(model):
     """The module inside a DDP wrapper (or the model itself)."""
     return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
-
-
-# ---------------------------------------------------------------- cached batches
-def _pixel_codec(loaded) -> tuple[float, np.ndarray, np.ndarray] | None:
-    """``(rescale, mean, std)`` that map uint8 pixels to the processor's ``pixel_values``, if it rescales+normalizes."""
-    ip = getattr(loaded.processor, "image_processor", None)
-    if ip is None or not getattr(ip, "do_rescale", False) or not getattr(ip, "do_normalize", False):
-        return None
-    mean = np.asarray(ip.image_mean, np.float32).reshape(3, 1, 1)
-    std = np.asarray(ip.image_std, np.float32).reshape(3, 1, 1)
-    return float(ip.rescale_factor), mean, std
-
-
-def encode_rows(loaded, batch) -> dict[str, np.ndarray]:
-    """Sample rows -> cached training examples, computed once (the processor dominates a step otherwise).
-
-    ``batch``: pandas DataFrame or dict of columns with ``image`` (PNG/JPEG bytes), ``question``, ``answer``.
-    Returns per-row arrays: ``input_ids``/``attention_mask``/``labels`` unpadded (object arrays of int64
-    vectors), ``pixels`` (rows, images, 3, H, W) as uint8 when the processor's normalisation is invertible
-    (4x smaller; :class:`Collator` restores the exact float values), else float32, and ``pixel_attention_mask``
-    when the processor makes one.
-    Example: ``encode_rows(loaded, df)["labels"][0]`` -> ``array([-100, ..., 17, 2])``.
-    """
-    from vlm.training import collate
-
-    cols = {k: list(batch[k]) for k in ("image", "question", "answer")}
-    ids = list(batch["id"]) if "id" in batch else list(range(len(cols["image"])))
-    images = [decode_image(i, data) for i, data in zip(ids, cols["image"])]
-    enc = collate(loaded, images, cols["question"], cols["answer"])  # applies loaded.prepare_image
-    keep = enc["attention_mask"].bool()
-    out: dict[str, np.ndarray] = {}
-    for key in SEQUENCE_KEYS:
-        rows = [enc[key][i][keep[i]].numpy().astype(np.int64) for i in range(len(images))]
-        out[key] = np.empty(len(rows), dtype=object)
-        out[key][:] = rows
-    pv = enc["pixel_values"].float().numpy()  # (rows, images, 3, H, W), normalised
-    codec = _pixel_codec(loaded)
-    if codec is not None:
-        rescale, mean, std = codec
-        u8 = np.clip(np.rint((pv * std + mean) / rescale), 0, 255).astype(np.uint8)
-        if np.abs((u8.astype(np.float32) * rescale - mean) / std - pv).max() < 1e-3:
-            pv = u8
-            if (u8[:, :, :1] == u8).all():  # a gray page copied to RGB: keep one channel (3x less memory)
-                pv = np.ascontiguousarray(u8[:, :, :1])
-    out["pixels"] = pv
-    if "pixel_attention_mask" in enc:
-        out["pixel_attention_mask"] = enc["pixel_attention_mask"].numpy().astype(bool)
-    return out
-
-
-@dataclass
-class Collator:
-    """Cached rows (from :func:`encode_rows`) -> a right-padded model batch of tensors.
-
-    Example: ``Collator.for_loaded(loaded)(rows)["input_ids"].shape`` -> ``(B, T)``.
-    """
-
-    pad_id: int
-    codec: tuple | None = None
-
-    @classmethod
-    def for_loaded(cls, loaded) -> "Collator":
-        tok = getattr(loaded.processor, "tokenizer", loaded.processor)
-        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        return cls(pad_id=int(pad), codec=_pixel_codec(loaded))
-
-    def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-        n = len(rows["input_ids"])
-        width = max(len(x) for x in rows["input_ids"])
-        fill = {"input_ids": self.pad_id, "attention_mask": 0, "labels": -100}
-        out = {}
-        for key, value in fill.items():
-            t = torch.full((n, width), value, dtype=torch.long)
-            for i, seq in enumerate(rows[key]):
-                t[i, : len(seq)] = torch.as_tensor(np.asarray(seq, dtype=np.int64))
-            out[key] = t
-        pixels = np.stack(list(rows["pixels"])) if rows["pixels"].dtype == object else rows["pixels"]
-        pv = torch.from_numpy(np.ascontiguousarray(pixels))
-        if pv.dtype == torch.uint8:
-            rescale, mean, std = self.codec
-            pv = pv.expand(-1, -1, 3, -1, -1) if pv.shape[2] == 1 else pv  # (B, images, 3, H, W)
-            pv = (pv.float() * rescale - torch.from_numpy(mean)) / torch.from_numpy(std)
-        out["pixel_values"] = pv.float()
-        if "pixel_attention_mask" in rows:
-            pam = rows["pixel_attention_mask"]
-            pam = np.stack(list(pam)) if pam.dtype == object else pam
-            out["pixel_attention_mask"] = torch.from_numpy(np.ascontiguousarray(pam)).bool()
-        return out
-
-
-def iter_cached(cached: dict[str, np.ndarray], *, batch_size: int, seed: int, collate: Collator,
-                rank: int = 0, world: int = 1) -> Iterable[dict[str, torch.Tensor]]:
-    """Shuffled batches over in-memory cached rows (this rank's equal share); the plain-process path."""
-    n = len(cached["input_ids"])
-    order = np.random.default_rng(seed).permutation(n)
-    per_rank = n // world
-    order = order[rank * per_rank:(rank + 1) * per_rank]
-    for start in range(0, len(order) - batch_size + 1, batch_size):
-        idx = order[start:start + batch_size]
-        yield collate({k: v[idx] for k, v in cached.items()})
 
 
 # ---------------------------------------------------------------- schedule
@@ -277,13 +182,23 @@ def _world() -> tuple[int, int]:
     return 0, 1
 
 
+def collective_device():
+    """The device a collective's tensors must live on: the current CUDA device under NCCL, else the CPU (gloo)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def _reduce(value: float, op: str) -> float:
     """All-reduce one number across ranks (``"min"``, ``"max"``, ``"sum"``); identity in one process."""
     import torch.distributed as dist
 
     if _world()[1] == 1:
         return value
-    t = torch.tensor([float(value)], dtype=torch.float64)
+    # float64 for exact sums of sample counts; NCCL reduces float64 on CUDA tensors as gloo does on CPU ones
+    t = torch.tensor([float(value)], dtype=torch.float64, device=collective_device())
     dist.all_reduce(t, op={"min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX, "sum": dist.ReduceOp.SUM}[op])
     return float(t.item())
 
@@ -330,6 +245,8 @@ def train_loop(model, optimizer, batches: Callable[[int], Iterable[dict]], setti
             micro = []
             for _ in range(settings.grad_accum):
                 b = next(iterator, None)
+                while b is not None and len(b["input_ids"]) == 0:  # every row of it failed to encode
+                    b = next(iterator, None)
                 if _reduce(b is not None, "min") < 1:
                     break
                 micro.append(b)
@@ -423,21 +340,14 @@ def load_checkpoint(directory: str, model, optimizer=None) -> LoopState:
 
 
 # ---------------------------------------------------------------- validation
-def decode_image(row_id, data):
-    """PNG/JPEG bytes -> RGB PIL image; a ValueError that names the row."""
-    from PIL import Image
-
-    try:
-        return Image.open(io.BytesIO(data)).convert("RGB")
-    except Exception as e:
-        raise ValueError(f"row {row_id}: cannot decode image: {e}") from e
-
-
 class Validator:
-    """Held-out sample rows encoded once; each call generates with the live training weights and scores them
-    with ``metrics.score_frame`` (ECGBench protocol) through the same ``vlm.Predictor`` evaluation uses.
+    """Held-out sample rows encoded once; each call generates with the live training weights and scores every
+    row with its own task (``metrics.score_frame``, ECGBench protocol) through the same ``vlm.Predictor``
+    evaluation uses. Rows whose task is not registered, or whose image fails, are counted, not scored.
 
-    Example: ``Validator(loaded, model, val_df)()`` -> ``{"f1": 61.2, "auc": 78.0, "hamming_loss": 9.1, ...}``.
+    Returns the headline task's figures as plain keys (``f1``, ``auc``, ...: ``task`` if the val rows have it,
+    else their most common task) and every task's as ``<task>/<metric>``, plus ``rows`` and ``failed``.
+    Example: ``Validator(loaded, model, val_df)()`` -> ``{"f1": 61.2, "code15/f1": 61.2, "ptbxl-super/f1": ...}``.
     """
 
     def __init__(self, loaded, model, rows, *, task: str = "code15", batch_size: int = 32):
@@ -447,20 +357,47 @@ class Validator:
 
         from metrics.tasks import get_task
         from vlm.predict import Predictor
+        from vlm.prompt import row_history
 
-        self.frame = pd.DataFrame(rows).reset_index(drop=True)
-        self.task, self.batch_size = task, batch_size
-        self.max_new_tokens = get_task(task).max_new_tokens
-        # the same module object as the one being trained: its weights change in place, no copy
-        self.predictor = Predictor.from_loaded(dataclasses.replace(loaded, model=unwrap(model)))  # live weights
-        self.encoded = [self.predictor.encode_one(decode_image(i, b), q, max_new_tokens=self.max_new_tokens)
-                        for i, b, q in zip(self.frame["id"], self.frame["image"], self.frame["question"])]
+        frame = pd.DataFrame(rows).reset_index(drop=True)
+        if "task" not in frame:
+            frame["task"] = task
+        self.batch_size = batch_size
+        # the same module object as the one being trained: its weights change in place, no copy; inputs go where
+        # the training worker put it (a GPU under NCCL), not where it was loaded
+        live = unwrap(model)
+        param = next(live.parameters())
+        self.predictor = Predictor.from_loaded(dataclasses.replace(loaded, model=live, device=param.device,
+                                                                   dtype=param.dtype))
+        self.groups: dict[str, tuple] = {}  # task -> (row frame, encoded rows, max_new_tokens)
+        self.failed: list[str] = []
+        metas = frame["meta"] if "meta" in frame else [None] * len(frame)
+        for name, part in frame.assign(_meta=list(metas)).groupby("task", sort=True):
+            try:
+                spec = get_task(name)
+            except KeyError as e:
+                self.failed += [f"row {i}: {e.args[0]}" for i in part["id"]]
+                continue
+            kept, encoded = [], []
+            for pos, (rid, image, question, meta) in enumerate(zip(part["id"], part["image"], part["question"],
+                                                                   part["_meta"])):
+                try:
+                    encoded.append(self.predictor.encode_one(decode_image(rid, image), question,
+                                                             max_new_tokens=spec.max_new_tokens,
+                                                             history=row_history(meta)))
+                    kept.append(pos)
+                except ValueError as e:
+                    self.failed.append(str(e))
+            if kept:
+                self.groups[spec.name] = (part.iloc[kept].reset_index(drop=True), encoded, spec.max_new_tokens)
+        counts = {name: len(g[0]) for name, g in self.groups.items()}
+        self.headline = task if task in counts else max(counts, key=counts.get) if counts else task
 
-    def predictions(self) -> list[str]:
+    def predictions(self, name: str) -> list[str]:
+        _, encoded, budget = self.groups[name]
         out: list[str] = []
-        for s in range(0, len(self.encoded), self.batch_size):
-            out += self.predictor.generate_encoded(self.encoded[s:s + self.batch_size],
-                                                   max_new_tokens=self.max_new_tokens)
+        for s in range(0, len(encoded), self.batch_size):
+            out += self.predictor.generate_encoded(encoded[s:s + self.batch_size], max_new_tokens=budget)
         return out
 
     def __call__(self, state: LoopState | None = None) -> dict:
@@ -468,10 +405,17 @@ class Validator:
 
         from metrics import score_frame
 
-        frame = pd.DataFrame({"id": self.frame["id"], "answer": self.frame["answer"], "prediction": self.predictions()})
-        scored = score_frame(self.task, frame, protocol="ecgbench")
-        out = {k: float(v) for k, v in scored.items()
-               if k in ("f1", "auc", "hamming_loss", "anls", "accuracy") and isinstance(v, (int, float))}
-        per_class = (scored.get("ecgbench") or {}).get("per_class") or {}
-        out.update({f"f1_{c}": float(m["f1"]) for c, m in per_class.items() if "f1" in m})
+        keys = ("f1", "auc", "hamming_loss", "anls", "accuracy")
+        out: dict = {"rows": float(sum(len(g[0]) for g in self.groups.values())), "failed": float(len(self.failed))}
+        for name, (part, _, _) in self.groups.items():
+            frame = pd.DataFrame({"id": part["id"], "question": part["question"], "answer": part["answer"],
+                                  "prediction": self.predictions(name)})
+            scored = score_frame(name, frame, protocol="ecgbench")
+            figures = {k: float(v) for k, v in scored.items() if k in keys and isinstance(v, (int, float))}
+            out.update({f"{name}/{k}": v for k, v in figures.items()})
+            if name == self.headline:
+                out.update(figures)
+                per_class = (scored.get("ecgbench") or {}).get("per_class") or {}
+                out.update({f"f1_{c}": float(m["f1"]) for c, m in per_class.items() if "f1" in m})
         return out
+

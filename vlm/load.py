@@ -55,9 +55,59 @@ class ImagePrep:
         return Image.fromarray(stretched.round().astype(np.uint8), mode="L").convert("RGB")
 
 
+@dataclass(frozen=True)
+class ImageSettings:
+    """How the processor cuts a page into vision tiles: the one image contract of training, evaluation and serving.
+
+    ``splitting``: SmolVLM's image splitting (a 1100 x 850 page resized to ``longest_edge`` 2048 px becomes 16 tiles
+    of ``tile`` = 512 px plus a global view: 17 tiles, 1,088 image tokens; off: 1 tile, 64 tokens).
+    ``longest_edge``: px the page is resized to first. None leaves a setting as the processor has it.
+    Example: ``ImageSettings.of(processor).describe()`` -> ``"splitting on, pages resized to 2048 px, 512 px tiles"``.
+    """
+
+    splitting: bool | None = None
+    longest_edge: int | None = None
+    tile: int | None = None
+
+    @classmethod
+    def of(cls, processor) -> "ImageSettings":
+        ip = getattr(processor, "image_processor", None)
+        size = dict(getattr(ip, "size", None) or {})
+        tile = dict(getattr(ip, "max_image_size", None) or {})
+        return cls(getattr(ip, "do_image_splitting", None), size.get("longest_edge"), tile.get("longest_edge"))
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> "ImageSettings":
+        return cls(**{k: v for k, v in (data or {}).items() if k in ("splitting", "longest_edge", "tile")})
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def apply(self, processor) -> None:
+        """Set the given fields on ``processor``'s image processor (None fields are left as they are)."""
+        ip = getattr(processor, "image_processor", None)
+        if ip is None:
+            return
+        if self.splitting is not None:
+            ip.do_image_splitting = bool(self.splitting)
+        if self.longest_edge is not None:
+            ip.size = {"longest_edge": int(self.longest_edge)}
+        if self.tile is not None:
+            ip.max_image_size = {"longest_edge": int(self.tile)}
+
+    def describe(self) -> str:
+        parts = [f"splitting {'on' if self.splitting else 'off'}"]
+        if self.longest_edge:
+            parts.append(f"pages resized to {self.longest_edge} px")
+        if self.tile:
+            parts.append(f"{self.tile} px tiles")
+        return ", ".join(parts)
+
+
 @dataclass
 class Loaded:
-    """A model ready to run: ``model`` (eval mode, on ``device``), its ``processor`` and the image recipe."""
+    """A model ready to run: ``model`` (eval mode, on ``device``; None from :func:`load_processor`), its
+    ``processor`` and the image recipe (``prep`` before the processor, ``images`` inside it)."""
 
     model: Any
     processor: Any
@@ -67,18 +117,28 @@ class Loaded:
     prep: ImagePrep = field(default_factory=ImagePrep)
     spec: TinySpec | None = None  # the tiny preset's sizes, when the model came from it
     adapter: str | None = None
+    images_from: str = "the processor's own config"  # where the image settings came from (printed by the jobs)
 
     def prepare_image(self, image: Image.Image) -> Image.Image:
         """The model's own preprocessing of a page (identity for pretrained models)."""
         return self.prep(image)
 
+    @property
+    def images(self) -> ImageSettings:
+        return ImageSettings.of(self.processor)
+
+    def describe_images(self) -> str:
+        """One line for logs: ``"images: splitting on, pages resized to 2048 px, 512 px tiles (from ...)"``."""
+        return f"images: {self.images.describe()} ({self.images_from})"
+
     def sidecar(self) -> dict:
-        """What vlm.export writes to ``ecgvlm.json`` so a reload prepares images the same way."""
+        """What vlm.export writes to ``ecgvlm.json`` so a reload prepares and tiles images the same way."""
         return {
-            "format": 1,
+            "format": 2,
             "source": self.name,
             "adapter": self.adapter,
             "prep": dataclasses.asdict(self.prep),
+            "images": self.images.to_dict(),
             "tiny_spec": self.spec.to_dict() if self.spec else None,
         }
 
@@ -97,22 +157,22 @@ def resolve_device_dtype(device="auto", dtype="auto"):
     return dev, dt
 
 
-def _configure_images(processor, image_splitting: bool | None, longest_edge: int | None) -> None:
-    # Both decide the cost: a 2200x1700 page is 17 tiles with splitting (SmolVLM), 1 without.
-    ip = processor.image_processor
-    if image_splitting is not None:
-        ip.do_image_splitting = bool(image_splitting)
-    if longest_edge is not None:
-        ip.size = {"longest_edge": int(longest_edge)}
+@dataclass(frozen=True)
+class _Sidecar:
+    prep: ImagePrep = field(default_factory=ImagePrep)
+    spec: TinySpec | None = None
+    adapter: str | None = None
+    images: ImageSettings | None = None  # None: an export written before the image contract was recorded
 
 
-def _read_sidecar(folder: Path) -> tuple[ImagePrep, TinySpec | None, str | None]:
+def _read_sidecar(folder: Path) -> _Sidecar:
     path = folder / SIDECAR
     if not path.exists():
-        return ImagePrep(), None, None
+        return _Sidecar()
     data = json.loads(path.read_text())
     spec = TinySpec.from_dict(data["tiny_spec"]) if data.get("tiny_spec") else None
-    return ImagePrep(**data.get("prep", {})), spec, data.get("adapter")
+    images = ImageSettings.from_dict(data["images"]) if data.get("images") else None
+    return _Sidecar(ImagePrep(**data.get("prep", {})), spec, data.get("adapter"), images)
 
 
 def _tiny_spec(tiny: TinySpec | dict | None) -> TinySpec:
@@ -125,34 +185,46 @@ def _tiny_spec(tiny: TinySpec | dict | None) -> TinySpec:
     return TinySpec.from_dict({**defaults, **(tiny or {})})
 
 
-def _localise(uri: str) -> str:
-    # s3:// models and adapters are copied to a local folder once (HF loaders read local files)
+def _localise(uri: str, *, config_only: bool = False) -> str:
+    # s3:// models and adapters are copied to a local folder once (HF loaders read local files);
+    # config_only skips the weights (a processor needs the small files only)
     from ecg import storage
 
-    return storage.download_dir(uri) if storage.is_s3(uri) else uri
+    if not storage.is_s3(uri):
+        return uri
+    return storage.download_dir(uri, skip_suffixes=(".safetensors", ".bin") if config_only else ())
+
+
+def _with_overrides(config, overrides: dict | None):
+    """Apply nested ``overrides`` to a transformers config (``{"text_config": {"num_hidden_layers": 2}}``)."""
+    for key, value in (overrides or {}).items():
+        if not hasattr(config, key):
+            raise ValueError(f"config override {key!r}: {type(config).__name__} has no such field")
+        if isinstance(value, dict) and hasattr(getattr(config, key), "to_dict"):
+            _with_overrides(getattr(config, key), value)
+        else:
+            setattr(config, key, value)
+    return config
 
 
 def _from_hf(source: str, dtype, device):
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoModelForImageTextToText
 
     kwargs = {"dtype": dtype}
     if device.type == "cuda":
         kwargs["attn_implementation"] = "sdpa"
-    processor = AutoProcessor.from_pretrained(source)
-    model = AutoModelForImageTextToText.from_pretrained(source, **kwargs)
-    return model, processor
+    return AutoModelForImageTextToText.from_pretrained(source, **kwargs)
 
 
-def _from_config(folder: str, dtype, device, seed: int = 0):
+def _from_config(folder: str, dtype, device, seed: int = 0, overrides: dict | None = None):
     import torch
-    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoConfig, AutoModelForImageTextToText
 
     if not (Path(folder) / "config.json").exists():
         raise FileNotFoundError(f"random:{folder}: no config.json in that folder")
-    config = AutoConfig.from_pretrained(folder)
+    config = _with_overrides(AutoConfig.from_pretrained(folder), overrides)
     if device.type == "cuda":
         config._attn_implementation = "sdpa"
-    processor = AutoProcessor.from_pretrained(folder)
     state = torch.random.get_rng_state()
     torch.manual_seed(seed)  # the same random weights every time: comparable benchmark runs
     try:
@@ -160,7 +232,73 @@ def _from_config(folder: str, dtype, device, seed: int = 0):
             model = AutoModelForImageTextToText.from_config(config, dtype=dtype)
     finally:
         torch.random.set_rng_state(state)
-    return model, processor
+    return model
+
+
+@dataclass(frozen=True)
+class _Source:
+    """Where a model's files are: ``kind`` tiny / random / folder / hub, and what its folder's sidecar says."""
+
+    kind: str
+    path: str  # the local folder, the config folder (random) or the hub id
+    sidecar: _Sidecar = field(default_factory=_Sidecar)
+    spec: TinySpec | None = None
+
+
+def _source(model: str, tiny, overrides) -> _Source:
+    if model == "tiny":
+        if overrides:
+            raise ValueError("config overrides are for random:PATH models; 'tiny' takes tiny=... (TinySpec) overrides")
+        return _Source("tiny", model, spec=_tiny_spec(tiny))
+    if tiny:
+        raise ValueError(f"tiny overrides given but model is {model!r}, not 'tiny'")
+    if model.startswith("random:"):
+        return _Source("random", model[len("random:"):])
+    if overrides:
+        raise ValueError(f"config overrides given but model is {model!r}, not random:PATH")
+    folder = Path(model)
+    if folder.is_dir():
+        sidecar = _read_sidecar(folder)
+        return _Source("folder", model, sidecar, sidecar.spec)
+    if model.startswith((".", "/")) or model.count("/") != 1:
+        raise FileNotFoundError(f"model {model!r}: not a preset ('tiny', 'random:PATH'), folder or HF id")
+    return _Source("hub", model)
+
+
+def _processor(src: _Source, image_splitting: bool | None, longest_edge: int | None):
+    """``(processor, prep, images_from)`` for ``src``, with the image contract applied: the export's recorded
+    settings, then the caller's overrides (None keeps the recorded or the processor's own setting)."""
+    if src.kind == "tiny":
+        from vlm.tiny import build_processor
+
+        processor, prep = build_processor(src.spec), ImagePrep("ecg_gray", src.spec.image_size, src.spec.white_fraction)
+    else:
+        from transformers import AutoProcessor
+
+        processor, prep = AutoProcessor.from_pretrained(src.path), src.sidecar.prep
+    images_from = "the processor's own config"
+    if src.sidecar.images is not None:
+        src.sidecar.images.apply(processor)
+        images_from = "as trained, from the model's ecgvlm.json"
+    if image_splitting is not None or longest_edge is not None:
+        ImageSettings(image_splitting, longest_edge).apply(processor)
+        images_from = "set by the caller" if src.sidecar.images is None else "set by the caller over the trained ones"
+    processor.tokenizer.padding_side = "left"
+    return processor, prep, images_from
+
+
+def load_processor(model: str, *, image_splitting: bool | None = None, longest_edge: int | None = None,
+                   tiny: TinySpec | dict | None = None) -> Loaded:
+    """The processor and image recipe of ``model`` without its weights (``Loaded.model`` is None): what a CPU
+    stage needs to encode training rows exactly as :func:`load` would. Same arguments as :func:`load`.
+
+    Example: ``load_processor("runs/x/export").images.splitting`` -> what that model was trained with.
+    """
+    name = model
+    model = _localise(model, config_only=True)
+    src = _source(model, tiny, None)
+    processor, prep, images_from = _processor(src, image_splitting, longest_edge)
+    return Loaded(None, processor, name, None, None, prep, src.spec, None, images_from)
 
 
 def load(
@@ -172,43 +310,37 @@ def load(
     image_splitting: bool | None = None,
     longest_edge: int | None = None,
     tiny: TinySpec | dict | None = None,
+    config_overrides: dict | None = None,
 ) -> Loaded:
     """Load ``model`` ("tiny", a HF id, a local folder, or "random:PATH") and an optional LoRA ``adapter``.
 
-    ``image_splitting``/``longest_edge`` override the processor (None keeps its own default: off for tiny, on
-    for SmolVLM). ``tiny``: a :class:`TinySpec` or a dict of overrides of its defaults (model "tiny" only).
+    ``image_splitting``/``longest_edge``: None keeps the image contract the model was trained with (an export's
+    ``ecgvlm.json``), else its processor's own default (off for tiny, on for SmolVLM); a value overrides it.
+    ``tiny``: a :class:`TinySpec` or a dict of overrides of its defaults (model "tiny" only).
+    ``config_overrides``: nested config fields for ``random:PATH`` (a scaled-down real architecture:
+    ``{"vision_config": {"num_hidden_layers": 2}, "text_config": {"num_hidden_layers": 2}}``).
     Returns a :class:`Loaded` in eval mode on ``device`` with ``dtype``.
     """
     dev, dt = resolve_device_dtype(device, dtype)
     name = model  # an s3:// model keeps its URI as its name; the files are read from a local copy
     model, adapter = _localise(model), _localise(adapter) if adapter else adapter
-    spec, prep = None, ImagePrep()
-    if model == "tiny":
+    src = _source(model, tiny, config_overrides)
+    processor, prep, images_from = _processor(src, image_splitting, longest_edge)
+    if src.kind == "tiny":
         from vlm.tiny import build
 
-        spec = _tiny_spec(tiny)
-        net, processor = build(spec)
-        prep = ImagePrep("ecg_gray", spec.image_size, spec.white_fraction)
-    elif tiny:
-        raise ValueError(f"tiny overrides given but model is {model!r}, not 'tiny'")
-    elif model.startswith("random:"):
-        net, processor = _from_config(model[len("random:") :], dt, dev)
+        net, _ = build(src.spec, processor)
+    elif src.kind == "random":
+        net = _from_config(src.path, dt, dev, overrides=config_overrides)
     else:
-        folder = Path(model)
-        if folder.is_dir():
-            prep, spec, saved_adapter = _read_sidecar(folder)
-            if saved_adapter and not adapter:  # an export written with merge_adapter=False
-                adapter = str(folder / saved_adapter)
-        elif model.startswith((".", "/")) or model.count("/") != 1:
-            raise FileNotFoundError(f"model {model!r}: not a preset ('tiny', 'random:PATH'), folder or HF id")
-        net, processor = _from_hf(model, dt, dev)
+        if src.sidecar.adapter and not adapter:  # an export written with merge_adapter=False
+            adapter = str(Path(src.path) / src.sidecar.adapter)
+        net = _from_hf(src.path, dt, dev)
     if adapter:
         from peft import PeftModel
 
         if not (Path(adapter) / "adapter_config.json").exists():
             raise FileNotFoundError(f"adapter {adapter!r}: no adapter_config.json in that folder")
         net = PeftModel.from_pretrained(net, adapter)
-    _configure_images(processor, image_splitting, longest_edge)
-    processor.tokenizer.padding_side = "left"
     net = net.to(device=dev, dtype=dt).eval()
-    return Loaded(net, processor, name, dev, dt, prep, spec, adapter)
+    return Loaded(net, processor, name, dev, dt, prep, src.spec, adapter, images_from)

@@ -21,8 +21,9 @@ from vlm.prompt import END_OF_UTTERANCE, budget_cut, chat_prompt, encode
 class Predictor:
     """A loaded model plus its prompt format; images are PIL pages, questions in ECGBench form.
 
-    ``model``/``adapter``/``device``/``dtype``/``image_splitting``/``longest_edge``: as :func:`vlm.load` (image
-    splitting off by default: 79 instead of 1,139 prompt tokens for a SmolVLM page). ``max_prompt_tokens``: rows
+    ``model``/``adapter``/``device``/``dtype``/``image_splitting``/``longest_edge``: as :func:`vlm.load` (None:
+    the image settings the model was trained with, from its export, else its processor's own; a SmolVLM page is
+    1,139 prompt tokens with splitting, 79 without). ``max_prompt_tokens``: rows
     with a longer prompt fail (default: the model's positions minus the answer budget). ``score_batch``:
     sequences per forward pass in label scoring. ``label_scores``: whether predict_rows scores labels.
     """
@@ -34,7 +35,7 @@ class Predictor:
         adapter: str | None = None,
         device="auto",
         dtype="auto",
-        image_splitting: bool | None = False,
+        image_splitting: bool | None = None,
         longest_edge: int | None = None,
         max_prompt_tokens: int | None = None,
         score_batch: int = 32,
@@ -72,10 +73,11 @@ class Predictor:
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else self.stop_ids[0]
 
     # ---- encoding, one row at a time so a bad row fails alone -------------------------------------------
-    def encode_one(self, image, question: str, *, max_new_tokens: int = 0) -> dict:
-        """Processor output for one row (tensors with a batch dim of 1); ValueError if the prompt is too long."""
+    def encode_one(self, image, question: str, *, max_new_tokens: int = 0, history=None) -> dict:
+        """Processor output for one row (tensors with a batch dim of 1); ValueError if the prompt is too long.
+        ``history``: earlier turns of a multi-turn record (``vlm.prompt.chat_messages``)."""
         page = self.loaded.prepare_image(image)
-        batch = encode(self.loaded.processor, [page], [chat_prompt(self.loaded.processor, question)])
+        batch = encode(self.loaded.processor, [page], [chat_prompt(self.loaded.processor, question, history)])
         n = batch["input_ids"].shape[1]
         limit = self.max_prompt_tokens or self.max_positions - max_new_tokens
         if n > limit:

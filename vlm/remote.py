@@ -16,7 +16,7 @@ Example::
 
     stage = EndpointStage({"model": "gpt-4o", "api_base": "https://api.openai.com/v1", "cache": "s3://b/cache"},
                           api_key=os.environ["OPENAI_API_KEY"], budgets={"code15": 1024})
-    rows = stage(samples_df)      # PREDICTION_COLUMNS + requests, retries, cache_hit, prompt_tokens, ...
+    rows = stage(samples_df)      # PREDICTION_COLUMNS + requests, retries, cache_hit, sent_prompt_tokens, ...
 """
 
 from __future__ import annotations
@@ -265,8 +265,8 @@ class ChatClient:
                 record = self._send(messages, decoding)
                 used = record["prompt_tokens"] + record["completion_tokens"]
                 self.limiter.settle(estimate, used or estimate)
-                out["prompt_tokens"] += record["prompt_tokens"]
-                out["completion_tokens"] += record["completion_tokens"]
+                out["sent_prompt_tokens"] += record["prompt_tokens"]
+                out["sent_completion_tokens"] += record["completion_tokens"]
                 record["latency_ms"] = round((time.perf_counter() - start) * 1000.0, 2)
                 return record
             except Exception as err:  # noqa: BLE001 - every failure is classified, retried or reported
@@ -307,8 +307,9 @@ class EndpointStage:
 
     Writes the ecg/rows.py PREDICTION_COLUMNS (``label_scores`` null: an endpoint gives text only; ``truncated``
     true where ``finish_reason`` is ``length``) plus per-row counts the driver sums for ``run.json``:
-    ``requests`` (sent this run), ``retries``, ``cache_hit``, ``prompt_tokens`` and ``completion_tokens`` (of
-    requests sent this run; 0 on a cache hit). ``budgets``: max_tokens per task name (default: the task's own).
+    ``requests`` (sent this run), ``retries``, ``cache_hit``, ``sent_prompt_tokens`` and ``sent_completion_tokens``
+    (of requests sent this run; 0 on a cache hit). ``prompt_tokens`` is the answer's own prompt size as the
+    endpoint counted it (cached answers keep theirs; null if the endpoint gives no usage). ``budgets``: max_tokens per task name (default: the task's own).
     """
 
     def __init__(self, config: dict | EndpointConfig, *, api_key: str, budgets: dict[str, int] | None = None,
@@ -339,8 +340,8 @@ class EndpointStage:
         rid = str(row["id"])
         out = {"id": rid, "task": row["task"], "question": row["question"], "answer": row["answer"],
                "prediction": "", "label_scores": None, "model": self.name, "error": None, "latency_ms": 0.0,
-               "truncated": None, "requests": 0, "retries": 0, "cache_hit": False, "prompt_tokens": 0,
-               "completion_tokens": 0}
+               "prompt_tokens": None, "truncated": None, "requests": 0, "retries": 0, "cache_hit": False,
+               "sent_prompt_tokens": 0, "sent_completion_tokens": 0}
         try:
             if not row["image"]:
                 raise Failure("empty image", retriable=False)
@@ -354,7 +355,7 @@ class EndpointStage:
         if hit is None:
             return out
         out.update(prediction=hit["content"], truncated=hit["finish_reason"] == "length",
-                   latency_ms=hit["latency_ms"])
+                   latency_ms=hit["latency_ms"], prompt_tokens=hit.get("prompt_tokens") or None)
         return out
 
 
@@ -373,7 +374,7 @@ def judge_rows(frame: pd.DataFrame, config: dict | EndpointConfig, *, api_key: s
 
     def one(row: dict) -> dict:
         out = {"id": str(row["id"]), "error": None, "requests": 0, "retries": 0, "cache_hit": False,
-               "prompt_tokens": 0, "completion_tokens": 0, **{c: 0.0 for c in judge.CRITERIA}, "score": 0.0}
+               "sent_prompt_tokens": 0, "sent_completion_tokens": 0, **{c: 0.0 for c in judge.CRITERIA}, "score": 0.0}
         text = row.get("prediction")
         errored = isinstance(row.get("error"), str) and bool(row["error"])  # null or NaN: no error
         if errored or not isinstance(text, str) or not text.strip():

@@ -203,13 +203,14 @@ def build_config(spec: TinySpec, tokenizer):
     )
 
 
-def build(spec: TinySpec | None = None):
-    """Build ``(model, processor)`` for the tiny preset; weights are seeded by ``spec.seed`` (deterministic)."""
+def build(spec: TinySpec | None = None, processor=None):
+    """Build ``(model, processor)`` for the tiny preset; weights are seeded by ``spec.seed`` (deterministic).
+    ``processor``: one already built by :func:`build_processor` for the same spec (saves building it twice)."""
     import torch
     from transformers import Idefics3ForConditionalGeneration
 
     spec = spec or TinySpec()
-    processor = build_processor(spec)
+    processor = processor if processor is not None else build_processor(spec)
     config = build_config(spec, processor.tokenizer)
     state = torch.random.get_rng_state()
     torch.manual_seed(spec.seed)

@@ -1,33 +1,59 @@
-"""Training batches with the loss on the assistant's answer only (the training loop is vlm/finetune.py).
+"""Training batches: sample rows -> encoded examples (loss on the assistant's answer only) -> padded model batches.
+
+The loop that consumes them is vlm/finetune.py. Encoding needs the processor only (``vlm.load_processor``), so
+a CPU stage can run it beside the training workers; each image is decoded once.
 
 Example::
 
-    batch = collate(loaded, [page], ["<image>\\nWhich rhythm?"], ["SB; 1dAVb"])
-    loss = loaded.model(**batch).loss
+    loaded = vlm.load_processor("tiny")                       # or vlm.load(...): only .processor/.prep are used
+    encoded = encode_rows(loaded, rows_df)                    # per-row arrays; an "error" per row that failed
+    batch = Collator.for_loaded(loaded)(encoded)              # tensors for model(**batch).loss
     # batch["labels"]: -100 everywhere except the tokens of " SB; 1dAVb<end_of_utterance>"
 """
 
 from __future__ import annotations
 
+import io
+from dataclasses import dataclass
+from typing import Iterable
+
+import numpy as np
 import torch
 
-from vlm.prompt import answer_text, chat_prompt, encode
+from vlm.prompt import answer_text, chat_prompt, encode, row_history
 
 IGNORE = -100  # the label value torch's cross-entropy skips
+SEQUENCE_KEYS = ("input_ids", "attention_mask", "labels")
+ENCODED_KEYS = (*SEQUENCE_KEYS, "pixels", "pixel_mask", "error")
 
 
-def collate(loaded, images, questions, answers) -> dict[str, torch.Tensor]:
+def decode_image(row_id, data):
+    """PNG/JPEG bytes -> RGB PIL image; a ValueError that names the row."""
+    from PIL import Image
+
+    if data is None or len(data) == 0:
+        raise ValueError(f"row {row_id}: empty image")
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()  # decode now: a truncated file fails here, not inside the processor
+        return image.convert("RGB")
+    except Exception as e:  # PIL raises several types for bad bytes
+        raise ValueError(f"row {row_id}: cannot decode image: {e}") from e
+
+
+def collate(loaded, images, questions, answers, histories=None) -> dict[str, torch.Tensor]:
     """Processor batch (right padded) of prompt + answer, with ``labels`` masking all but the answer.
 
     Kept: the answer tokens and the closing ``<end_of_utterance>`` (without loss on it generation never stops,
-    FINDINGS.md). Masked to -100: the prompt, the image tokens and the padding. Images go through
-    ``loaded.prepare_image`` first. Tensors stay on the CPU (the caller moves them).
+    FINDINGS.md). Masked to -100: the prompt (earlier turns of ``histories`` included), the image tokens and the
+    padding. Images go through ``loaded.prepare_image`` first. Tensors stay on the CPU (the caller moves them).
     """
-    if not (len(images) == len(questions) == len(answers)):
+    histories = histories if histories is not None else [None] * len(images)
+    if not (len(images) == len(questions) == len(answers) == len(histories)):
         raise ValueError(f"collate: {len(images)} images, {len(questions)} questions, {len(answers)} answers")
     processor = loaded.processor
     pages = [loaded.prepare_image(im) for im in images]
-    prompts = [chat_prompt(processor, q) for q in questions]
+    prompts = [chat_prompt(processor, q, h) for q, h in zip(questions, histories)]
     batch = dict(encode(processor, pages, [p + answer_text(a) for p, a in zip(prompts, answers)], padding_side="right"))
     tok = processor.tokenizer
     labels = batch["input_ids"].clone()  # (batch, tokens)
@@ -41,3 +67,153 @@ def collate(loaded, images, questions, answers) -> dict[str, torch.Tensor]:
         labels[i, :start] = IGNORE
     batch["labels"] = labels
     return batch
+
+
+# ---------------------------------------------------------------- encoded rows
+def _pixel_codec(processor) -> tuple[float, np.ndarray, np.ndarray] | None:
+    """``(rescale, mean, std)`` that map uint8 pixels to the processor's ``pixel_values``, if it rescales+normalizes."""
+    ip = getattr(processor, "image_processor", None)
+    if ip is None or not getattr(ip, "do_rescale", False) or not getattr(ip, "do_normalize", False):
+        return None
+    mean = np.asarray(ip.image_mean, np.float32).reshape(3, 1, 1)
+    std = np.asarray(ip.image_std, np.float32).reshape(3, 1, 1)
+    return float(ip.rescale_factor), mean, std
+
+
+def _compact_pixels(pv: np.ndarray, codec) -> np.ndarray:
+    """(tiles, 3, H, W) normalised float32 -> uint8 (one channel for gray pages) when exactly invertible."""
+    if codec is None:
+        return pv
+    rescale, mean, std = codec
+    u8 = np.clip(np.rint((pv * std + mean) / rescale), 0, 255).astype(np.uint8)
+    if np.abs((u8.astype(np.float32) * rescale - mean) / std - pv).max() >= 1e-3:
+        return pv
+    return np.ascontiguousarray(u8[:, :1]) if (u8[:, :1] == u8).all() else u8  # a gray page copied to RGB
+
+
+def _object_array(items: list) -> np.ndarray:
+    out = np.empty(len(items), dtype=object)
+    out[:] = items
+    return out
+
+
+def encode_rows(loaded, batch) -> dict[str, np.ndarray]:
+    """Sample rows -> encoded training examples, one per row; a row that fails keeps its place with ``error``.
+
+    ``batch``: pandas DataFrame or dict of columns with ``id``, ``image`` (PNG/JPEG bytes), ``question``,
+    ``answer`` and optionally ``meta`` (JSON; ``meta["history"]``: earlier turns of a multi-turn record).
+    ``loaded``: a :class:`vlm.Loaded` (``vlm.load_processor`` is enough). Each image is decoded once.
+    Returns per-row object arrays: ``input_ids``/``attention_mask``/``labels`` (int64 vectors, unpadded),
+    ``pixels`` (tiles, C, H, W) as uint8 when the processor's normalisation is invertible (4x smaller, 12x for
+    gray pages; :class:`Collator` restores the exact float values) else float32, ``pixel_mask`` (tiles, H, W)
+    bit-packed along W, and ``error`` ("", or a message naming the row: its tensors are empty).
+    Example: ``encode_rows(loaded, df)["labels"][0]`` -> ``array([-100, ..., 17, 2])``.
+    """
+    n = len(batch["image"])
+    ids = list(batch["id"]) if "id" in batch else list(range(n))
+    metas = list(batch["meta"]) if "meta" in batch else [None] * n
+    codec = _pixel_codec(loaded.processor)
+    out = {key: [] for key in ENCODED_KEYS}
+    for rid, data, question, answer, meta in zip(ids, batch["image"], batch["question"], batch["answer"], metas):
+        try:
+            enc = collate(loaded, [decode_image(rid, data)], [question], [answer], [row_history(meta)])
+            error = ""
+        except Exception as e:  # one bad row (image, prompt, tokenizer) must not end the epoch
+            enc, error = None, str(e) if str(rid) in str(e) else f"row {rid}: {e}"
+        if not error:
+            for key in SEQUENCE_KEYS:
+                out[key].append(enc[key][0].numpy().astype(np.int64))
+            pv = enc["pixel_values"][0].float().numpy()  # (tiles, 3, H, W), normalised
+            mask = enc.get("pixel_attention_mask")
+            mask = mask[0].numpy().astype(bool) if mask is not None else np.ones((pv.shape[0], *pv.shape[2:]), bool)
+            out["pixels"].append(_compact_pixels(pv, codec))
+            out["pixel_mask"].append(np.packbits(mask, axis=-1))  # (tiles, H, ceil(W / 8)) uint8
+        else:
+            for key in SEQUENCE_KEYS:
+                out[key].append(np.zeros(0, np.int64))
+            out["pixels"].append(np.zeros((0, 1, 1, 1), np.uint8))
+            out["pixel_mask"].append(np.zeros((0, 1, 1), np.uint8))
+        out["error"].append(error)
+    result = {key: _object_array(out[key]) for key in ENCODED_KEYS if key != "error"}
+    result["error"] = np.asarray(out["error"], dtype=object)  # "" (not None: one Arrow type in every block)
+    return result
+
+
+def encoded_nbytes(encoded: dict[str, np.ndarray]) -> int:
+    """Bytes the encoded rows hold (what caching them in the object store would take)."""
+    return int(sum(getattr(x, "nbytes", 0) for key in ENCODED_KEYS if key != "error" for x in encoded[key]))
+
+
+def _column(rows, key) -> list:
+    value = rows[key]
+    return list(value) if not isinstance(value, list) else value
+
+
+@dataclass
+class Collator:
+    """Encoded rows (from :func:`encode_rows`, through Ray Data or in memory) -> a right-padded model batch.
+
+    Rows with an ``error`` are left out and counted in ``failed`` (and the first few named on stderr); image
+    stacks are padded to the batch's most tiles (a padding tile's mask is all zero, so Idefics3 skips it).
+    Example: ``Collator.for_loaded(loaded)(rows)["input_ids"].shape`` -> ``(B, T)``.
+    """
+
+    pad_id: int
+    codec: tuple | None = None
+    failed: int = 0
+
+    @classmethod
+    def for_loaded(cls, loaded) -> "Collator":
+        tok = getattr(loaded.processor, "tokenizer", loaded.processor)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        return cls(pad_id=int(pad), codec=_pixel_codec(loaded.processor))
+
+    def __call__(self, rows: dict) -> dict[str, torch.Tensor]:
+        errors = _column(rows, "error") if "error" in rows else [""] * len(rows["input_ids"])
+        keep = [i for i, e in enumerate(errors) if not isinstance(e, str) or not e]  # "" or None: encoded
+        for i in sorted(set(range(len(errors))) - set(keep)):
+            self.failed += 1
+            if self.failed <= 5:
+                import sys
+
+                print(f"train: skipping a row that failed to encode: {errors[i]}", file=sys.stderr, flush=True)
+        seqs = {key: [np.asarray(_column(rows, key)[i], dtype=np.int64) for i in keep] for key in SEQUENCE_KEYS}
+        n, width = len(keep), max((len(s) for s in seqs["input_ids"]), default=0)
+        out = {}
+        for key, value in {"input_ids": self.pad_id, "attention_mask": 0, "labels": IGNORE}.items():
+            t = torch.full((n, width), value, dtype=torch.long)
+            for i, seq in enumerate(seqs[key]):
+                t[i, : len(seq)] = torch.from_numpy(seq)
+            out[key] = t
+        pixels = [np.asarray(_column(rows, "pixels")[i]) for i in keep]  # each (tiles, C, H, W)
+        masks = [np.asarray(_column(rows, "pixel_mask")[i]) for i in keep]  # each (tiles, H, W / 8) packed
+        tiles = max((p.shape[0] for p in pixels), default=0)
+        h, w = (pixels[0].shape[2:] if pixels else (0, 0))
+        pv = torch.zeros((n, tiles, 3, h, w), dtype=torch.float32)  # (B, tiles, 3, H, W)
+        pam = torch.zeros((n, tiles, h, w), dtype=torch.bool)  # (B, tiles, H, W)
+        for i, (p, m) in enumerate(zip(pixels, masks)):
+            pv[i, : p.shape[0]] = self._restore(p)
+            pam[i, : p.shape[0]] = torch.from_numpy(np.unpackbits(m, axis=-1, count=w).astype(bool))
+        out["pixel_values"], out["pixel_attention_mask"] = pv, pam
+        return out
+
+    def _restore(self, pixels: np.ndarray) -> torch.Tensor:
+        """(tiles, C, H, W) cached pixels -> (tiles, 3, H, W) float32 exactly as the processor made them."""
+        t = torch.from_numpy(np.ascontiguousarray(pixels))
+        if t.dtype != torch.uint8:
+            return t.float()
+        rescale, mean, std = self.codec
+        t = t.expand(-1, 3, -1, -1) if t.shape[1] == 1 else t
+        return (t.float() * rescale - torch.from_numpy(mean)) / torch.from_numpy(std)
+
+
+def iter_cached(cached: dict[str, np.ndarray], *, batch_size: int, seed: int, collate: Collator,
+                rank: int = 0, world: int = 1) -> Iterable[dict[str, torch.Tensor]]:
+    """Shuffled batches over in-memory encoded rows (this rank's equal share); the plain-process path."""
+    n = len(cached["input_ids"])
+    order = np.random.default_rng(seed).permutation(n)
+    per_rank = n // world
+    order = order[rank * per_rank:(rank + 1) * per_rank]
+    for start in range(0, len(order) - batch_size + 1, batch_size):
+        idx = order[start:start + batch_size]
+        yield collate({k: v[idx] for k, v in cached.items()})

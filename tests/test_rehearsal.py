@@ -1,0 +1,211 @@
+"""The rehearsal: the README's ECGInstruct path end to end on a scaled-down real SmolVLM (the real Idefics3 classes,
+the real SmolVLM-256M-Instruct processor, tokenizer, chat template and image splitting; 2 vision and 2 text layers
+of width 64), with every artefact on a real S3 server (moto):
+
+    ECGInstruct-format JSON (list images, multi-turn, three tasks, a record whose image path leaves the root)
+    -> ecgvlm prepare --source ecginstruct -> LoRA with the shipped cluster config on 2 Ray Train workers,
+    streamed -> export -> evaluate -> serve (/v1/diagnose) -> score.
+
+The Ray cluster has a deliberately small object store (100 MiB): the encoded train rows (17 tiles of 512 x 512
+each, ~14 MiB a row) would need more than twice that if materialized, so training passes only if it streams.
+One cluster for the module, S3 first (Ray's workers inherit the AWS variables at start-up).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+
+import pytest
+import requests
+from conftest import REPO, free_port
+
+pytestmark = pytest.mark.slow
+STORE_MIB = 100
+SCALED = ("{vision_config: {num_hidden_layers: 2, hidden_size: 64, intermediate_size: 128, num_attention_heads: 2},"
+          " text_config: {num_hidden_layers: 2, hidden_size: 64, intermediate_size: 128, num_attention_heads: 2,"
+          " num_key_value_heads: 1, head_dim: 32}}")
+CODE15_Q = ("<image>\nPlease identify all the diagnoses that fit this ECG from the following options: "
+            "1dAVb (1st degree AV block), RBBB (right bundle branch block), LBBB (left bundle branch block), "
+            "SB (sinus bradycardia), ST (sinus tachycardia), AF (atrial fibrillation). Separate multiple "
+            "answers with a semicolon. Only answer based on the given options without any explanation.")
+ECGQA_Q = ("<image>\nDoes this ECG show symptoms of non-diagnostic t abnormalities? Options: yes, no, not sure. "
+           "Only answer based on the given Options without any explanation.")
+REPORT_Q = "<image>\nWrite a report of this 12-lead ECG, describing rhythm, axis, intervals and morphology."
+
+
+def _turns(*texts):
+    return [{"from": "human" if k % 2 == 0 else "gpt", "value": t} for k, t in enumerate(texts)]
+
+
+def make_instruct(root, n: int = 24) -> str:
+    """``n`` records of three tasks (code15, ecgqa, free-text MIMIC reports with a follow-up turn), the images
+    as lists as ECGInstruct has them, plus one record whose image path climbs out of the dataset root."""
+    from ecg.render import render, to_bytes
+    from ecg.synth import generate
+    from metrics.tasks import CODE15
+
+    (root / "images").mkdir(parents=True)
+    records = []
+    for k, rec in enumerate(generate(n, seed=21)):
+        (root / "images" / f"r{k}.png").write_bytes(to_bytes(render(rec)))  # 1100 x 850: 17 tiles when split
+        if k % 3 == 0:
+            rid, turns = f"code15-{k}", _turns(CODE15_Q, CODE15.format_answer(rec.labels))
+        elif k % 3 == 1:
+            rid, turns = f"ecgqa-{k}", _turns(ECGQA_Q, "no" if k % 2 else "yes")
+        else:
+            rid, turns = f"mimic-{k}", _turns(REPORT_Q, "Sinus rhythm.", "What is the heart rate?", "About 70 bpm.")
+        records.append({"id": rid, "image": [f"images/r{k}.png"], "conversations": turns})
+    records.append({"id": "climb", "image": ["../outside.png"], "conversations": _turns(CODE15_Q, "AF")})
+    (root.parent / "outside.png").write_bytes((root / "images" / "r0.png").read_bytes())
+    path = root / "ECGInstruct.json"
+    path.write_text(json.dumps(records))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def cluster(s3_server):
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=2, object_store_memory=STORE_MIB * 2**20, include_dashboard=False, log_to_driver=True,
+             configure_logging=False)
+    yield s3_server
+    ray.shutdown()
+
+
+class PlasmaPeak(threading.Thread):
+    """Samples the object store's use (Ray's memory summary) twice a second: the peak, and whether it spilled."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.peak_mib, self.spilled, self.stop = 0, False, threading.Event()
+
+    def run(self):
+        from ray._private.internal_api import memory_summary
+
+        while not self.stop.wait(0.5):
+            try:
+                text = memory_summary(stats_only=True)
+            except Exception:  # noqa: BLE001 - a sample lost while the cluster is busy
+                continue
+            used = re.search(r"Plasma memory usage (\d+) MiB", text)
+            self.peak_mib = max(self.peak_mib, int(used.group(1)) if used else 0)
+            self.spilled |= bool(re.search(r"Spilled [1-9]\d* MiB", text))
+
+
+def test_ecginstruct_to_served_diagnosis_on_the_real_processor(cluster, smolvlm_dir, tmp_path, capsys):
+    from ecg import storage
+    from pipelines import evaluate, prepare, score, train
+    from vlm.load import load_processor
+    from vlm.prompt import chat_prompt
+    from vlm.training import encode_rows, encoded_nbytes
+
+    start = time.perf_counter()
+    data, run, out = "s3://ecg/instruct", "s3://ecg/runs/rehearsal", "s3://ecg/eval/rehearsal"
+    path = make_instruct(tmp_path / "ECGInstruct")
+    # the README's command, with a val share that leaves this small file a few val rows
+    assert prepare.main(["--source", "ecginstruct", "--path", path, "--out", data, "--split", "train=0.8,val=0.2"]) == 0
+    manifest = json.loads(storage.read_text(f"{data}/_manifest.json"))
+    assert manifest["rows"] == 24 + 8 and manifest["failed"] == 1  # 8 MIMIC records have a second turn
+    assert [f["id"] for f in manifest["failures"]] == ["climb"]
+    tasks = {t: sum(per.values()) for t, per in manifest["counts"]["tasks"].items()}
+    assert tasks == {"code15": 8, "ecgqa": 8, "freetext": 16}
+    n_train = manifest["counts"]["splits"]["train"]
+
+    # the README's training command (the shipped 4-GPU LoRA config), on this machine's CPUs and the scaled model
+    sampler = PlasmaPeak()
+    sampler.start()
+    try:
+        assert train.main(["--config", str(REPO / "configs/train-ecginstruct-lora-cluster.yaml"),
+                           "--model", f"random:{smolvlm_dir}", "--config-overrides", SCALED, "--data", data,
+                           "--out", run, "--use-gpu", "false", "--num-workers", "2", "--cpus-per-worker", "0.5",
+                           "--threads-per-worker", "1", "--encode-actors", "1", "--batch-size", "1",
+                           "--grad-accum", "2", "--max-steps", "4", "--epochs", "null", "--checkpoint-every", "4",
+                           "--validate-every", "4", "--val-rows", "4", "--log-every", "1",
+                           "--gradient-checkpointing", "true"]) == 0
+    finally:
+        sampler.stop.set()
+        sampler.join()
+    summary = json.loads(storage.read_text(f"{run}/train_summary.json"))
+    assert summary["step"] == 4 and summary["workers"] == 2 and summary["ingest"] == "stream"
+    assert summary["images"]["splitting"] is True and summary["failed_rows"] == 0
+    losses = [loss for _, loss, _ in summary["losses"]]
+    assert len(losses) == 4 and all(loss == loss for loss in losses)
+    assert summary["validation"]["rows"] >= 1 and any("/" in k for k in summary["validation"])  # per task
+
+    # the bound: what materializing the encoded train rows would have taken, against what the store held
+    export = f"{run}/export"
+    loaded = load_processor(export)
+    assert loaded.images.splitting is True and "as trained" in loaded.images_from
+    import pyarrow.parquet as pq
+
+    fs, train_path = storage.resolve(f"{data}/train")
+    rows = pq.ParquetDataset(train_path, filesystem=fs).read().to_pandas()
+    per_row = encoded_nbytes(encode_rows(loaded, rows.head(2))) / 2
+    materialized_mib = per_row * n_train / 2**20
+    with capsys.disabled():
+        print(f"\nrehearsal: {n_train} train rows x {per_row / 2**20:.1f} MiB = {materialized_mib:.0f} MiB if "
+              f"materialized; object store {STORE_MIB} MiB, peak use {sampler.peak_mib} MiB, "
+              f"spilled {sampler.spilled}")
+    assert materialized_mib > 2 * STORE_MIB and sampler.peak_mib < STORE_MIB and not sampler.spilled
+
+    # the README's evaluation command: the export's image contract is used without being asked for
+    assert evaluate.main(["--model", export, "--data", data, "--split", "val", "--out", out, "--batch-size", "2"]) == 0
+    run_info = json.loads(storage.read_text(f"{out}/run.json"))
+    assert run_info["images"]["splitting"] is True and "as trained" in run_info["images"]["from"]
+    fs, pred_path = storage.resolve(f"{out}/predictions")
+    predictions = pq.ParquetDataset(pred_path, filesystem=fs).read().to_pandas()
+    val = pq.ParquetDataset(storage.resolve(f"{data}/val")[1], filesystem=fs).read().to_pandas()
+    assert sorted(predictions["id"]) == sorted(val["id"]) and predictions["error"].isna().all()
+    import io
+
+    from PIL import Image
+
+    from vlm.prompt import row_history
+
+    def prompt_tokens(row, splitting: bool) -> int:  # what the real processor makes of this row
+        proc = load_processor(export, image_splitting=splitting)
+        page = Image.open(io.BytesIO(row["image"])).convert("RGB")
+        text = chat_prompt(proc.processor, row["question"], row_history(row["meta"]))
+        return int(proc.processor(text=[text], images=[[page]], return_tensors="pt")["input_ids"].shape[1])
+
+    first = val.iloc[0]
+    split_tokens, whole_tokens = prompt_tokens(first, True), prompt_tokens(first, False)
+    assert split_tokens - whole_tokens > 16 * 64  # 17 tiles of 64 image tokens instead of 1
+    got = predictions.set_index("id").loc[first["id"], "prompt_tokens"]
+    assert got == split_tokens
+
+    # the same export served: /v1/diagnose builds the same 17-tile prompt
+    from ray import serve
+
+    from serving.app import build_app
+    from serving.config import AppConfig
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        app = AppConfig(model=export, predictor={"num_cpus": 0.5, "max_replicas": 1}, ingress={"num_cpus": 0.1})
+        serve.run(build_app(app), name="rehearsal", route_prefix="/")
+        url = f"http://127.0.0.1:{port}"
+        health = requests.get(f"{url}/healthz", timeout=60).json()
+        assert health["images"]["splitting"] is True
+        reply = requests.post(f"{url}/v1/diagnose", files={"file": ("page.png", first["image"], "image/png")},
+                              data={"task": "code15", "question": CODE15_Q}, timeout=120)
+        assert reply.status_code == 200, reply.text
+        expected = prompt_tokens({"image": first["image"], "question": CODE15_Q, "meta": None}, True)
+        assert reply.json()["prompt_tokens"] == expected > prompt_tokens({**first, "question": CODE15_Q,
+                                                                          "meta": None}, False) + 16 * 64
+    finally:
+        serve.shutdown()
+
+    capsys.readouterr()
+    assert score.main(["--task", "code15", "--references", f"{data}/val", "--predictions", f"{out}/predictions",
+                       "--json"]) == 0
+    scored = json.loads(capsys.readouterr().out)
+    assert scored["n"] == int((val["task"] == "code15").sum())
+    with capsys.disabled():
+        print(f"\nrehearsal wall time {time.perf_counter() - start:.0f} s")
