@@ -201,6 +201,13 @@ def test_retry_after_forms_and_cache_key():
                             {"max_tokens": 8, "temperature": 0.0})
     with pytest.raises(ValueError, match="neither PNG nor JPEG"):
         build_messages("q", b"GIF89a...", detail=None)
+    # a multi-turn record: its earlier turns first, the image in the first user turn only
+    turns, _ = build_messages("And the rate?", png, detail="low",
+                              history=[{"role": "user", "text": "<image>\nRhythm?"}, {"role": "assistant", "text": "AF"}])
+    assert [m["role"] for m in turns] == ["user", "assistant", "user"]
+    assert turns[0]["content"][0]["type"] == "image_url" and turns[0]["content"][1]["text"] == "Rhythm?"
+    assert turns[1]["content"] == [{"type": "text", "text": "AF"}]
+    assert turns[2]["content"] == [{"type": "text", "text": "And the rate?"}]
 
 
 def _write(folder, frame: pd.DataFrame) -> None:

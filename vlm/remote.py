@@ -72,14 +72,22 @@ def _mime(data: bytes) -> str:
     raise ValueError("image is neither PNG nor JPEG")
 
 
-def build_messages(question: str, image: bytes, *, detail: str | None) -> tuple[list[dict], list[dict]]:
-    """(messages to send, the same with the image replaced by its SHA-256: the cache key's form)."""
-    text = (question or "").replace("<image>", "").strip()
+def build_messages(question: str, image: bytes, *, detail: str | None, history=None) -> tuple[list[dict], list[dict]]:
+    """(messages to send, the same with the image replaced by its SHA-256: the cache key's form). The turns are
+    the in-process model's (``vlm.prompt.chat_messages``: earlier turns of a multi-turn record from ``history``,
+    the image first in the first user turn, no ``<image>`` placeholder)."""
+    from vlm.prompt import chat_messages
+
     url = f"data:{_mime(image)};base64," + base64.b64encode(image).decode()
     part = {"url": url, **({"detail": detail} if detail else {})}
     keyed = {"sha256": hashlib.sha256(image).hexdigest(), **({"detail": detail} if detail else {})}
-    content = lambda img: [{"type": "image_url", "image_url": img}, {"type": "text", "text": text}]  # noqa: E731
-    return [{"role": "user", "content": content(part)}], [{"role": "user", "content": content(keyed)}]
+    turns = chat_messages(question or "", history)
+
+    def with_image(img: dict) -> list[dict]:
+        return [{"role": m["role"], "content": [{"type": "image_url", "image_url": img} if p["type"] == "image"
+                                                else p for p in m["content"]]} for m in turns]
+
+    return with_image(part), with_image(keyed)
 
 
 def cache_key(api_base: str, model: str, keyed_messages: list[dict], decoding: dict) -> str:
@@ -324,7 +332,8 @@ class EndpointStage:
         from ecg.rows import PREDICTION_COLUMNS, require_columns
 
         require_columns(batch.columns, ("id", "task", "image", "question", "answer"), "endpoint stage")
-        rows = batch[["id", "task", "image", "question", "answer"]].to_dict("records")
+        columns = ["id", "task", "image", "question", "answer"] + (["meta"] if "meta" in batch.columns else [])
+        rows = batch[columns].to_dict("records")
         out = list(self.pool.map(self.one, rows))
         return pd.DataFrame(out, columns=list(PREDICTION_COLUMNS) + list(USAGE_COLUMNS))
 
@@ -346,7 +355,10 @@ class EndpointStage:
             if not row["image"]:
                 raise Failure("empty image", retriable=False)
             budget = self.budget(str(row["task"]))
-            messages, keyed = build_messages(row["question"], row["image"], detail=self.cfg.image_detail)
+            from vlm.prompt import row_history
+
+            messages, keyed = build_messages(row["question"], row["image"], detail=self.cfg.image_detail,
+                                             history=row_history(row.get("meta")))
         except (Failure, KeyError, ValueError) as err:
             out["error"] = f"record {rid}: {err.args[0] if err.args else err}"
             return out
