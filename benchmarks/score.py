@@ -69,7 +69,8 @@ def generate(n: int, seed: int, scores: bool) -> pa.Table:
         cols["label_scores"] = pc.binary_join_element_wise(*parts, "")
     else:
         cols["label_scores"] = pa.nulls(n, pa.string())
-    cols.update(model=pa.array(["bench"] * n), error=pa.nulls(n, pa.string()), latency_ms=pa.array(np.zeros(n)))
+    cols.update(model=pa.array(["bench"] * n), error=pa.nulls(n, pa.string()), latency_ms=pa.array(np.zeros(n)),
+                truncated=pa.nulls(n, pa.bool_()))
     return pa.table(cols).cast(PREDICTION_SCHEMA)
 
 

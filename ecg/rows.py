@@ -9,10 +9,12 @@ Prediction row (written by ``evaluate``, read by ``score``)::
 
     {"id": "synth-000017", "task": "code15", "question": "...", "answer": "SB; 1dAVb",
      "prediction": "SB; 1dAVb", "label_scores": '{"SB": 0.93, "AF": 0.02, ...}',
-     "model": "tiny", "error": None, "latency_ms": 41.7, "prompt_tokens": 1139}
+     "model": "tiny", "error": None, "latency_ms": 41.7, "prompt_tokens": 1139, "truncated": False}
 
 ``label_scores`` is a JSON object (label -> probability) or null; ``error`` is null unless the
-record failed, in which case ``prediction`` is empty and the record still counts.
+record failed, in which case ``prediction`` is empty and the record still counts. ``truncated`` is true when
+generation ended at the token budget without a stop token (an endpoint's ``finish_reason == "length"``); shards
+written before the column existed read it as null.
 """
 
 from __future__ import annotations
@@ -44,8 +46,13 @@ PREDICTION_SCHEMA = pa.schema(
         pa.field("error", pa.string()),  # null unless the record failed
         pa.field("latency_ms", pa.float64()),
         pa.field("prompt_tokens", pa.int64()),  # tokens of the prompt the model read (image tokens included)
+        pa.field("truncated", pa.bool_()),  # the answer filled its token budget (no stop token); null: unknown
     ]
 )
+
+# Extra columns of rows from an endpoint (vlm.remote): summed by the driver into run.json, not stored per row.
+# sent_*: tokens of the requests sent in this run (0 for an answer from the cache)
+USAGE_COLUMNS = ("requests", "retries", "cache_hit", "sent_prompt_tokens", "sent_completion_tokens")
 
 SAMPLE_COLUMNS = tuple(SAMPLE_SCHEMA.names)
 PREDICTION_COLUMNS = tuple(PREDICTION_SCHEMA.names)
@@ -56,3 +63,24 @@ def require_columns(columns, needed, where: str) -> None:
     missing = [c for c in needed if c not in set(columns)]
     if missing:
         raise KeyError(f"{where}: missing column(s) {missing}; have {sorted(columns)}")
+
+
+def add_usage(totals: dict, batch) -> dict:
+    """Add a pyarrow batch's USAGE_COLUMNS into ``totals`` (``cache_hit`` as ``cache_hits``, ``sent_*`` without the
+    prefix); a batch without them (an in-process model) adds nothing. Example: ``add_usage({}, table)["requests"]``."""
+    import pyarrow.compute as pc
+
+    for col in USAGE_COLUMNS:
+        if col in batch.column_names:
+            key = "cache_hits" if col == "cache_hit" else col.removeprefix("sent_")
+            totals[key] = int(totals.get(key, 0)) + int(pc.sum(pc.cast(batch.column(col), "int64")).as_py() or 0)
+    return totals
+
+
+def cost_usd(totals: dict, price_input_per_mtok: float | None, price_output_per_mtok: float | None) -> float | None:
+    """Estimated USD of the tokens sent, from prices per million prompt / completion tokens (None: no price).
+    Example: ``cost_usd({"prompt_tokens": 2000, "completion_tokens": 0}, 2.5, 10.0) == 0.005``."""
+    if price_input_per_mtok is None and price_output_per_mtok is None:
+        return None
+    return round((totals.get("prompt_tokens", 0) * (price_input_per_mtok or 0)
+                  + totals.get("completion_tokens", 0) * (price_output_per_mtok or 0)) / 1e6, 6)

@@ -124,6 +124,9 @@ class ShardWriter:
     def add(self, table: pa.Table | pa.RecordBatch) -> None:
         table = pa.Table.from_batches([table]) if isinstance(table, pa.RecordBatch) else table
         if self.schema is not None:
+            for field in self.schema:  # a nullable column the producer does not know yet is written as nulls
+                if field.name not in table.column_names and field.nullable:
+                    table = table.append_column(field.name, pa.nulls(table.num_rows, field.type))
             table = table.select(self.schema.names).cast(self.schema)
         self.buffer.append(table)
         self.buffered += table.num_rows

@@ -38,7 +38,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.json as pajson
 
-from metrics import parsing
+from metrics import parsing, study
 from metrics.anls import anls_codes
 from metrics.tasks import CHOICE, MULTILABEL, SETMATCH, Task
 
@@ -189,6 +189,9 @@ def batch_stats(task: Task, frame: pd.DataFrame) -> dict:
     elif task.kind == SETMATCH:
         question = frame["question"] if "question" in frame else pd.Series([""] * len(frame), dtype=object)
         stats.update(_setmatch_stats((gc, np.array(gu, dtype=object)), text, question, bucket))
+    stats.update(study.batch_stats(task, (gc, gu), (tc, tu)))  # the smolvlm-study protocol's counts
+    # answers cut by the token budget (no stop token); shards written before the column existed have none
+    stats["truncated"] = int(frame["truncated"].fillna(False).astype(bool).sum()) if "truncated" in frame else 0
     return stats
 
 

@@ -15,7 +15,6 @@ import io
 
 from ecg import storage
 
-# ECGBENCH.md "Published numbers on CODE-15" (F1 / AUC / HL, x100): facts from the papers, not rerun here.
 # ECGBENCH.md "Published numbers on CODE-15" (F1 / AUC / HL / ANLS, x100; None where the paper gives none):
 # facts from the papers, not rerun here.
 PUBLISHED_CODE15 = (
@@ -30,6 +29,11 @@ PUBLISHED_CODE15 = (
     ("SmolVLM-256M fine-tuned (a prior study)", 27.5, 65.3, 16.5, 68.7, "not scored with this protocol"),
 )
 PUBLISHED_NOTE = "published, not rerun here"
+# how the published models are named at their endpoints or on the hub (lower-case substrings of --model):
+# a run of one of them is set right below its published row and the row is marked as rerun
+RUN_NAMES = {"GPT-4o": ("gpt-4o",), "Gemini 1.5 Pro": ("gemini-1.5-pro",),
+             "Claude 3.5 Sonnet": ("claude-3-5-sonnet", "claude-3.5-sonnet"), "LLaVA-Med": ("llava-med",),
+             "MiniCPM-V-2.6": ("minicpm-v-2_6", "minicpm-v-2.6"), "PULSE-7B": ("pulse-7b",), "GEM-7B": ("gem-7b",)}
 
 
 def _f(v, ci=None) -> str:
@@ -80,27 +84,131 @@ def format_table(results: dict) -> str:
     if classes:
         parts += ["", _text_table(CLASS_HEADER, classes)]
     for name, r in results.items():
+        sv = r.get("smolvlm-study") or {}
+        if "f1" in sv:
+            parts.append(f"{name}: smolvlm-study protocol F1 {_f(sv['f1'])}, AUC {_f(sv['auc'])}, "
+                         f"HL {_f(sv['hamming_loss'])}, ANLS {_f(sv['anls'])}")
+        jd = r.get("judge") or {}
+        if jd:
+            parts.append(f"{name}: judge {jd['model']} (prompt {jd['prompt_version']}): score {_f(jd['score'])} "
+                         f"(Diagnosis {_f(jd['diagnosis'])}, Waveform {_f(jd['waveform'])}, Rhythm {_f(jd['rhythm'])}; "
+                         f"{jd['judged']} judged, {jd['failed']} failed)")
         parts += [f"{name}: {w}" for w in r.get("warnings", [])]
         parts += [f"{name}: {n}" for n in (r.get("ecgbench") or {}).get("notes", [])]
     return "\n".join(parts)
 
 
-def published_rows(results: dict, ours_label: str = "ours, this run") -> list[list[str]]:
-    rows = [[m, _f(f1), _f(auc), _f(hl), _f(anls), f"{src}; {PUBLISHED_NOTE}"]
-            for m, f1, auc, hl, anls, src in PUBLISHED_CODE15]
+def rerun_of(model: str | None) -> str | None:
+    """The published row a ``--model`` reruns (``openai:gpt-4o-2024-08-06`` -> "GPT-4o"), or None."""
+    low = (model or "").lower()
+    hits = [name for name, keys in RUN_NAMES.items() if any(k in low for k in keys)]
+    return max(hits, key=len) if hits else None
+
+
+def _run_rows(r: dict, label: str, when: str) -> list[list[str]]:
+    """A run's CODE-15 rows: the ECGBench protocol, and the prior study's protocol on the same predictions."""
+    rows = [[label, _f(r.get("f1")), _f(r.get("auc")), _f(r.get("hamming_loss")), _f(r.get("anls")),
+             f"ECGBench protocol, n={r.get('n')}; {when}"]]
+    sv = r.get("smolvlm-study") or {}
+    if "f1" in sv:
+        rows.append([f"{label} (smolvlm-study protocol)", _f(sv.get("f1")), _f(sv.get("auc")),
+                     _f(sv.get("hamming_loss")), _f(sv.get("anls")),
+                     f"the prior study's evaluator on the same predictions, n={r.get('n')}; {when}"])
+    return rows
+
+
+def published_rows(results: dict, ours_label: str = "ours, this run", *, model: str | None = None,
+                   earlier: list[dict] | None = None) -> list[list[str]]:
+    """The published CODE-15 rows with the runs: this run (``results``, ``model``) and named earlier runs
+    (``earlier``: ``{"model", "result", "where"}`` each). A run of a published model sits right below its published
+    row, which is marked "rerun"; other runs follow the table. Rows never run stay "published, not rerun here"."""
+    runs = []  # (published row it reruns or None, its rows)
+    if results.get("code15"):
+        label = f"{model}, this run" if model else ours_label
+        runs.append((rerun_of(model), _run_rows(results["code15"], label, "run here")))
+    for e in earlier or []:
+        if (e.get("result") or {}).get("n"):
+            runs.append((rerun_of(e.get("model")), _run_rows(e["result"], f"{e.get('model')}, earlier run",
+                                                             f"run earlier: {e.get('where')}")))
+    rows = []
+    for m, f1, auc, hl, anls, src in PUBLISHED_CODE15:
+        mine = [r for of, rs in runs if of == m for r in rs]
+        note = f"{src}; published, rerun below" if mine else f"{src}; {PUBLISHED_NOTE}"
+        rows += [[m, _f(f1), _f(auc), _f(hl), _f(anls), note]] + mine
+    return rows + [r for of, rs in runs if of is None for r in rs]
+
+
+def earlier_runs(uris: str | None) -> list[dict]:
+    """``{"model", "result", "where"}`` of earlier ``ecgvlm evaluate --out`` folders (comma-separated, local or
+    s3://): their run.json model and metrics.json CODE-15 result. A folder without them is named in the error."""
+    import json
+
+    out = []
+    for uri in [u.strip() for u in (uris or "").split(",") if u.strip()]:
+        try:
+            run = json.loads(storage.read_text(storage.join(uri, "run.json")))
+            metrics = json.loads(storage.read_text(storage.join(uri, "metrics.json")))
+        except (FileNotFoundError, OSError, ValueError) as err:
+            raise FileNotFoundError(f"--compare {uri}: not an evaluate output folder (run.json, metrics.json): "
+                                    f"{err}") from None
+        out.append({"model": run.get("model"), "result": metrics.get("code15") or {}, "where": uri})
+    return out
+
+
+PROTOCOL_HEADER = ["protocol", "F1", "AUC", "HL", "ANLS", "n"]
+
+
+def protocol_rows(results: dict) -> list[list[str]]:
+    """CODE-15 by protocol on the same predictions: ecgbench, smolvlm-study, strict (macro F1)."""
     r = results.get("code15")
-    if r:
-        rows.append([ours_label, _f(r.get("f1")), _f(r.get("auc")), _f(r.get("hamming_loss")), _f(r.get("anls")),
-                     f"ECGBench protocol, n={r.get('n')}"])
+    if not r:
+        return []
+    rows = []
+    if "ecgbench" in r:
+        rows.append(["ecgbench", _f(r.get("f1")), _f(r.get("auc")), _f(r.get("hamming_loss")), _f(r.get("anls")),
+                     str(r.get("n"))])
+    sv = r.get("smolvlm-study") or {}
+    if "f1" in sv:
+        rows.append(["smolvlm-study", _f(sv["f1"]), _f(sv["auc"]), _f(sv["hamming_loss"]), _f(sv["anls"]),
+                     str(r.get("n"))])
+    st = r.get("strict") or {}
+    if st.get("f1_macro") is not None:
+        rows.append(["strict (macro)", _f(st.get("f1_macro")), _f(st.get("auc")), _f(st.get("hamming_loss")),
+                     _f(st.get("anls")), str(r.get("n"))])
+    return rows
+
+
+RUN_HEADER = ["what", "value"]
+
+
+def run_rows(run: dict | None) -> list[list[str]]:
+    """The run's model, decoding, rows, speed, answers cut by the budget, and an endpoint's requests and cost."""
+    if not run:
+        return []
+    rows = [["model", str(run.get("model"))], ["decoding", str(run.get("decoding", "-"))],
+            ["new rows (errors)", f"{run.get('new_rows')} ({run.get('new_errors')})"],
+            ["rows/s", _f(run.get("rows_per_s"))]]
+    cut = {t: k for t, k in (run.get("truncated") or {}).items() if k}
+    rows.append(["answers cut by the token budget", ", ".join(f"{t}: {k}" for t, k in cut.items()) or "none"])
+    ep = run.get("endpoint")
+    if ep:
+        rows += [["endpoint", f"{ep.get('api_base')} ({ep.get('model')})"],
+                 ["requests sent (retries)", f"{ep.get('requests', 0)} ({ep.get('retries', 0)})"],
+                 ["answers from the cache", str(ep.get("cache_hits", 0))],
+                 ["tokens sent: prompt / completion",
+                  f"{ep.get('prompt_tokens', 0)} / {ep.get('completion_tokens', 0)}"],
+                 ["estimated cost, USD", "-" if ep.get("cost_usd") is None else f"{ep['cost_usd']:.4f}"]]
     return rows
 
 
 PUBLISHED_HEADER = ["model", "F1", "AUC", "HL", "ANLS", "source"]
 
 
-def published_table(results: dict, ours_label: str = "ours, this run") -> str:
-    """The published CODE-15 rows (marked "published, not rerun here") with ours below, as plain text."""
-    return "CODE-15 (F1 / AUC / HL / ANLS, x100)\n" + _text_table(PUBLISHED_HEADER, published_rows(results, ours_label))
+def published_table(results: dict, ours_label: str = "ours, this run", *, model: str | None = None,
+                    earlier: list[dict] | None = None) -> str:
+    """The published CODE-15 rows (marked "published, not rerun here") with the runs, as plain text."""
+    return "CODE-15 (F1 / AUC / HL / ANLS, x100)\n" + _text_table(
+        PUBLISHED_HEADER, published_rows(results, ours_label, model=model, earlier=earlier))
 
 
 def _md_table(header, rows) -> str:
@@ -167,11 +275,18 @@ def sample_rows(samples, k: int = 8) -> list[list[str]]:
     return [[str(v)[:200] for v in row] for row in rows.itertuples(index=False)], cols
 
 
-def write_report(results: dict, out_uri: str, samples=None) -> dict:
-    """Write ``report.md`` and ``report.html`` under ``out_uri`` (local or s3://); returns their URIs."""
+def write_report(results: dict, out_uri: str, samples=None, *, run: dict | None = None,
+                 earlier: list[dict] | None = None) -> dict:
+    """Write ``report.md`` and ``report.html`` under ``out_uri`` (local or s3://); returns their URIs.
+    ``run``: the evaluate job's run.json (model, decoding, speed, an endpoint's requests, tokens and cost);
+    ``earlier``: runs to set in the comparison table beside this one (:func:`earlier_runs`)."""
     results = {k: v for k, v in results.items()}
     sections = [("Tasks", TASK_HEADER, task_rows(results)), ("Per class", CLASS_HEADER, class_rows(results)),
-                ("CODE-15: published numbers beside ours", PUBLISHED_HEADER, published_rows(results))]
+                ("CODE-15 by protocol, same predictions", PROTOCOL_HEADER, protocol_rows(results)),
+                ("CODE-15: published numbers beside ours", PUBLISHED_HEADER,
+                 published_rows(results, model=(run or {}).get("model"), earlier=earlier))]
+    if run:
+        sections.insert(0, ("Run", RUN_HEADER, run_rows(run)))
     got = sample_rows(samples)
     if got:
         rows, cols = got
@@ -180,7 +295,8 @@ def write_report(results: dict, out_uri: str, samples=None) -> dict:
              for w in list(r.get("warnings", [])) + list((r.get("ecgbench") or {}).get("notes", []))]
     title = "ecgvlm score report"
     intro = ("ECGBench protocol: the published rules (x100, one decimal). Strict: whole-token, case-insensitive "
-             "parsing with synonyms, no random letters, 95% bootstrap intervals. Published rows are marked "
+             "parsing with synonyms, no random letters, 95% bootstrap intervals. smolvlm-study: the prior SmolVLM "
+             "study's own CODE-15 evaluator on the same predictions. Published rows are marked "
              f"\"{PUBLISHED_NOTE}\".")
     md = [f"# {title}", "", intro, ""]
     for head, header, rows in sections:

@@ -34,10 +34,11 @@ import warnings
 import numpy as np
 import pandas as pd
 
+from metrics import study
 from metrics.reduce import batch_stats
 from metrics.tasks import CHOICE, MULTILABEL, SETMATCH, Task, get_task
 
-PROTOCOLS = ("ecgbench", "strict", "both")
+PROTOCOLS = ("ecgbench", "strict", "both", study.NAME, "all")  # both: ecgbench + strict; all: the three
 N_BOOT = 1000
 REFERENCE_SEED = 42  # the reference draws random letters from random.seed(42)
 # the choice tasks in the order the reference's whole run scores them (eval_mmmu, then eval_csn_test, then
@@ -270,19 +271,23 @@ def finalize(task: Task | str, st: dict, *, protocol: str = "both", seed: int = 
     n = st["n"]
     result = {"task": task.name, "version": task.version, "kind": task.kind, "protocol": protocol, "n": n,
               "errors": st["errors"], "empty_predictions": st["empty"],
-              "anls": pct1(_div(st["anls_bucket"].sum(), n))}
+              "anls": pct1(_div(st["anls_bucket"].sum(), n)), "truncated": int(st.get("truncated", 0))}
     notes = []
     if st["errors"]:
         notes.append(f"{st['errors']} of {n} rows have `error` set: scored as empty predictions (wrong)")
     if st["empty"]:
         notes.append(f"{st['empty']} of {n} rows have an empty prediction")
-    if protocol in ("ecgbench", "both"):
+    if result["truncated"]:
+        notes.append(f"{result['truncated']} of {n} answers ended at the token budget (no stop token)")
+    if protocol in ("ecgbench", "both", "all"):
         eb = st if ecgbench_stats is None else ecgbench_stats
         top, details = _ecgbench(task, eb, rng)
         result.update(top)
         result["ecgbench"] = {"n": eb["n"], **details}
-    if protocol in ("strict", "both"):
+    if protocol in ("strict", "both", "all"):
         result["strict"] = _strict(task, st, seed)
+    if protocol in (study.NAME, "all"):
+        result[study.NAME] = study.finalize(task, st)
     result["warnings"] = notes
     return result
 

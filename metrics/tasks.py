@@ -231,3 +231,31 @@ FREETEXT_TASK = register(
                     "follow-up turns that fit no benchmark task); ANLS",
     )
 )
+
+# ---- decoding budgets ---------------------------------------------------------------------------------------
+PUBLISHED_MAX_NEW_TOKENS = 1024  # ECGBench (PULSE) decodes greedy with max_new_tokens 1024 for every task
+DECODINGS = ("ecgbench", "fast")
+
+
+def budgets(decoding: str = "ecgbench", overrides: str | dict | None = None) -> dict[str, int]:
+    """Max new tokens per task name: ``ecgbench`` gives every task the paper's 1024; ``fast`` each task's own
+    short budget (``Task.max_new_tokens``: enough for its answer form, for smoke runs and models that do not stop);
+    ``overrides`` (``"code15=64,ecgqa=128"`` or a dict; names or aliases) win over either.
+
+    Example: ``budgets("fast", "code15-test=64")["code15"] == 64``; ``budgets()["mmmu"] == 1024``.
+    """
+    if decoding not in DECODINGS:
+        raise ValueError(f"decoding must be one of {DECODINGS}, got {decoding!r}")
+    out = {t.name: (PUBLISHED_MAX_NEW_TOKENS if decoding == "ecgbench" else t.max_new_tokens) for t in all_tasks()}
+    if isinstance(overrides, str):
+        pairs = [p.strip() for p in overrides.split(",") if p.strip()]
+        parsed = {}
+        for pair in pairs:
+            name, sep, value = pair.partition("=")
+            if not sep or not value.strip().isdigit() or int(value) < 1:
+                raise ValueError(f"max_new_tokens: {pair!r} is not TASK=N with N >= 1 (e.g. code15=64)")
+            parsed[name.strip()] = int(value)
+        overrides = parsed
+    for name, value in (overrides or {}).items():
+        out[get_task(name).name] = int(value)  # an unknown task name raises, naming the known ones
+    return out

@@ -2,10 +2,12 @@
 
     ecgvlm evaluate --model tiny --data ./data/synth --split test --out ./runs/eval
     ecgvlm evaluate --model ./runs/tiny/export --data s3://ecg/bench --out s3://ecg/eval --num-gpus 1 --max-actors 4
+    ecgvlm evaluate --model openai:gpt-4o --api-base https://api.openai.com/v1 --data s3://ecg/bench --out s3://ecg/g4o
 
 Reads ``<data>/<split>/*.parquet`` (or ``<data>`` itself), skips ids already in ``<out>/predictions/``
 (resumable: rerun the same command after a crash), maps batches through ``PredictorActor`` (one
-``vlm.Predictor`` per actor, ``vlm.predict_rows`` per batch) on an autoscaling actor pool, and writes the
+``vlm.Predictor`` per actor, ``vlm.predict_rows`` per batch) on an autoscaling actor pool (or, for
+``openai:NAME``, through ``vlm.remote.EndpointStage`` on one actor that holds the endpoint's limits), writes the
 prediction rows as shards named ``<run>-<k>.parquet``, each made visible only when complete. Then
 ``metrics.json``, ``report.md`` and ``report.html`` beside them.
 """
@@ -13,8 +15,10 @@ prediction rows as shards named ``<run>-<k>.parquet``, each made visible only wh
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -46,8 +50,29 @@ class EvaluateConfig(BaseModel):
     memory_gb: float | None = Field(None, gt=0, description="memory reserved per actor, GiB (256M on CPU: about 2)")
     rows_per_shard: int = Field(256, ge=1, description="prediction rows per output shard")
     max_batches: int | None = Field(None, ge=1, description="stop after this many batches (smoke runs)")
-    protocol: str = Field("both", description="scoring protocol: ecgbench, strict or both")
+    protocol: str = Field("all", description="scoring protocol: ecgbench, strict, both (the two), smolvlm-study "
+                                              "or all (the three)")
     progress_s: float = Field(10.0, description="seconds between progress lines")
+    # decoding (every model) and OpenAI-compatible endpoints (--model openai:NAME)
+    decoding: Literal["ecgbench", "fast"] = Field(
+        "ecgbench", description="token budgets: ecgbench = the paper's 1024 per answer (a trained model stops at its "
+                                "end token, so it costs nothing); fast = each task's short budget (smoke runs, "
+                                "random-weight models, which never stop)")
+    max_new_tokens: str | None = Field(None, description="per-task budgets over --decoding, e.g. code15=64,ecgqa=128")
+    api_base: str | None = Field(None, description="openai:NAME: base URL of the chat-completions API")
+    api_key_env: str = Field("OPENAI_API_KEY", description="openai:NAME: environment variable holding the API key")
+    cache: str | None = Field(None, description="openai:NAME: response cache folder or s3:// (default <out>/cache)")
+    concurrency: int = Field(8, ge=1, description="openai:NAME: requests in flight at once")
+    requests_per_min: float | None = Field(None, gt=0, description="openai:NAME: request limit, requests/min")
+    tokens_per_min: float | None = Field(None, gt=0, description="openai:NAME: token limit, tokens/min")
+    retries: int = Field(4, ge=0, description="openai:NAME: retries per record (429/5xx/timeouts/bad replies)")
+    timeout_s: float = Field(120.0, gt=0, description="openai:NAME: timeout of one request, s")
+    backoff_s: float = Field(1.0, ge=0, description="openai:NAME: first retry wait without Retry-After, s (doubles)")
+    image_detail: str | None = Field("low", description="openai:NAME: image_url detail (low, as PULSE sends GPT-4o)")
+    price_input_per_mtok: float | None = Field(None, ge=0, description="USD per million prompt tokens (cost estimate)")
+    price_output_per_mtok: float | None = Field(None, ge=0, description="USD per million completion tokens")
+    compare: str | None = Field(None, description="earlier --out folders (comma-separated) whose CODE-15 rows the "
+                                                  "report's comparison table shows, marked as run earlier")
     ray_cpus: int | None = Field(None, ge=1, description="CPUs of the local Ray started when none is running "
                                  "(None: every core)")
 
@@ -60,7 +85,7 @@ class EvaluateConfig(BaseModel):
 class PredictorActor:
     """Loads ``vlm.Predictor`` once per actor; each call is ``vlm.predict_rows`` on a pandas batch."""
 
-    def __init__(self, model: str, *, threads: int | None = None, **options):
+    def __init__(self, model: str, *, threads: int | None = None, budgets: dict | None = None, **options):
         if threads:
             import torch
 
@@ -69,9 +94,57 @@ class PredictorActor:
 
         self.predictor = vlm.Predictor(model, **options)
         self._predict = vlm.predict_rows
+        self.budgets = budgets
 
     def __call__(self, batch):
-        return self._predict(self.predictor, batch)
+        return self._predict(self.predictor, batch, budgets=self.budgets)
+
+
+class EndpointActor:
+    """``vlm.remote.EndpointStage`` (an OpenAI-compatible endpoint) built in the actor, so the driver never
+    imports the model stack; each call sends one batch's rows."""
+
+    def __init__(self, config: dict, **options):
+        from vlm.remote import EndpointStage
+
+        self.stage = EndpointStage(config, **options)
+
+    def __call__(self, batch):
+        return self.stage(batch)
+
+
+def endpoint_name(model: str) -> str | None:
+    """``openai:gpt-4o`` -> ``gpt-4o``; None for an in-process model."""
+    return model.split(":", 1)[1] if model.startswith("openai:") else None
+
+
+def tasks_budgets(cfg: EvaluateConfig) -> dict[str, int]:
+    from metrics.tasks import budgets
+
+    return budgets(cfg.decoding, cfg.max_new_tokens)
+
+
+def endpoint_config(cfg: EvaluateConfig) -> dict:
+    """The ``vlm.remote.EndpointConfig`` of ``--model openai:NAME`` (the cache under ``<out>/cache`` by default)."""
+    from ecg import storage
+
+    if not cfg.api_base:
+        raise ValueError(f"--model {cfg.model} needs --api-base (e.g. https://api.openai.com/v1)")
+    return {"model": endpoint_name(cfg.model), "api_base": cfg.api_base,
+            "cache": cfg.cache or storage.join(cfg.out, "cache"), "concurrency": cfg.concurrency,
+            "requests_per_min": cfg.requests_per_min, "tokens_per_min": cfg.tokens_per_min, "retries": cfg.retries,
+            "timeout_s": cfg.timeout_s, "backoff_s": cfg.backoff_s, "image_detail": cfg.image_detail}
+
+
+def api_key(cfg: EvaluateConfig) -> str:
+    """The key in ``$api_key_env``. A server on this machine (``ecgvlm serve``, a local vLLM) may need none; any
+    other endpoint without a key fails here, not with one 401 per record later."""
+    from urllib.parse import urlparse
+
+    key = os.environ.get(cfg.api_key_env, "")
+    if not key and (urlparse(cfg.api_base or "").hostname or "") not in ("127.0.0.1", "localhost", "::1"):
+        raise ValueError(f"no API key: set ${cfg.api_key_env} (or name another variable with --api-key-env)")
+    return key or "unused"
 
 
 def _samples_uri(cfg: EvaluateConfig) -> str:
@@ -110,8 +183,16 @@ def build_dataset(cfg: EvaluateConfig, done):
     # One block per predictor batch: an actor task's output reaches the driver (and a shard) per batch,
     # not per input file, so progress is live and a killed run loses at most the rows in flight.
     ds = ds.repartition(target_num_rows_per_block=cfg.batch_size)
+    budgets = tasks_budgets(cfg)
+    if endpoint_name(cfg.model):
+        # one actor: it holds the endpoint's concurrency and rate limits; its threads wait on the network
+        return ds.map_batches(
+            EndpointActor, fn_constructor_args=(endpoint_config(cfg),),
+            fn_constructor_kwargs={"api_key": api_key(cfg), "budgets": budgets},
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=1), batch_size=cfg.batch_size,
+            batch_format="pandas", num_cpus=min(cfg.num_cpus, 0.25))
     options = {"adapter": cfg.adapter, "image_splitting": cfg.image_splitting, "longest_edge": cfg.longest_edge,
-               "device": cfg.device, "dtype": cfg.dtype, "threads": cfg.threads}
+               "device": cfg.device, "dtype": cfg.dtype, "threads": cfg.threads, "budgets": budgets}
     return ds.map_batches(
         PredictorActor, fn_constructor_args=(cfg.model,), fn_constructor_kwargs=options,
         compute=ray.data.ActorPoolStrategy(min_size=cfg.min_actors, max_size=cfg.max_actors),
@@ -124,10 +205,14 @@ def run_predictions(cfg: EvaluateConfig, ds, pred_uri: str, todo: int) -> dict:
     from ecg import shards
     from ecg.rows import PREDICTION_SCHEMA
 
+    from ecg.rows import add_usage, cost_usd
+
     writer = shards.ShardWriter(pred_uri, rows_per_shard=cfg.rows_per_shard, schema=PREDICTION_SCHEMA)
     start = last = time.perf_counter()
     rows = errors = batches = 0
+    usage: dict = {}
     for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None) if todo else ():
+        add_usage(usage, batch)  # endpoint rows carry requests, retries, cache hits and tokens
         writer.add(batch)
         rows, batches = rows + batch.num_rows, batches + 1
         errors += batch.num_rows - batch.column("error").null_count
@@ -138,8 +223,13 @@ def run_predictions(cfg: EvaluateConfig, ds, pred_uri: str, todo: int) -> dict:
             break
     writer.close()
     wall = time.perf_counter() - start
-    return {"new_rows": rows, "new_errors": errors, "shards_written": writer.written, "predict_s": round(wall, 2),
-            "rows_per_s": round(rows / wall, 3) if rows else None}
+    out = {"new_rows": rows, "new_errors": errors, "shards_written": writer.written, "predict_s": round(wall, 2),
+           "rows_per_s": round(rows / wall, 3) if rows else None}
+    if endpoint_name(cfg.model):
+        out["endpoint"] = {"api_base": cfg.api_base, "model": endpoint_name(cfg.model),
+                           "cache": endpoint_config(cfg)["cache"], **usage,
+                           "cost_usd": cost_usd(usage, cfg.price_input_per_mtok, cfg.price_output_per_mtok)}
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,20 +237,31 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = load_config(EvaluateConfig, argv, prog="ecgvlm evaluate", doc=__doc__)
     # Predictor actors need not share the driver's working directory: local paths travel as absolute paths.
-    cfg = launch.absolute_paths(cfg, "data", "out", "model", "adapter")
+    cfg = launch.absolute_paths(cfg, "data", "out", "model", "adapter", "cache", outputs=("data", "out", "cache"))
+    if endpoint_name(cfg.model):
+        try:  # a missing --api-base or key fails here, before any cluster starts
+            endpoint_config(cfg), api_key(cfg)
+        except ValueError as err:
+            print(f"ecgvlm evaluate: {err}", file=sys.stderr)
+            return 2
     import pyarrow as pa
 
     from ecg import shards, storage
+    from metrics.report import earlier_runs, write_report
     from vlm.load import load_processor
 
+    earlier = earlier_runs(cfg.compare)  # read first: a wrong folder fails now, not after the predictions
     start = time.perf_counter()
     pred_uri = storage.join(cfg.out, "predictions")
     done_ids, _ = shards.predicted_ids(pred_uri)
     done = pa.array(sorted(done_ids), pa.string())  # one compact array shipped to every filter task
     todo = count_todo(cfg, done)
-    images = load_processor(cfg.model, image_splitting=cfg.image_splitting, longest_edge=cfg.longest_edge)
-    print(f"evaluate: {todo} rows to predict, {len(done)} already in {pred_uri}; {images.describe_images()}",
-          flush=True)
+    if endpoint_name(cfg.model):  # the stored page goes as it is; the endpoint's own processor prepares it
+        described, images_run = "pages sent as stored (the endpoint prepares them)", {"from": "endpoint"}
+    else:
+        images = load_processor(cfg.model, image_splitting=cfg.image_splitting, longest_edge=cfg.longest_edge)
+        described, images_run = images.describe_images(), {**images.images.to_dict(), "from": images.images_from}
+    print(f"evaluate: {todo} rows to predict, {len(done)} already in {pred_uri}; {described}", flush=True)
     started = False  # nothing left to predict: no cluster, no model load
     if todo:
         started = launch.start(cfg.bundles(), what="ecgvlm evaluate", num_cpus=cfg.ray_cpus,
@@ -174,13 +275,14 @@ def main(argv: list[str] | None = None) -> int:
 
             ray.shutdown()
     run.update(model=cfg.model, adapter=cfg.adapter, data=cfg.data, split=cfg.split, skipped=len(done), **totals,
-               images={**images.images.to_dict(), "from": images.images_from},
+               decoding=cfg.decoding, max_new_tokens=tasks_budgets(cfg),
+               truncated={t: r.get("truncated", 0) for t, r in results.items()},
+               images=images_run,
                wall_s=round(time.perf_counter() - start, 2))
     storage.write_text(storage.join(cfg.out, "metrics.json"), json.dumps(results, indent=2, default=str))
     storage.write_text(storage.join(cfg.out, "run.json"), json.dumps(run, indent=2, default=str))
-    from metrics.report import write_report
-
-    write_report(results, cfg.out, shards.read_predictions(pred_uri, first_files=1).head(20))
+    write_report(results, cfg.out, shards.read_predictions(pred_uri, first_files=1).head(20), run=run,
+                 earlier=earlier)
     print(f"evaluate: {run['new_rows']} new rows ({run['new_errors']} errors), {len(done)} already done, "
           f"{totals['rows']} predictions in all ({totals['errors']} errors), {run['wall_s']:.1f} s -> {cfg.out}",
           flush=True)

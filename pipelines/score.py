@@ -32,10 +32,18 @@ class ScoreConfig(BaseModel):
     references: str | None = Field(None, description="references file/folder (local or s3://); None: use the "
                                                      "predictions' own `answer` column")
     predictions: str = Field(..., description="predictions file/folder (local or s3://)")
-    protocol: Literal["ecgbench", "strict", "both"] = Field("both", description="which protocol(s) to compute")
+    protocol: Literal["ecgbench", "strict", "both", "smolvlm-study", "all"] = Field(
+        "both", description="which protocol(s): ecgbench, strict, both (the two), smolvlm-study (the prior study's "
+                            "CODE-15 evaluator) or all (the three)")
     json_out: bool = Field(False, description="print one JSON object instead of the table")
     report: str | None = Field(None, description="folder (local or s3://) for report.md and report.html")
     seed: int = Field(0, description="bootstrap seed of the strict protocol's 95% intervals")
+    judge: str | None = Field(None, description="openai:NAME: an LLM judge scores free-text reports (ptbxl-report)")
+    judge_base: str | None = Field(None, description="base URL of the judge's chat-completions API")
+    judge_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the judge's API key")
+    judge_cache: str | None = Field(None, description="judge reply cache (folder or s3://; default "
+                                                      "<report or predictions folder>/judge-cache)")
+    judge_concurrency: int = Field(8, ge=1, description="judge requests in flight at once")
     random_order: Literal["task", "benchmark"] = Field(
         "task", description="stream of the ecgbench protocol's random letters for unparsable choice answers: "
                             "`task` = random.seed(42) for this task alone; `benchmark` = the reference's whole "
@@ -61,10 +69,15 @@ def parse_args(argv) -> ScoreConfig:
     p.add_argument("--task")
     p.add_argument("--references")
     p.add_argument("--predictions")
-    p.add_argument("--protocol", choices=["ecgbench", "strict", "both"])
+    p.add_argument("--protocol", choices=["ecgbench", "strict", "both", "smolvlm-study", "all"])
     p.add_argument("--json", dest="json_out", action="store_true", default=None)
     p.add_argument("--report")
     p.add_argument("--seed", type=int)
+    p.add_argument("--judge", help="openai:NAME of an LLM judge for free-text reports (ptbxl-report)")
+    p.add_argument("--judge-base", help="base URL of the judge's API, e.g. https://api.openai.com/v1")
+    p.add_argument("--judge-key-env", help="environment variable with the judge's key (default OPENAI_API_KEY)")
+    p.add_argument("--judge-cache", help="judge reply cache folder or s3:// URI")
+    p.add_argument("--judge-concurrency", type=int)
     p.add_argument("--random-order", choices=["task", "benchmark"])
     p.add_argument("--drawn-before", type=_counts, help="TASK=N[,TASK=N]: e.g. mmmu=12,csn=40")
     args = vars(p.parse_args(argv))
@@ -92,8 +105,38 @@ def score_files(cfg: ScoreConfig) -> dict:
         result["ecgbench"].update(random_order=cfg.random_order, drawn_before=cfg.drawn_before)
     result["warnings"] = counts.pop("warnings") + result["warnings"]
     result["input"] = counts
+    if cfg.judge:
+        result["judge"] = judge_frame(cfg, frame)
     result["_samples"] = frame
     return result
+
+
+def judge_frame(cfg: ScoreConfig, frame) -> dict:
+    """The ``judge`` section: ``vlm.remote.judge_rows`` over the joined rows, summarised (metrics/judge.py)."""
+    import os
+    from urllib.parse import urlparse
+
+    from ecg import storage
+    from metrics.judge import JUDGED_TASKS, summarize
+    from metrics.tasks import get_task
+    from vlm.remote import judge_rows
+
+    task = get_task(cfg.task).name
+    if task not in JUDGED_TASKS:
+        raise ValueError(f"--judge scores {list(JUDGED_TASKS)} only (its rubric is the report rubric), not {task}")
+    if not cfg.judge.startswith("openai:") or not cfg.judge_base:
+        raise ValueError("--judge takes openai:NAME and needs --judge-base URL")
+    key = os.environ.get(cfg.judge_key_env, "")
+    if not key and (urlparse(cfg.judge_base).hostname or "") not in ("127.0.0.1", "localhost", "::1"):
+        raise ValueError(f"no API key for the judge: set ${cfg.judge_key_env} (or --judge-key-env)")
+    base = cfg.report or (cfg.predictions if not cfg.predictions.endswith((".jsonl", ".json", ".parquet"))
+                          else os.path.dirname(cfg.predictions) or ".")
+    config = {"model": cfg.judge.split(":", 1)[1], "api_base": cfg.judge_base, "concurrency": cfg.judge_concurrency,
+              "cache": cfg.judge_cache or storage.join(storage.absolute(base), "judge-cache")}
+    rows = judge_rows(frame, config, api_key=key or "unused")
+    out = summarize(rows.to_dict("records"), model=cfg.judge, api_base=cfg.judge_base)
+    out.update(requests=int(rows["requests"].sum()), cache_hits=int(rows["cache_hit"].sum()), cache=config["cache"])
+    return out
 
 
 def score_dataset(predictions_uri: str, *, protocol: str = "both", seed: int = 0,
@@ -140,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     try:
         result = score_files(cfg)
-    except (FileNotFoundError, KeyError, ValueError) as e:
+    except (FileNotFoundError, KeyError, ValueError, ImportError) as e:
         message = e.args[0] if isinstance(e, KeyError) and e.args else e  # KeyError's str() adds quotes
         print(f"ecgvlm score: {message}", file=sys.stderr)
         return 2

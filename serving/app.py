@@ -101,14 +101,16 @@ class Predictor:
             except Exception as err:  # noqa: BLE001 - reported to that client as a 4xx
                 out[i] = {"error": str(err)}
         answers = self.predictor.generate_encoded(encoded, max_new_tokens=budget)
+        cut = list(getattr(self.predictor, "last_cut", None) or [None] * len(answers))  # no stop token generated
         tok = self.predictor.tokenizer
-        for i, row, answer in zip(good, encoded, answers):
+        for i, row, answer, ended in zip(good, encoded, answers, cut):
             ids = tok(answer, add_special_tokens=False)["input_ids"]
             if len(ids) > requests[i]["max_new_tokens"]:
                 ids = ids[: requests[i]["max_new_tokens"]]
                 answer = tok.decode(ids, skip_special_tokens=True).strip()
+                ended = True
             out[i] = {"content": answer, "prompt_tokens": int(row["input_ids"].shape[1]),
-                      "completion_tokens": len(ids)}
+                      "completion_tokens": len(ids), "truncated": ended}
         return out
 
 
@@ -259,7 +261,8 @@ class Ingress:
             return _error(InputError(f"the model could not read this request: {out['error']}", status=400,
                                      field="messages"))
         return completion(out["content"], model=served, prompt_tokens=out["prompt_tokens"],
-                          completion_tokens=out["completion_tokens"], max_new_tokens=req["max_new_tokens"])
+                          completion_tokens=out["completion_tokens"], max_new_tokens=req["max_new_tokens"],
+                          truncated=out.get("truncated"))
 
 
 def build_app(args: dict | AppConfig | None = None):

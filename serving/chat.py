@@ -110,8 +110,10 @@ def parse_chat(body: dict, limits: Limits, *, served: str, default_question: str
 
 
 def completion(content: str, *, model: str, prompt_tokens: int, completion_tokens: int,
-               max_new_tokens: int) -> dict:
-    """The OpenAI ``chat.completion`` object for one generated answer."""
+               max_new_tokens: int, truncated: bool | None = None) -> dict:
+    """The OpenAI ``chat.completion`` object for one generated answer; ``truncated`` (the model generated no stop
+    token before the budget) gives ``finish_reason`` "length", else the token count against the budget decides."""
+    cut = truncated if truncated is not None else completion_tokens >= max_new_tokens
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex}",
         "object": "chat.completion",
@@ -121,7 +123,7 @@ def completion(content: str, *, model: str, prompt_tokens: int, completion_token
             "index": 0,
             "message": {"role": "assistant", "content": content},
             # the budget ran out rather than the model ending its answer
-            "finish_reason": "length" if completion_tokens >= max_new_tokens else "stop",
+            "finish_reason": "length" if cut else "stop",
             "logprobs": None,
         }],
         "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,

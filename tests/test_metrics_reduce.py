@@ -18,6 +18,11 @@ QA = "<image>\nWhich? Options: sinus rhythm, atrial fibrillation, none. " \
      "Only answer based on the given Options without any explanation."
 
 
+def with_schema_columns(part: pd.DataFrame) -> pd.DataFrame:
+    """The PREDICTION_SCHEMA columns in order; a nullable column the rows do not carry is null."""
+    return part.assign(**{c: None for c in PREDICTION_SCHEMA.names if c not in part})[list(PREDICTION_SCHEMA.names)]
+
+
 def rows(n=240, seed=0) -> pd.DataFrame:
     """Prediction rows of three tasks, shuffled together; unparsable letters, errors, scores included."""
     rng = np.random.default_rng(seed)
@@ -37,6 +42,7 @@ def rows(n=240, seed=0) -> pd.DataFrame:
     out["id"] = [f"r{i:05d}" for i in range(len(out))]
     out["error"] = np.where(rng.random(len(out)) < 0.03, "decode failed", None)
     out["model"], out["latency_ms"] = "m", 1.0
+    out["truncated"] = rng.random(len(out)) < 0.1  # answers cut by the token budget: counted per task
     return out
 
 
@@ -71,7 +77,7 @@ def test_score_dataset_equals_score_frame(ray_cluster, tmp_path):
     frame = rows()
     half = len(frame) // 2
     for i, part in enumerate((frame.iloc[:half], frame.iloc[half:])):
-        pq.write_table(pa.Table.from_pandas(part[list(PREDICTION_SCHEMA.names)], schema=PREDICTION_SCHEMA,
+        pq.write_table(pa.Table.from_pandas(with_schema_columns(part), schema=PREDICTION_SCHEMA,
                                             preserve_index=False), tmp_path / f"part-{i}.parquet")
     got = score_dataset(str(tmp_path))
     for name, part in by_task(frame).items():
@@ -107,7 +113,7 @@ def test_score_dataset_whole_run_letters_and_list_golds(ray_cluster, tmp_path):
 
     frame = whole_run_rows()
     for i, part in enumerate((frame.iloc[:6], frame.iloc[6:])):
-        pq.write_table(pa.Table.from_pandas(part[list(PREDICTION_SCHEMA.names)], schema=PREDICTION_SCHEMA,
+        pq.write_table(pa.Table.from_pandas(with_schema_columns(part), schema=PREDICTION_SCHEMA,
                                             preserve_index=False), tmp_path / f"part-{i}.parquet")
     got = score_dataset(str(tmp_path), random_order="benchmark")
     # one seed-42 stream: mmmu m0, m1 draw A, A (m0 lucky); csn c0, c1, c2 draw E, D, D (c0, c1 lucky);

@@ -2,13 +2,15 @@
 
 The server is ``ecgvlm serve`` itself (pipelines/serve.py, the golden CLI test): every input format gets
 labels back, the ``openai`` client works unchanged, each bad input is a 4xx with a message while the replica
-keeps serving, and Ctrl-C stops it cleanly (the last test).
+keeps serving, ``ecgvlm evaluate --model openai:tiny`` through it answers as the in-process model does, and
+Ctrl-C stops it cleanly (the last test).
 """
 
 from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 import signal
 import subprocess
@@ -17,6 +19,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import pandas as pd
 import pytest
 import requests
 from conftest import REPO, free_port
@@ -171,6 +174,53 @@ def test_bad_inputs_get_4xx_and_the_replica_keeps_serving(server, uploads):
     not_json = requests.post(f"{server}/v1/chat/completions", data=b"{oops", timeout=30)
     assert not_json.status_code == 400 and "not JSON" in not_json.json()["error"]["message"]
     assert_diagnosis(diagnose(server, [("ecg.png", page_png())]), "png")  # still serving
+
+
+def _samples(folder, n: int) -> list[str]:
+    import pyarrow.parquet as pq
+
+    from ecg import samples
+    from ecg.rows import SAMPLE_SCHEMA
+
+    table = samples.synthetic_batch({"start": [0], "count": [n]}, seed=3, splits={"test": 1.0},
+                                    options=samples.RenderOptions(width=550, height=425))
+    table = table.drop(["split"]).cast(SAMPLE_SCHEMA)
+    os.makedirs(os.path.join(folder, "test"), exist_ok=True)
+    pq.write_table(table, os.path.join(folder, "test", "part-0.parquet"))
+    return table.column("id").to_pylist()
+
+
+def _predictions(out: str):
+    from ecg import shards
+
+    return shards.read_predictions(os.path.join(out, "predictions")).set_index("id").sort_index()
+
+
+def test_evaluate_through_the_endpoint_equals_the_in_process_model(server, ray_cluster, one_torch_thread, tmp_path):
+    """``ecgvlm evaluate --model openai:tiny`` against this server: the same answers and truncation flags as the
+    in-process tiny model (``vlm.predict_rows``, the function evaluate's actors run) on the same rows."""
+    import vlm
+    import pyarrow.parquet as pq
+
+    from pipelines import cli
+
+    data = str(tmp_path / "data")
+    ids = _samples(data, 8)
+    remote = ["evaluate", "--model", "openai:tiny", "--api-base", f"{server}/v1", "--out", str(tmp_path / "remote"),
+              "--data", data, "--decoding", "fast", "--batch-size", "4", "--max-new-tokens", "code15=12"]
+    assert cli.main(remote) == 0
+    served = _predictions(str(tmp_path / "remote"))
+    # the in-process model on the same rows, with the same budget: the function evaluate's actors run
+    rows = pq.read_table(os.path.join(data, "test", "part-0.parquet")).to_pandas()
+    local = vlm.predict_rows(vlm.Predictor("tiny"), rows, budgets={"code15": 12}).set_index("id").sort_index()
+    assert list(served.index) == sorted(ids) and served["error"].isna().all()
+    assert (served["prediction"] == local["prediction"]).all(), pd.concat([local["prediction"], served["prediction"]], axis=1)
+    assert (served["truncated"] == local["truncated"].astype(bool)).all()  # the same 12-token budget cut alike
+    assert (served["model"] == "openai:tiny").all() and served["label_scores"].isna().all()
+    run = json.load(open(tmp_path / "remote" / "run.json"))
+    assert run["endpoint"]["requests"] == 8 and run["endpoint"]["retries"] == 0
+    assert run["endpoint"]["prompt_tokens"] > 8 * 49  # every prompt holds the page's 49 image tokens
+    assert run["max_new_tokens"]["code15"] == 12 and run["truncated"]["code15"] == int(local["truncated"].sum())
 
 
 def test_ctrl_c_stops_the_server(serve_process):

@@ -3,7 +3,8 @@
 Reads columns ``id``, ``task``, ``image`` (PNG/JPEG bytes), ``question``, ``answer`` and, when present, ``meta``
 (``meta["history"]``: the earlier turns of a multi-turn record, put before the question); writes the
 ecg/rows.py PREDICTION_SCHEMA columns. A row whose image does not decode or whose prompt is too long gets
-``error`` (naming the id) and an empty ``prediction``; the other rows of the batch proceed.
+``error`` (naming the id) and an empty ``prediction``; the other rows of the batch proceed. ``truncated`` says
+whether the answer ended at its token budget (``budgets``: task name -> max new tokens; default the task's own).
 
 Example::
 
@@ -38,7 +39,7 @@ def _decode(row_id: str, data) -> Image.Image:
     return image.convert("RGB")
 
 
-def predict_rows(predictor, batch: pd.DataFrame) -> pd.DataFrame:
+def predict_rows(predictor, batch: pd.DataFrame, *, budgets: dict[str, int] | None = None) -> pd.DataFrame:
     """Prediction rows for a batch of sample rows; one forward batch per task present in ``batch``."""
     require_columns(batch.columns, NEEDED, "predict_rows")
     out = pd.DataFrame(
@@ -50,17 +51,19 @@ def predict_rows(predictor, batch: pd.DataFrame) -> pd.DataFrame:
         }
     )
     out["prediction"], out["label_scores"], out["error"] = "", None, None
-    out["model"], out["latency_ms"] = predictor.name, 0.0
+    out["model"], out["latency_ms"], out["truncated"] = predictor.name, 0.0, None
     out["prompt_tokens"] = pd.array([None] * len(out), dtype="Int64")
     for task_name, positions in out.groupby("task", sort=False).indices.items():
-        _predict_task(predictor, batch, out, task_name, list(positions))
+        _predict_task(predictor, batch, out, task_name, list(positions), budgets or {})
     return out[list(PREDICTION_COLUMNS)]
 
 
-def _predict_task(predictor, batch: pd.DataFrame, out: pd.DataFrame, task_name: str, positions: list[int]) -> None:
+def _predict_task(predictor, batch: pd.DataFrame, out: pd.DataFrame, task_name: str, positions: list[int],
+                  budgets: dict[str, int]) -> None:
     start = time.perf_counter()
     try:
         task = get_task(task_name)
+        budget = int(budgets.get(task.name, task.max_new_tokens))
     except KeyError as exc:
         for pos in positions:
             out.at[pos, "error"] = f"record {out.at[pos, 'id']}: {exc.args[0]}"
@@ -71,7 +74,7 @@ def _predict_task(predictor, batch: pd.DataFrame, out: pd.DataFrame, task_name: 
         try:
             image = _decode(row_id, batch["image"].iat[pos])
             history = row_history(batch["meta"].iat[pos]) if "meta" in batch else None
-            encoded.append(predictor.encode_one(image, batch["question"].iat[pos], max_new_tokens=task.max_new_tokens,
+            encoded.append(predictor.encode_one(image, batch["question"].iat[pos], max_new_tokens=budget,
                                                 history=history))
             out.at[pos, "prompt_tokens"] = int(encoded[-1]["input_ids"].shape[1])
             good.append(pos)
@@ -79,33 +82,34 @@ def _predict_task(predictor, batch: pd.DataFrame, out: pd.DataFrame, task_name: 
             msg = str(exc) if row_id in str(exc) else f"record {row_id}: {exc}"
             out.at[pos, "error"] = msg
     if good:
-        _run_model(predictor, task, out, good, encoded)
+        _run_model(predictor, task, budget, out, good, encoded)
     per_row = (time.perf_counter() - start) * 1000.0 / len(positions)  # ms: batch time shared by its rows
     for pos in positions:
         out.at[pos, "latency_ms"] = per_row
 
 
-def _run_model(predictor, task, out: pd.DataFrame, positions: list[int], encoded: list[dict]) -> None:
+def _run_model(predictor, task, budget: int, out: pd.DataFrame, positions: list[int], encoded: list[dict]) -> None:
     """Generate (and score labels) for the good rows in one batch; if the batch fails, retry row by row so
     only the row that breaks the model (e.g. out of memory on a huge page) gets the error."""
     try:
-        results = _answers_and_scores(predictor, task, encoded)
+        results = _answers_and_scores(predictor, task, budget, encoded)
     except Exception as exc:
         if len(positions) > 1:
             for pos, enc in zip(positions, encoded):
-                _run_model(predictor, task, out, [pos], [enc])
+                _run_model(predictor, task, budget, out, [pos], [enc])
         else:
             out.at[positions[0], "error"] = f"record {out.at[positions[0], 'id']}: model failed: {exc}"
         return
-    for pos, (answer, scores) in zip(positions, results):
-        out.at[pos, "prediction"] = answer
+    for pos, (answer, scores, cut) in zip(positions, results):
+        out.at[pos, "prediction"], out.at[pos, "truncated"] = answer, cut
         if scores is not None:
             out.at[pos, "label_scores"] = json.dumps({k: round(v, 6) for k, v in scores.items()})
 
 
-def _answers_and_scores(predictor, task, encoded: list[dict]) -> list[tuple[str, dict | None]]:
-    answers = predictor.generate_encoded(encoded, max_new_tokens=task.max_new_tokens)
+def _answers_and_scores(predictor, task, budget: int, encoded: list[dict]) -> list[tuple[str, dict | None, bool]]:
+    answers = predictor.generate_encoded(encoded, max_new_tokens=budget)
+    cut = list(getattr(predictor, "last_cut", None) or [None] * len(answers))  # set by generate_encoded
     if task.kind != MULTILABEL or not task.labels or not getattr(predictor, "label_scores", True):
-        return [(a, None) for a in answers]
+        return [(a, None, c) for a, c in zip(answers, cut)]
     scores = predictor.score_encoded(encoded, list(task.labels), answers=answers)
-    return list(zip(answers, scores))
+    return list(zip(answers, scores, cut))

@@ -15,7 +15,7 @@ import math
 import torch
 
 from vlm.load import Loaded, load
-from vlm.prompt import END_OF_UTTERANCE, chat_prompt, encode
+from vlm.prompt import END_OF_UTTERANCE, budget_cut, chat_prompt, encode
 
 
 class Predictor:
@@ -122,6 +122,7 @@ class Predictor:
             eos_token_id=self.stop_ids, pad_token_id=self.pad_id,
         )  # fmt: skip
         new = out[:, batch["input_ids"].shape[1] :]  # (batch, new tokens)
+        self.last_cut = budget_cut(new, self.stop_ids)  # per row: the budget ended it (predict_rows reports it)
         return [t.strip() for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
 
     def generate(self, images, questions: list[str], *, max_new_tokens: int) -> list[str]:

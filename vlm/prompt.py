@@ -62,6 +62,18 @@ def answer_text(answer: str) -> str:
     return f" {answer.strip()}{END_OF_UTTERANCE}"
 
 
+def budget_cut(new_ids, stop_ids) -> list[bool]:
+    """Per row of generated ids (batch, new tokens): True where no stop token was generated, i.e. generation
+    ended at the ``max_new_tokens`` budget (or the model's length limit) rather than by the model's choice.
+
+    Example: ``budget_cut(torch.tensor([[5, 7, 2], [5, 2, 0]]), [2]) == [False, False]``; ``[[5, 7, 9]]`` -> ``[True]``.
+    """
+    import torch
+
+    stops = torch.tensor(sorted(stop_ids), device=new_ids.device)
+    return (~torch.isin(new_ids, stops).any(dim=1)).tolist()
+
+
 def encode(processor, images, texts: list[str], *, padding_side: str = "left"):
     """Processor batch (``input_ids``, ``attention_mask``, ``pixel_values``, ...) as torch tensors.
 
