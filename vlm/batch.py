@@ -98,8 +98,8 @@ def _run_model(predictor, task, out: pd.DataFrame, positions: list[int], encoded
 
 
 def _answers_and_scores(predictor, task, encoded: list[dict]) -> list[tuple[str, dict | None]]:
-    answers = predictor.generate_encoded(encoded, max_new_tokens=task.max_new_tokens)
-    if task.kind != MULTILABEL or not task.labels or not getattr(predictor, "label_scores", True):
-        return [(a, None) for a in answers]
-    scores = predictor.score_encoded(encoded, list(task.labels), answers=answers)
-    return list(zip(answers, scores))
+    # one call: the vision tower and the prompt run once per row, for the answer and the label scores alike
+    scored = task.kind == MULTILABEL and task.labels and getattr(predictor, "label_scores", True)
+    answers, scores = predictor.run_encoded(encoded, max_new_tokens=task.max_new_tokens,
+                                            labels=list(task.labels) if scored else None)  # fmt: skip
+    return list(zip(answers, scores or [None] * len(answers)))
