@@ -132,14 +132,17 @@ def _localise(uri: str) -> str:
     return storage.download_dir(uri) if storage.is_s3(uri) else uri
 
 
+ATTENTION = "sdpa"  # torch's fused attention, on CPU as on GPU (flash kernels in bf16 and fp32 alike)
+
+
 def _from_hf(source: str, dtype, device):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    kwargs = {"dtype": dtype}
-    if device.type == "cuda":
-        kwargs["attn_implementation"] = "sdpa"
     processor = AutoProcessor.from_pretrained(source)
-    model = AutoModelForImageTextToText.from_pretrained(source, **kwargs)
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(source, dtype=dtype, attn_implementation=ATTENTION)
+    except ValueError:  # a model family without SDPA support: its own default
+        model = AutoModelForImageTextToText.from_pretrained(source, dtype=dtype)
     return model, processor
 
 
@@ -150,14 +153,12 @@ def _from_config(folder: str, dtype, device, seed: int = 0):
     if not (Path(folder) / "config.json").exists():
         raise FileNotFoundError(f"random:{folder}: no config.json in that folder")
     config = AutoConfig.from_pretrained(folder)
-    if device.type == "cuda":
-        config._attn_implementation = "sdpa"
     processor = AutoProcessor.from_pretrained(folder)
     state = torch.random.get_rng_state()
     torch.manual_seed(seed)  # the same random weights every time: comparable benchmark runs
     try:
         with torch.device(device):  # "meta" builds the architecture without memory (parameter counts)
-            model = AutoModelForImageTextToText.from_config(config, dtype=dtype)
+            model = AutoModelForImageTextToText.from_config(config, dtype=dtype, attn_implementation=ATTENTION)
     finally:
         torch.random.set_rng_state(state)
     return model, processor
