@@ -19,6 +19,31 @@ from vlm.load import Loaded, load
 from vlm.prompt import END_OF_UTTERANCE, chat_prompt, encode
 
 
+def label_candidates(answers: list[str], labels: list[str], continuation) -> list[tuple[int, str, list[int], int]]:
+    """The continuations that :meth:`Predictor.score_labels` scores: ``(row, label, ids, scored tokens)`` for every
+    row, slot (after "Assistant:", then after each label the answer said, in order) and label.
+    ``continuation(prefix, label) -> (ids, n)`` tokenizes one. Example: answers ``["SB"]``, labels ``["SB", "ST"]``
+    -> rows 0 and slots " SB", " ST", " SB; SB", " SB; ST"."""
+    first = {lab: continuation("", lab) for lab in labels}
+    cands = []
+    for i, answer in enumerate(answers):
+        said = [p.strip() for p in answer.split(";") if p.strip() in first]
+        for j in range(len(said) + 1):
+            prefix = "; ".join(said[:j])
+            for lab in labels:
+                ids, n = continuation(prefix, lab) if j else first[lab]
+                cands.append((i, lab, ids, n))
+    return cands
+
+
+def noisy_or(cands, logps: list[float], labels: list[str], rows: int) -> list[dict]:
+    """P(L) = 1 - prod over slots (1 - p_slot(L)) per row, from :func:`label_candidates` and their log-probs."""
+    miss = [{lab: 1.0 for lab in labels} for _ in range(rows)]  # prod_j (1 - p_j(L))
+    for (i, lab, _, _), lp in zip(cands, logps):
+        miss[i][lab] *= 1.0 - math.exp(lp)
+    return [{lab: float(min(1.0, max(0.0, 1.0 - m[lab]))) for lab in labels} for m in miss]
+
+
 class Predictor:
     """A loaded model plus its prompt format; images are PIL pages, questions in ECGBench form.
 
@@ -154,21 +179,10 @@ class Predictor:
         return self.run_encoded(rows, max_new_tokens=budget, labels=list(labels), answers=answers)[1]
 
     def _label_probabilities(self, prompt, labels: list[str], answers: list[str]) -> list[dict]:
-        label_ids = {lab: self._continuation("", lab) for lab in labels}
-        cands = []  # (row index, label, continuation ids, number of label tokens at the end)
-        for i, answer in enumerate(answers):
-            said = [p.strip() for p in answer.split(";") if p.strip() in label_ids]
-            for j in range(len(said) + 1):
-                prefix = "; ".join(said[:j])
-                for lab in labels:
-                    ids, n = self._continuation(prefix, lab) if j else label_ids[lab]
-                    cands.append((i, lab, ids, n))
+        cands = label_candidates(answers, labels, self._continuation)
         logps = engine.continuation_logprobs(self.loaded.model, prompt, [(i, ids, n) for i, _, ids, n in cands],
                                              pad_id=self.pad_id, batch=self.score_batch)  # fmt: skip
-        miss = [{lab: 1.0 for lab in labels} for _ in answers]  # prod_j (1 - p_j(L))
-        for (i, lab, _, _), lp in zip(cands, logps):
-            miss[i][lab] *= 1.0 - math.exp(lp)
-        return [{lab: float(min(1.0, max(0.0, 1.0 - m[lab]))) for lab in labels} for m in miss]
+        return noisy_or(cands, logps, labels, len(answers))
 
     def _continuation(self, prefix: str, label: str) -> tuple[list[int], int]:
         """Token ids of " prefix; label" (or " label" with no prefix) to follow "Assistant:", and how many of the
