@@ -15,6 +15,11 @@ budget. Engines, each measured on the same rows, one after the other, alternatin
   tower and the prompt again. Its stages are timed with forward hooks on the vision tower and the text model.
 - ``ours``: ``vlm.Predictor.run_encoded``: one vision pass per image, one prompt pass per row, shared by the
   greedy answer and the label continuations; its stages are timed by the engine itself.
+- ``vllm``: ``vlm.vllm_engine.VLLMPredictor`` (needs vLLM; dummy weights), every row in one call, labels scored
+  from prompt log-probabilities; total time only.
+
+``--distinct`` different pages are rendered and preprocessed once and cycled up to ``--rows`` (preprocessing is
+not timed, except in ``loop``, which runs the processor per image as PULSE does).
 
 Random weights answer no label, so label scoring is slot 0 (6 continuations per row); a trained model's answer
 with k labels scores 6 (k + 1). Printed: ms per image per stage, the share of each, images/s, and the ratio
@@ -52,13 +57,24 @@ def load_baseline(rev: str):
     return module.Predictor
 
 
-def make_pages(n: int, distinct: int = 32):
-    """``n`` synthetic 12-lead pages (1100 x 850 px), ``distinct`` different ones cycled (rendering is not timed)."""
+def make_pages(n: int):
+    """``n`` different synthetic 12-lead pages (1100 x 850 px)."""
     from ecg.render import render
     from ecg.synth import generate
 
-    pages = [render(r) for r in generate(min(n, distinct), seed=5)]
-    return [pages[i % len(pages)] for i in range(n)]
+    return [render(r) for r in generate(n, seed=5)]
+
+
+def cycle(items: list, n: int) -> list:
+    """``n`` items, ``items`` repeated. Example: cycle([1, 2], 5) == [1, 2, 1, 2, 1]."""
+    return [items[i % len(items)] for i in range(n)]
+
+
+def run_vllm(predictor, rows, labels, new_tokens) -> dict:
+    """All rows in one call: vLLM schedules them itself (continuous batching); no stage split."""
+    t0 = time.perf_counter()
+    predictor.run_encoded(rows, max_new_tokens=new_tokens, min_new_tokens=new_tokens, labels=labels)
+    return {"total": time.perf_counter() - t0}
 
 
 class Hooks:
@@ -151,12 +167,13 @@ def run_loop(loaded, pages, question, new_tokens) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=f"random:{DEFAULT_SMOLVLM}")
-    p.add_argument("--engines", default="loop,before,ours", help="comma-separated: loop, before, ours")
+    p.add_argument("--engines", default="loop,before,ours", help="comma-separated: loop, before, ours, vllm")
     p.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated torch dtypes, one model each")
     p.add_argument("--splitting", default="off,on", help="image splitting settings to run: off, on or both")
     p.add_argument("--rows", type=int, default=4, help="images per engine per round")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--loop-rows", type=int, default=None, help="images for the one-sample loop (default --rows)")
+    p.add_argument("--distinct", type=int, default=32, help="different pages, cycled up to --rows")
     p.add_argument("--new-tokens", type=int, default=8, help="generated tokens per answer, exactly")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--device", default="cpu")
@@ -174,28 +191,41 @@ def main(argv=None) -> int:
     task = get_task("code15")
     labels, engines = list(task.labels), args.engines.split(",")
     Before = load_baseline(args.baseline_rev) if "before" in engines else None
-    pages = make_pages(max(args.rows, args.loop_rows or 0))
+    pages = make_pages(min(args.distinct, max(args.rows, args.loop_rows or 0)))
     results = []  # (dtype, splitting, engine, {stage: seconds per image}, images per second)
     for dtype in args.dtypes.split(","):
-        loaded = vlm.load(args.model, device=args.device, dtype=dtype, image_splitting=False)
-        ours = vlm.Predictor.from_loaded(loaded)
+        hf = any(e != "vllm" for e in engines)
+        loaded = vlm.load(args.model, device=args.device, dtype=dtype, image_splitting=False) if hf else None
+        ours = vlm.Predictor.from_loaded(loaded) if hf else None
         before = Before.from_loaded(loaded) if Before else None
         for split in args.splitting.split(","):
-            loaded.processor.image_processor.do_image_splitting = split == "on"
-            rows = [ours.encode_one(pg, task.question, max_new_tokens=args.new_tokens) for pg in pages[: args.rows]]
+            vllm = None
+            if "vllm" in engines:
+                from vlm.vllm_engine import VLLMPredictor
+
+                vllm = VLLMPredictor(args.model, image_splitting=split == "on", dtype=dtype,
+                                     max_num_seqs=args.batch_size, seed=0)  # fmt: skip
+            encoder = ours or vllm
+            if loaded is not None:
+                loaded.processor.image_processor.do_image_splitting = split == "on"
+            distinct = [encoder.encode_one(pg, task.question, max_new_tokens=args.new_tokens) for pg in pages]
+            rows = cycle(distinct, args.rows)
             batches = [rows[i : i + args.batch_size] for i in range(0, len(rows), args.batch_size)]
             run = {
                 "ours": lambda b: run_ours(ours, b, labels, args.new_tokens),
                 "before": lambda b: run_before(before, b, labels, args.new_tokens),
             }
-            run_ours(ours, batches[0][:1], labels, 2)  # warm-up: first-call allocations, lazy imports
+            if ours:
+                run_ours(ours, batches[0][:1], labels, 2)  # warm-up: first-call allocations, lazy imports
             times: dict = {e: [] for e in engines}
             for r in range(args.rounds):
                 for engine in engines if r % 2 == 0 else engines[::-1]:
                     if engine == "loop":
                         n = args.loop_rows or args.rows
-                        times[engine].append(({"total": run_loop(loaded, pages[:n], task.question,
-                                                                  args.new_tokens)["total"]}, n))  # fmt: skip
+                        times[engine].append((run_loop(loaded, cycle(pages, n), task.question, args.new_tokens), n))
+                        continue
+                    if engine == "vllm":
+                        times[engine].append((run_vllm(vllm, rows, labels, args.new_tokens), len(rows)))
                         continue
                     total: dict = {}
                     for b in batches:
@@ -207,6 +237,7 @@ def main(argv=None) -> int:
             for engine in engines:
                 per_image = {k: statistics.median(t[k] / n for t, n in times[engine]) for k in times[engine][0][0]}
                 results.append((dtype, split, engine, per_image, 1.0 / sum(per_image.values())))
+            del vllm
         del loaded, ours, before
     print_table(results, args)
     return 0

@@ -17,6 +17,8 @@ import os
 import sys
 import time
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipelines.prepare import ensure_ray, load_config
@@ -27,6 +29,8 @@ class EvaluateConfig(BaseModel):
 
     model: str = Field("tiny", description="tiny, a Hugging Face id, an export folder or random:PATH")
     adapter: str | None = Field(None, description="LoRA adapter folder on top of --model")
+    engine: Literal["hf", "vllm"] = Field("hf", description="hf (transformers) or vllm (needs ecgvlm[vllm]; no --adapter: "
+                                          "merge it with the export first)")
     data: str = Field(..., description="sample shards: folder or s3:// URI holding <split>/*.parquet")
     out: str = Field(..., description="output folder or s3:// URI (predictions/, metrics.json, report)")
     split: str = Field("test", description="split folder under --data ('' for --data itself)")
@@ -52,14 +56,22 @@ class EvaluateConfig(BaseModel):
 class PredictorActor:
     """Loads ``vlm.Predictor`` once per actor; each call is ``vlm.predict_rows`` on a pandas batch."""
 
-    def __init__(self, model: str, *, threads: int | None = None, **options):
+    def __init__(self, model: str, *, threads: int | None = None, engine: str = "hf", **options):
         if threads:
             import torch
 
             torch.set_num_threads(threads)
         import vlm
 
-        self.predictor = vlm.Predictor(model, **options)
+        if engine == "vllm":  # one vLLM engine per actor: continuous batching inside, predict_rows around it
+            from vlm.vllm_engine import VLLMPredictor
+
+            if options.pop("adapter", None):
+                raise ValueError("--engine vllm takes a merged model: export the adapter merged, then --model EXPORT")
+            options.pop("device", None)
+            self.predictor = VLLMPredictor(model, **options)
+        else:
+            self.predictor = vlm.Predictor(model, **options)
         self._predict = vlm.predict_rows
 
     def __call__(self, batch):
@@ -102,7 +114,7 @@ def build_dataset(cfg: EvaluateConfig, done):
     # not per input file, so progress is live and a killed run loses at most the rows in flight.
     ds = ds.repartition(target_num_rows_per_block=cfg.batch_size)
     options = {"adapter": cfg.adapter, "image_splitting": cfg.image_splitting, "longest_edge": cfg.longest_edge,
-               "device": cfg.device, "dtype": cfg.dtype, "threads": cfg.threads}
+               "device": cfg.device, "dtype": cfg.dtype, "threads": cfg.threads, "engine": cfg.engine}
     return ds.map_batches(
         PredictorActor, fn_constructor_args=(cfg.model,), fn_constructor_kwargs=options,
         compute=ray.data.ActorPoolStrategy(min_size=cfg.min_actors, max_size=cfg.max_actors),
