@@ -36,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -115,6 +116,15 @@ class Hooks:
             h.remove()
 
 
+def run_batches(run, predictor, batches, labels, new_tokens) -> tuple[dict, int]:
+    """``(seconds per stage summed over the batches, rows)`` of one engine."""
+    total: dict = {}
+    for b in batches:
+        for k, v in run(predictor, b, labels, new_tokens).items():
+            total[k] = total.get(k, 0.0) + v
+    return total, sum(len(b) for b in batches)
+
+
 def run_ours(predictor, rows, labels, new_tokens) -> dict:
     timings: dict = {}
     predictor.run_encoded(rows, max_new_tokens=new_tokens, min_new_tokens=new_tokens, labels=labels, timings=timings)
@@ -192,53 +202,47 @@ def main(argv=None) -> int:
     labels, engines = list(task.labels), args.engines.split(",")
     Before = load_baseline(args.baseline_rev) if "before" in engines else None
     pages = make_pages(min(args.distinct, max(args.rows, args.loop_rows or 0)))
+    dtypes, hf = args.dtypes.split(","), any(e != "vllm" for e in engines)
+    models = {dt: vlm.load(args.model, device=args.device, dtype=dt, image_splitting=False) if hf else None
+              for dt in dtypes}  # one model per dtype, all in memory: the rounds interleave dtypes too; fmt: skip
     results = []  # (dtype, splitting, engine, {stage: seconds per image}, images per second)
-    for dtype in args.dtypes.split(","):
-        hf = any(e != "vllm" for e in engines)
-        loaded = vlm.load(args.model, device=args.device, dtype=dtype, image_splitting=False) if hf else None
-        ours = vlm.Predictor.from_loaded(loaded) if hf else None
-        before = Before.from_loaded(loaded) if Before else None
-        for split in args.splitting.split(","):
-            vllm = None
+    for split in args.splitting.split(","):
+        runners, rows_of = {}, {}
+        for dt in dtypes:
+            loaded = models[dt]
+            if loaded is not None:
+                loaded.processor.image_processor.do_image_splitting = split == "on"
+                ours = vlm.Predictor.from_loaded(loaded)
+                rows_of["hf"] = rows_of.get("hf") or cycle(
+                    [ours.encode_one(pg, task.question, max_new_tokens=args.new_tokens) for pg in pages], args.rows)
+                batches = [rows_of["hf"][i : i + args.batch_size] for i in range(0, len(rows_of["hf"]), args.batch_size)]
+                run_ours(ours, batches[0][:1], labels, 2)  # warm-up: first-call allocations, lazy imports
+                runners[dt, "ours"] = partial(run_batches, run_ours, ours, batches, labels, args.new_tokens)
+                if Before:
+                    before = Before.from_loaded(loaded)
+                    runners[dt, "before"] = partial(run_batches, run_before, before, batches, labels, args.new_tokens)
+                n_loop = args.loop_rows or args.rows
+                runners[dt, "loop"] = lambda loaded=loaded, n=n_loop: (
+                    run_loop(loaded, cycle(pages, n), task.question, args.new_tokens), n)
             if "vllm" in engines:
                 from vlm.vllm_engine import VLLMPredictor
 
-                vllm = VLLMPredictor(args.model, image_splitting=split == "on", dtype=dtype,
-                                     max_num_seqs=args.batch_size, seed=0)  # fmt: skip
-            encoder = ours or vllm
-            if loaded is not None:
-                loaded.processor.image_processor.do_image_splitting = split == "on"
-            distinct = [encoder.encode_one(pg, task.question, max_new_tokens=args.new_tokens) for pg in pages]
-            rows = cycle(distinct, args.rows)
-            batches = [rows[i : i + args.batch_size] for i in range(0, len(rows), args.batch_size)]
-            run = {
-                "ours": lambda b: run_ours(ours, b, labels, args.new_tokens),
-                "before": lambda b: run_before(before, b, labels, args.new_tokens),
-            }
-            if ours:
-                run_ours(ours, batches[0][:1], labels, 2)  # warm-up: first-call allocations, lazy imports
-            times: dict = {e: [] for e in engines}
-            for r in range(args.rounds):
-                for engine in engines if r % 2 == 0 else engines[::-1]:
-                    if engine == "loop":
-                        n = args.loop_rows or args.rows
-                        times[engine].append((run_loop(loaded, cycle(pages, n), task.question, args.new_tokens), n))
-                        continue
-                    if engine == "vllm":
-                        times[engine].append((run_vllm(vllm, rows, labels, args.new_tokens), len(rows)))
-                        continue
-                    total: dict = {}
-                    for b in batches:
-                        for k, v in run[engine](b).items():
-                            total[k] = total.get(k, 0.0) + v
-                    times[engine].append((total, len(rows)))
-                    print(f"  round {r} {dtype} split {split} {engine}: "
-                          f"{sum(total.values()) / len(rows):.3f} s/image", file=sys.stderr, flush=True)
-            for engine in engines:
-                per_image = {k: statistics.median(t[k] / n for t, n in times[engine]) for k in times[engine][0][0]}
-                results.append((dtype, split, engine, per_image, 1.0 / sum(per_image.values())))
-            del vllm
-        del loaded, ours, before
+                engine = VLLMPredictor(args.model, image_splitting=split == "on", dtype=dt,
+                                       max_num_seqs=args.batch_size, seed=0)  # fmt: skip
+                vrows = cycle([engine.encode_one(pg, task.question) for pg in pages], args.rows)
+                runners[dt, "vllm"] = lambda e=engine, r=vrows: (run_vllm(e, r, labels, args.new_tokens), len(r))
+        variants = [(dt, e) for dt in dtypes for e in engines]
+        times: dict = {v: [] for v in variants}
+        for r in range(args.rounds):
+            for v in variants if r % 2 == 0 else variants[::-1]:  # alternate the order: load changes hit all alike
+                total, n = runners[v]()
+                times[v].append((total, n))
+                print(f"  round {r} {v[0]} split {split} {v[1]}: {sum(total.values()) / n:.3f} s/image",
+                      file=sys.stderr, flush=True)  # fmt: skip
+        for dt, e in variants:
+            per_image = {k: statistics.median(t[k] / n for t, n in times[dt, e]) for k in times[dt, e][0][0]}
+            results.append((dt, split, e, per_image, 1.0 / sum(per_image.values())))
+        runners.clear()
     print_table(results, args)
     return 0
 
@@ -248,7 +252,7 @@ def print_table(results, args) -> None:
           f"batch {args.batch_size}, {args.new_tokens} new tokens, rounds {args.rounds}, threads {args.threads}, "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (median over rounds)")
     head = f"{'dtype':<9} {'split':<5} {'engine':<7} " + " ".join(f"{s + ' ms':>16}" for s in STAGES)
-    print(head + f" {'total ms':>9} {'img/s':>7} {'vs before':>9}")
+    print(head + f" {'total ms':>9} {'img/s':>7} {'vs before':>9} {'vs before fp32':>14}")
     base = {(d, s): ips for d, s, e, _, ips in results if e == "before"}
     base32 = {s: ips for d, s, e, _, ips in results if e == "before" and d == "float32"}
     for dtype, split, engine, per_image, ips in results:
@@ -257,9 +261,10 @@ def print_table(results, args) -> None:
         for s in STAGES:
             v = per_image.get(s)
             cells.append(f"{v * 1000:9.0f} ({v / total:4.0%})" if v is not None else f"{'-':>16}")
-        ref = base.get((dtype, split)) or base32.get(split)
+        ref, ref32 = base.get((dtype, split)), base32.get(split)
         ratio = f"{ips / ref:8.2f}x" if ref else f"{'-':>9}"
-        print(f"{dtype:<9} {split:<5} {engine:<7} " + " ".join(cells) + f" {total * 1000:9.0f} {ips:7.3f} {ratio}")
+        ratio32 = f"{ips / ref32:13.2f}x" if ref32 else f"{'-':>14}"
+        print(f"{dtype:<9} {split:<5} {engine:<7} " + " ".join(cells) + f" {total * 1000:9.0f} {ips:7.3f} {ratio} {ratio32}")
 
 
 if __name__ == "__main__":
