@@ -84,7 +84,14 @@ class Loaded:
 
 
 def resolve_device_dtype(device="auto", dtype="auto"):
-    """``auto`` -> CUDA + bfloat16 when a GPU is there, else CPU + float32. ``dtype`` may be a name."""
+    """``auto`` -> CUDA + bfloat16 when a GPU is there, else CPU + float32. ``dtype`` may be a name.
+
+    bfloat16 on a CPU is opt-in (``dtype="bfloat16"``): on a CPU with native bf16 (AVX-512 BF16 or AMX) the 256 M
+    SmolVLM runs several times faster (benchmarks/stages.py), but answers and label probabilities are then those of
+    a bf16 model, and an ``auto`` that chose by CPU type would make one export score differently on different nodes
+    of a cluster; on CPUs without bf16 instructions it is emulated and slower. The tiny preset trains in float32.
+    Example: ``resolve_device_dtype("cpu", "bfloat16") == (torch.device("cpu"), torch.bfloat16)``.
+    """
     import torch
 
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else torch.device(device)
