@@ -22,13 +22,14 @@ mkdir -p "$OUT"
 
 if [ "${1:-}" = "--cpu-smoke" ]; then
     DEV=(--device cpu --threads 2); DTYPE=float32; ROWS=4; BATCH=2; CMP_ROWS=2; LOOP_ROWS=1; DISTINCT=2
-    TOKENS=2; LIMIT=900
+    TOKENS=2; LIMIT=900; VISION=32
 else
     nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
     DEV=(--device cuda); DTYPE=bfloat16; ROWS=2000; BATCH=64; CMP_ROWS=256; LOOP_ROWS=64; DISTINCT=64
-    TOKENS=8; LIMIT=160
+    TOKENS=8; LIMIT=160; VISION=256
 fi
-COMMON=(--model "$MODEL" --dtypes "$DTYPE" --new-tokens "$TOKENS" --distinct "$DISTINCT" --rounds 1 "${DEV[@]}")
+COMMON=(--model "$MODEL" --dtypes "$DTYPE" --new-tokens "$TOKENS" --distinct "$DISTINCT" --rounds 1
+        --vision-batch "$VISION" "${DEV[@]}")
 
 step() {  # step NAME SECONDS PYTHON ARGS...: one benchmark under a time limit, its table kept in $OUT/NAME.txt
     local name=$1 limit=$2 py=$3; shift 3
@@ -40,7 +41,7 @@ step() {  # step NAME SECONDS PYTHON ARGS...: one benchmark under a time limit, 
     fi
 }
 
-step hf-bf16-batch$BATCH "$LIMIT" "$PYTHON" "${COMMON[@]}" --engines ours --splitting off,on \
+step hf-$DTYPE-batch$BATCH "$LIMIT" "$PYTHON" "${COMMON[@]}" --engines ours --splitting off,on \
     --rows "$ROWS" --batch-size "$BATCH"
 step hf-before-after "$LIMIT" "$PYTHON" "${COMMON[@]}" --engines loop,before,ours --splitting off,on \
     --rows "$CMP_ROWS" --batch-size "$BATCH" --loop-rows "$LOOP_ROWS"

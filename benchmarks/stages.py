@@ -185,6 +185,7 @@ def main(argv=None) -> int:
     p.add_argument("--loop-rows", type=int, default=None, help="images for the one-sample loop (default --rows)")
     p.add_argument("--distinct", type=int, default=32, help="different pages, cycled up to --rows")
     p.add_argument("--new-tokens", type=int, default=8, help="generated tokens per answer, exactly")
+    p.add_argument("--vision-batch", type=int, default=32, help="image tiles per vision-tower call (ours)")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=2, help="torch threads (CPU)")
@@ -212,7 +213,7 @@ def main(argv=None) -> int:
             loaded = models[dt]
             if loaded is not None:
                 loaded.processor.image_processor.do_image_splitting = split == "on"
-                ours = vlm.Predictor.from_loaded(loaded)
+                ours = vlm.Predictor.from_loaded(loaded, vision_batch=args.vision_batch)
                 rows_of["hf"] = rows_of.get("hf") or cycle(
                     [ours.encode_one(pg, task.question, max_new_tokens=args.new_tokens) for pg in pages], args.rows)
                 batches = [rows_of["hf"][i : i + args.batch_size] for i in range(0, len(rows_of["hf"]), args.batch_size)]
