@@ -1,6 +1,6 @@
 """Where the time of one batch goes, per image: vision tower, prefill, decode, label scoring; engines side by side.
 
-    python benchmarks/evaluate.py --stages                       # the real SmolVLM-256M architecture, CPU
+    python benchmarks/evaluate.py --stages                       # the real SmolVLM-256M architecture, CPU, unsplit
     python benchmarks/stages.py --splitting off,on --rows 4 --batch-size 4 --rounds 2
     python benchmarks/stages.py --device cuda --dtypes bfloat16 --rows 2000 --batch-size 64 --engines ours
 
@@ -179,7 +179,7 @@ def main(argv=None) -> int:
     p.add_argument("--model", default=f"random:{DEFAULT_SMOLVLM}")
     p.add_argument("--engines", default="loop,before,ours", help="comma-separated: loop, before, ours, vllm")
     p.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated torch dtypes, one model each")
-    p.add_argument("--splitting", default="off,on", help="image splitting settings to run: off, on or both")
+    p.add_argument("--splitting", default="off", help="image splitting settings to run: off, on or off,on")
     p.add_argument("--rows", type=int, default=4, help="images per engine per round")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--loop-rows", type=int, default=None, help="images for the one-sample loop (default --rows)")
