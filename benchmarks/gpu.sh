@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU figures in one run (about 8 minutes on one H100/H200): the real SmolVLM-256M architecture (random
+# The GPU figures in one run (at most 8 minutes on one H100/H200: four steps of at most 2 minutes each): the real SmolVLM-256M architecture (random
 # weights), bf16, unsplit and split pages.
 #   1. the HF engine, batch 64, 2,000 pages, per-stage ms per image;
 #   2. the same engine beside the previous Predictor ("before") and the one-sample loop, on fewer pages;
@@ -26,7 +26,7 @@ if [ "${1:-}" = "--cpu-smoke" ]; then
 else
     nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
     DEV=(--device cuda); DTYPE=bfloat16; ROWS=2000; BATCH=64; CMP_ROWS=256; LOOP_ROWS=64; DISTINCT=64
-    TOKENS=8; LIMIT=160; VISION=256
+    TOKENS=8; LIMIT=120; VISION=256
 fi
 COMMON=(--model "$MODEL" --dtypes "$DTYPE" --new-tokens "$TOKENS" --distinct "$DISTINCT" --rounds 1
         --vision-batch "$VISION" "${DEV[@]}")
@@ -46,8 +46,10 @@ step hf-$DTYPE-batch$BATCH "$LIMIT" "$PYTHON" "${COMMON[@]}" --engines ours --sp
 step hf-before-after "$LIMIT" "$PYTHON" "${COMMON[@]}" --engines loop,before,ours --splitting off,on \
     --rows "$CMP_ROWS" --batch-size "$BATCH" --loop-rows "$LOOP_ROWS"
 if "$VLLM_PYTHON" -c "import vllm" 2> /dev/null; then
-    step vllm "$LIMIT" "$VLLM_PYTHON" "${COMMON[@]}" --engines vllm --splitting off,on \
-        --rows "$ROWS" --batch-size "$BATCH"
+    for split in off on; do  # one process per engine: vLLM does not hand its GPU memory back within a process
+        step vllm-split-$split "$LIMIT" "$VLLM_PYTHON" "${COMMON[@]}" --engines vllm --splitting $split \
+            --rows "$ROWS" --batch-size "$BATCH"
+    done
 else
     echo "== vllm: not installed for $VLLM_PYTHON (pip install 'ecgvlm[vllm]' in its own environment), skipped"
 fi

@@ -228,8 +228,9 @@ def main(argv=None) -> int:
             if "vllm" in engines:
                 from vlm.vllm_engine import VLLMPredictor
 
-                engine = VLLMPredictor(args.model, image_splitting=split == "on", dtype=dt,
-                                       max_num_seqs=args.batch_size, seed=0)  # fmt: skip
+                # CPU: eager (no compilation); GPU: vLLM's defaults (compiled, CUDA graphs)
+                engine = VLLMPredictor(args.model, image_splitting=split == "on", dtype=dt, max_num_seqs=args.batch_size,
+                                       seed=0, enforce_eager=args.device == "cpu")  # fmt: skip
                 vrows = cycle([engine.encode_one(pg, task.question) for pg in pages], args.rows)
                 runners[dt, "vllm"] = lambda e=engine, r=vrows: (run_vllm(e, r, labels, args.new_tokens), len(r))
         variants = [(dt, e) for dt in dtypes for e in engines]
