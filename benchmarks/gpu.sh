@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU figures in one run (at most 8 minutes on one H100/H200: four steps of at most 2 minutes each): the real SmolVLM-256M architecture (random
+# The GPU figures in one run (at most 8 minutes on one H100/H200: five steps under time limits, 470 s in all): the real SmolVLM-256M architecture (random
 # weights), bf16, unsplit and split pages.
 #   1. the HF engine, batch 64, 2,000 pages, per-stage ms per image;
 #   2. the same engine beside the previous Predictor ("before") and the one-sample loop, on fewer pages;
@@ -22,11 +22,11 @@ mkdir -p "$OUT"
 
 if [ "${1:-}" = "--cpu-smoke" ]; then
     DEV=(--device cpu --threads 2); DTYPE=float32; ROWS=4; BATCH=2; CMP_ROWS=2; LOOP_ROWS=1; DISTINCT=2
-    TOKENS=2; LIMIT=900; VISION=32
+    TOKENS=2; VISION=32; L_OFF=900; L_ON=900; L_CMP=900; L_VLLM=900
 else
     nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-    DEV=(--device cuda); DTYPE=bfloat16; ROWS=2000; BATCH=64; CMP_ROWS=256; LOOP_ROWS=64; DISTINCT=64
-    TOKENS=8; LIMIT=120; VISION=256
+    DEV=(--device cuda); DTYPE=bfloat16; ROWS=2000; BATCH=64; CMP_ROWS=128; LOOP_ROWS=32; DISTINCT=64
+    TOKENS=8; VISION=256; L_OFF=60; L_ON=120; L_CMP=90; L_VLLM=100
 fi
 COMMON=(--model "$MODEL" --dtypes "$DTYPE" --new-tokens "$TOKENS" --distinct "$DISTINCT" --rounds 1
         --vision-batch "$VISION" "${DEV[@]}")
@@ -41,13 +41,16 @@ step() {  # step NAME SECONDS PYTHON ARGS...: one benchmark under a time limit, 
     fi
 }
 
-step hf-$DTYPE-batch$BATCH "$LIMIT" "$PYTHON" "${COMMON[@]}" --engines ours --splitting off,on \
-    --rows "$ROWS" --batch-size "$BATCH"
-step hf-before-after "$LIMIT" "$PYTHON" "${COMMON[@]}" --engines loop,before,ours --splitting off,on \
+# limits in seconds per step on the GPU (sum 470 s): one process each, so a step that runs out loses only itself
+for split in off on; do
+    step hf-$DTYPE-batch$BATCH-split-$split "$([ $split = off ] && echo "$L_OFF" || echo "$L_ON")" "$PYTHON" \
+        "${COMMON[@]}" --engines ours --splitting $split --rows "$ROWS" --batch-size "$BATCH"
+done
+step hf-before-after "$L_CMP" "$PYTHON" "${COMMON[@]}" --engines loop,before,ours --splitting off,on \
     --rows "$CMP_ROWS" --batch-size "$BATCH" --loop-rows "$LOOP_ROWS"
 if "$VLLM_PYTHON" -c "import vllm" 2> /dev/null; then
     for split in off on; do  # one process per engine: vLLM does not hand its GPU memory back within a process
-        step vllm-split-$split "$LIMIT" "$VLLM_PYTHON" "${COMMON[@]}" --engines vllm --splitting $split \
+        step vllm-split-$split "$L_VLLM" "$VLLM_PYTHON" "${COMMON[@]}" --engines vllm --splitting $split \
             --rows "$ROWS" --batch-size "$BATCH"
     done
 else

@@ -67,6 +67,11 @@ def test_without_the_extra_the_engine_says_how_to_install_it():
         vllm_engine.VLLMPredictor("random:/nowhere")
 
 
+def test_the_in_memory_tiny_preset_is_refused_with_what_to_do():
+    with pytest.raises(ValueError, match="export it first"):
+        vllm_engine.VLLMPredictor("tiny")
+
+
 def test_rows_scored_without_labels_carry_no_label_scores():
     import pandas as pd
 

@@ -74,6 +74,9 @@ class VLLMPredictor:
     def __init__(self, model: str, *, image_splitting: bool | None = False, dtype: str = "auto",
                  label_scores: bool = True, longest_edge: int | None = None, max_num_seqs: int = 64,
                  max_model_len: int = 4096, **llm_kwargs):  # fmt: skip
+        if model == "tiny":
+            raise ValueError("the vLLM engine loads a folder, a HF id or random:DIR; the tiny preset exists only in "
+                             "memory: export it first (vlm.export) and pass the export folder")  # fmt: skip
         vllm = require_vllm()
         from transformers import AutoProcessor
 
