@@ -29,8 +29,8 @@ class EvaluateConfig(BaseModel):
 
     model: str = Field("tiny", description="tiny, a Hugging Face id, an export folder or random:PATH")
     adapter: str | None = Field(None, description="LoRA adapter folder on top of --model")
-    engine: Literal["hf", "vllm"] = Field("hf", description="hf (transformers) or vllm (needs ecgvlm[vllm]; no --adapter: "
-                                          "merge it with the export first)")
+    engine: Literal["hf", "vllm"] = Field(
+        "hf", description="hf (transformers) or vllm (needs ecgvlm[vllm]; no --adapter: merge it with the export first)")
     data: str = Field(..., description="sample shards: folder or s3:// URI holding <split>/*.parquet")
     out: str = Field(..., description="output folder or s3:// URI (predictions/, metrics.json, report)")
     split: str = Field("test", description="split folder under --data ('' for --data itself)")

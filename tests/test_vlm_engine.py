@@ -141,8 +141,8 @@ def test_predict_rows_runs_the_vision_tower_once_per_tile(small_smolvlm_dir):
     predictor = vlm.Predictor(f"random:{small_smolvlm_dir}", device="cpu", image_splitting=True, longest_edge=1024)
     seen = []
     vision = predictor.loaded.model.model.vision_model
-    handle = vision.register_forward_hook(lambda module, args, kwargs, out: seen.append(kwargs["pixel_values"].shape[0]),
-                                          with_kwargs=True)  # fmt: skip
+    count = lambda module, args, kwargs, out: seen.append(kwargs["pixel_values"].shape[0])  # noqa: E731
+    handle = vision.register_forward_hook(count, with_kwargs=True)
     try:
         pages = _pages()
         frame = pd.DataFrame({"id": ["a", "b"], "task": ["code15"] * 2, "image": [to_bytes(p) for p in pages],

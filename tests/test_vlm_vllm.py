@@ -49,7 +49,8 @@ def test_requests_use_the_prompt_of_the_hf_engine(processor, smolvlm_dir):
     assert request["prompt"].endswith("<end_of_utterance>\nAssistant:")
     assert text.endswith(request["prompt"].split("<image>", 1)[1])  # after the image block, identical
     longer = continuation_request(request, " SB; ST")
-    assert longer["prompt"] == request["prompt"] + " SB; ST" and longer["multi_modal_data"] is request["multi_modal_data"]
+    assert longer["prompt"] == request["prompt"] + " SB; ST"
+    assert longer["multi_modal_data"] is request["multi_modal_data"]
     assert request["prompt"].endswith("Assistant:")  # the original request is left as it was
 
 
