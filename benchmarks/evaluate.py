@@ -3,6 +3,7 @@
     python benchmarks/evaluate.py                               # tiny and random:<SmolVLM-256M config folder>
     python benchmarks/evaluate.py --models tiny --rows 64 --batch-size 8
     ECGVLM_SMOLVLM_DIR=/path/to/SmolVLM-256M-Instruct python benchmarks/evaluate.py
+    python benchmarks/evaluate.py --stages [benchmarks/stages.py options]   # where the model's time goes, per stage
 
 Both paths run the same model (``vlm.Predictor``, image splitting off), the same rows (synthetic 1100 x 850
 pages) and the same per-batch function (``vlm.predict_rows``) with the same torch thread count. The Ray path
@@ -22,6 +23,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 DEFAULT_SMOLVLM = os.environ.get("ECGVLM_SMOLVLM_DIR", str(REPO.parent / "shared" / "models" / "SmolVLM-256M-Instruct"))
 
 
@@ -78,6 +80,11 @@ def ray_job(model: str, data: str, n: int, batch_size: int, threads: int) -> tup
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--stages" in argv:  # vision tower / prefill / decode / label scoring per image, engines side by side
+        from stages import main as stages_main
+
+        return stages_main([a for a in argv if a != "--stages"])
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default=f"tiny,random:{DEFAULT_SMOLVLM}", help="comma-separated models")
     p.add_argument("--rows", type=int, default=None, help="rows per model (default: 64 tiny, 12 others)")

@@ -20,6 +20,8 @@ import sys
 import time
 from typing import Literal
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipelines.prepare import load_config
@@ -30,6 +32,8 @@ class EvaluateConfig(BaseModel):
 
     model: str = Field("tiny", description="tiny, a Hugging Face id, an export folder or random:PATH")
     adapter: str | None = Field(None, description="LoRA adapter folder on top of --model")
+    engine: Literal["hf", "vllm"] = Field(
+        "hf", description="hf (transformers) or vllm (needs ecgvlm[vllm]; no --adapter: merge it with the export first)")
     data: str = Field(..., description="sample shards: folder or s3:// URI holding <split>/*.parquet")
     out: str = Field(..., description="output folder or s3:// URI (predictions/, metrics.json, report)")
     split: str = Field("test", description="split folder under --data ('' for --data itself)")
@@ -85,14 +89,23 @@ class EvaluateConfig(BaseModel):
 class PredictorActor:
     """Loads ``vlm.Predictor`` once per actor; each call is ``vlm.predict_rows`` on a pandas batch."""
 
-    def __init__(self, model: str, *, threads: int | None = None, budgets: dict | None = None, **options):
+    def __init__(self, model: str, *, threads: int | None = None, engine: str = "hf", budgets: dict | None = None,
+                 **options):
         if threads:
             import torch
 
             torch.set_num_threads(threads)
         import vlm
 
-        self.predictor = vlm.Predictor(model, **options)
+        if engine == "vllm":  # one vLLM engine per actor: continuous batching inside, predict_rows around it
+            from vlm.vllm_engine import VLLMPredictor
+
+            if options.pop("adapter", None):
+                raise ValueError("--engine vllm takes a merged model: export the adapter merged, then --model EXPORT")
+            options.pop("device", None)
+            self.predictor = VLLMPredictor(model, **options)
+        else:
+            self.predictor = vlm.Predictor(model, **options)
         self._predict = vlm.predict_rows
         self.budgets = budgets
 
@@ -192,7 +205,8 @@ def build_dataset(cfg: EvaluateConfig, done):
             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=1), batch_size=cfg.batch_size,
             batch_format="pandas", num_cpus=min(cfg.num_cpus, 0.25))
     options = {"adapter": cfg.adapter, "image_splitting": cfg.image_splitting, "longest_edge": cfg.longest_edge,
-               "device": cfg.device, "dtype": cfg.dtype, "threads": cfg.threads, "budgets": budgets}
+               "device": cfg.device, "dtype": cfg.dtype, "threads": cfg.threads, "budgets": budgets,
+               "engine": cfg.engine}
     return ds.map_batches(
         PredictorActor, fn_constructor_args=(cfg.model,), fn_constructor_kwargs=options,
         compute=ray.data.ActorPoolStrategy(min_size=cfg.min_actors, max_size=cfg.max_actors),
@@ -203,9 +217,7 @@ def build_dataset(cfg: EvaluateConfig, done):
 def run_predictions(cfg: EvaluateConfig, ds, pred_uri: str, todo: int) -> dict:
     """Pull prediction batches, write atomic shards every ``rows_per_shard`` rows, print progress."""
     from ecg import shards
-    from ecg.rows import PREDICTION_SCHEMA
-
-    from ecg.rows import add_usage, cost_usd
+    from ecg.rows import PREDICTION_SCHEMA, add_usage, cost_usd
 
     writer = shards.ShardWriter(pred_uri, rows_per_shard=cfg.rows_per_shard, schema=PREDICTION_SCHEMA)
     start = last = time.perf_counter()

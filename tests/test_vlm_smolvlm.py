@@ -67,17 +67,20 @@ def test_collate_with_the_real_processor_keeps_only_the_answer(smolvlm):
         assert tok.decode(labels[labels != -100]) == f" {answer}<end_of_utterance>"
 
 
-def test_rows_with_different_tile_counts_stack_into_one_left_padded_batch(smolvlm):
+def test_rows_with_different_tile_counts_left_pad_into_one_batch(smolvlm):
+    from vlm import engine
+
     predictor = vlm.Predictor.from_loaded(smolvlm)  # splitting on: tiles depend on the page size
     pages = [Image.new("RGB", (2200, 1700), "white"), Image.new("RGB", (600, 400), "white")]
     rows = [predictor.encode_one(page, QUESTION, max_new_tokens=8) for page in pages]
     tiles = [r["pixel_values"].shape[1] for r in rows]
     lengths = [r["input_ids"].shape[1] for r in rows]
     assert tiles[0] == 17 and tiles[1] < 17
-    batch = predictor._stack(rows)
-    assert batch["input_ids"].shape == (2, max(lengths))
-    assert batch["pixel_values"].shape[:2] == (2, 17)
-    # the short row is padded on the left, and its missing tiles are all-zero padding images with a zero mask
-    assert batch["attention_mask"][1].tolist() == [0] * (lengths[0] - lengths[1]) + [1] * lengths[1]
-    assert batch["pixel_attention_mask"][1, tiles[1] :].sum() == 0
-    assert batch["pixel_values"][1, tiles[1] :].abs().sum() == 0
+    # the vision tower's output for a row's tiles (64 tokens each) fills exactly that row's image tokens
+    image_token = smolvlm.processor.image_token_id
+    assert [int((r["input_ids"] == image_token).sum()) for r in rows] == [64 * t for t in tiles]
+    ids, mask = engine.left_pad([r["input_ids"][0].tolist() for r in rows], predictor.pad_id)
+    assert ids.shape == (2, max(lengths))
+    # the short row is padded on the left
+    assert mask[1].tolist() == [0] * (lengths[0] - lengths[1]) + [1] * lengths[1]
+    assert ids[1, lengths[0] - lengths[1] :].tolist() == rows[1]["input_ids"][0].tolist()

@@ -83,14 +83,26 @@ def test_score_labels_ranks_the_gold_labels_first(trained, pages):
 
 
 def test_label_scoring_with_a_shared_prompt_cache_equals_full_passes(trained, pages):
+    from vlm import engine
+
     loaded, _ = trained
     predictor = vlm.Predictor.from_loaded(loaded)
+    model = loaded.model.eval()
     rows = [predictor.encode_one(page, q) for page, q in zip(pages, QUESTIONS)]
-    features = predictor._image_features(rows)
     conts = [predictor._continuation(prefix, label) for prefix, label in (("", "SB"), ("SB", "1dAVb"), ("", "NORM"))]
     with torch.inference_mode():
-        cached = predictor._row_logprobs_cached(rows[0], features[0], conts)  # the fast path must work here
-        full = predictor._label_logprobs(rows, features, [(0, "x", ids, n) for ids, n in conts])
+        features = engine.image_features(model, rows)
+        prompt = engine.prefill(model, rows, features, image_token_id=loaded.processor.image_token_id,
+                                pad_id=predictor.pad_id)  # fmt: skip
+        cached = engine.continuation_logprobs(model, prompt, [(0, ids, n) for ids, n in conts], pad_id=predictor.pad_id)
+        full = []  # each continuation after the whole prompt, image included, in one plain forward pass
+        for ids, n in conts:
+            seq = torch.cat([rows[0]["input_ids"], torch.tensor([ids])], dim=1)
+            logits = model(input_ids=seq, pixel_values=rows[0]["pixel_values"],
+                           pixel_attention_mask=rows[0]["pixel_attention_mask"]).logits[0]  # fmt: skip
+            logp = torch.log_softmax(logits.float(), dim=-1)
+            t = rows[0]["input_ids"].shape[1]
+            full.append(sum(float(logp[t + m - 1, ids[m]]) for m in range(len(ids) - n, len(ids))))
     assert cached == pytest.approx(full, abs=1e-4)
     # P("SB" first) and P("; 1dAVb" after "SB") are both likely for the row trained on "SB; 1dAVb"
     assert cached[0] > -1.0 and cached[1] > -1.0 and cached[2] < -1.0

@@ -107,9 +107,9 @@ def _run_model(predictor, task, budget: int, out: pd.DataFrame, positions: list[
 
 
 def _answers_and_scores(predictor, task, budget: int, encoded: list[dict]) -> list[tuple[str, dict | None, bool]]:
-    answers = predictor.generate_encoded(encoded, max_new_tokens=budget)
-    cut = list(getattr(predictor, "last_cut", None) or [None] * len(answers))  # set by generate_encoded
-    if task.kind != MULTILABEL or not task.labels or not getattr(predictor, "label_scores", True):
-        return [(a, None, c) for a, c in zip(answers, cut)]
-    scores = predictor.score_encoded(encoded, list(task.labels), answers=answers)
-    return list(zip(answers, scores, cut))
+    # one call: the vision tower and the prompt run once per row, for the answer and the label scores alike
+    scored = task.kind == MULTILABEL and task.labels and getattr(predictor, "label_scores", True)
+    answers, scores = predictor.run_encoded(encoded, max_new_tokens=budget,
+                                            labels=list(task.labels) if scored else None)  # fmt: skip
+    cut = list(getattr(predictor, "last_cut", None) or [None] * len(answers))  # set by run_encoded
+    return list(zip(answers, scores or [None] * len(answers), cut))

@@ -144,7 +144,14 @@ class Loaded:
 
 
 def resolve_device_dtype(device="auto", dtype="auto"):
-    """``auto`` -> CUDA + bfloat16 when a GPU is there, else CPU + float32. ``dtype`` may be a name."""
+    """``auto`` -> CUDA + bfloat16 when a GPU is there, else CPU + float32. ``dtype`` may be a name.
+
+    bfloat16 on a CPU is opt-in (``dtype="bfloat16"``): on a CPU with native bf16 (AVX-512 BF16 or AMX) the 256 M
+    SmolVLM runs several times faster (benchmarks/stages.py), but answers and label probabilities are then those of
+    a bf16 model, and an ``auto`` that chose by CPU type would make one export score differently on different nodes
+    of a cluster; on CPUs without bf16 instructions it is emulated and slower. The tiny preset trains in float32.
+    Example: ``resolve_device_dtype("cpu", "bfloat16") == (torch.device("cpu"), torch.bfloat16)``.
+    """
     import torch
 
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else torch.device(device)
@@ -207,13 +214,16 @@ def _with_overrides(config, overrides: dict | None):
     return config
 
 
+ATTENTION = "sdpa"  # torch's fused attention, on CPU as on GPU (flash kernels in bf16 and fp32 alike)
+
+
 def _from_hf(source: str, dtype, device):
     from transformers import AutoModelForImageTextToText
 
-    kwargs = {"dtype": dtype}
-    if device.type == "cuda":
-        kwargs["attn_implementation"] = "sdpa"
-    return AutoModelForImageTextToText.from_pretrained(source, **kwargs)
+    try:
+        return AutoModelForImageTextToText.from_pretrained(source, dtype=dtype, attn_implementation=ATTENTION)
+    except ValueError:  # a model family without SDPA support: its own default
+        return AutoModelForImageTextToText.from_pretrained(source, dtype=dtype)
 
 
 def _from_config(folder: str, dtype, device, seed: int = 0, overrides: dict | None = None):
@@ -223,13 +233,11 @@ def _from_config(folder: str, dtype, device, seed: int = 0, overrides: dict | No
     if not (Path(folder) / "config.json").exists():
         raise FileNotFoundError(f"random:{folder}: no config.json in that folder")
     config = _with_overrides(AutoConfig.from_pretrained(folder), overrides)
-    if device.type == "cuda":
-        config._attn_implementation = "sdpa"
     state = torch.random.get_rng_state()
     torch.manual_seed(seed)  # the same random weights every time: comparable benchmark runs
     try:
         with torch.device(device):  # "meta" builds the architecture without memory (parameter counts)
-            model = AutoModelForImageTextToText.from_config(config, dtype=dtype)
+            model = AutoModelForImageTextToText.from_config(config, dtype=dtype, attn_implementation=ATTENTION)
     finally:
         torch.random.set_rng_state(state)
     return model
