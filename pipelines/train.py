@@ -325,11 +325,11 @@ def _datasets(cfg: TrainConfig):
     if n_train == 0:
         raise ValueError(f"{cfg.data}/train: no rows")
     ingest = _ingest(cfg, train, n_train)
-    # Encoding multiplies a row's bytes (a 400 KB page becomes 0.9 MiB at 896 px, 13 MiB as 17 tiles): one task
-    # per input block would encode a whole file's rows at once, past any small store before backpressure acts.
-    # Blocks of one encode batch keep the executor holding a few batches, not whole files.
+    # Encoding multiplies a row's bytes (a 400 KB page becomes 0.9 MiB at 896 px, 13 MiB as 17 tiles): with
+    # Ray Data's usual blocks (up to 128 MiB of PNGs) one task would encode a whole file's rows at once, past any
+    # small store before backpressure acts. Blocks of about one encoded row keep a few batches in flight.
     per_block = max(1, min(cfg.batch_size, 16))
-    train = train.repartition(target_num_rows_per_block=per_block)
+    train.context.target_max_block_size = int(max(2**20, ingest["row_mib"] * 2**20))
     encoded = train.map_batches(
         Encode, fn_constructor_kwargs={"model": cfg.model, "tiny": cfg.tiny, "image_splitting": cfg.image_splitting,
                                        "longest_edge": cfg.longest_edge},
