@@ -18,7 +18,6 @@ Example::
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import posixpath
@@ -31,7 +30,7 @@ from ecg.samples import _columns, _guard, assign_split, parse_splits, sample_row
 
 def resolve_task(task: str | None, path: str):
     """The registered task for an ECGBench file: ``task`` if given, else the file or folder name's alias."""
-    from metrics.tasks import all_tasks, get_task
+    from ecgtasks import all_tasks, get_task
 
     if task and task != "auto":
         return get_task(task)
@@ -48,30 +47,19 @@ def resolve_task(task: str | None, path: str):
 
 
 def gold_labels(task, answer: str) -> list[str]:
-    """Gold labels of an answer by the ECGBench protocol (``metrics.parsing``, the scorer's own rules).
+    """Gold labels of an answer by the ECGBench protocol (``ecgtasks.gold``: the scorer's own rules).
+    Example: ``gold_labels(get_task("code15"), "SB; 1dAVb") == ["1dAVb", "SB"]``."""
+    from ecgtasks.gold import gold_labels as labels
 
-    Multi-label: every label of the space occurring as a substring (code15: an answer that is exactly
-    ``NORM`` or ``ABNORMAL`` is that label alone). Choice: the gold letter. Others: none.
-    Example: ``gold_labels(get_task("code15"), "SB; 1dAVb") == ["1dAVb", "SB"]``.
-    """
-    from metrics import parsing
-
-    answer = (answer or "").strip()
-    if task.kind == "multilabel":
-        row = parsing.ecgbench_gold(task, [answer])[0]  # (L,) bool over task.labels
-        return [label for label, hit in zip(task.labels, row) if hit]
-    if task.kind == "choice" and answer:
-        letter = parsing.ecgbench_gold_letter(task, [answer])[0]
-        return [letter] if letter in task.labels else []
-    return []
+    return labels(task, answer)
 
 
 def conversation(value) -> tuple[str, str]:
     """``(question, answer)``: the first human turn and the first answer after it (``from`` gpt/assistant).
 
     An answer given as a list of texts (ECG-QA's gold) is kept as its JSON text, which the scorer reads back
-    as the list (``metrics.parsing.gold_text`` / ``gold_items``): ``'["sinus rhythm", "none"]'``."""
-    from metrics.parsing import gold_text
+    as the list (``ecgtasks.gold.gold_text`` / ``metrics.parsing.gold_items``): ``'["sinus rhythm", "none"]'``."""
+    from ecgtasks.gold import gold_text
 
     if isinstance(value, (str, bytes)):
         value = json.loads(value)
@@ -86,16 +74,10 @@ def conversation(value) -> tuple[str, str]:
 
 
 def check_image(data: bytes, where: str) -> bytes:
-    """``data`` if it decodes as an image; else ``ValueError`` naming ``where``."""
-    from PIL import Image
+    """``data`` if it decodes as an image (``ecg.images.decode_image``); else ``ValueError`` naming ``where``."""
+    from ecg.images import decode_image
 
-    if not data:
-        raise ValueError(f"{where}: empty image")
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()  # decodes fully: a truncated PNG fails here, not later in training
-    except Exception as exc:  # noqa: BLE001 - PIL raises several types for bad data
-        raise ValueError(f"{where}: unreadable image ({type(exc).__name__}: {exc})") from None
+    decode_image(data, where, mode=None)
     return data
 
 
@@ -155,7 +137,7 @@ def ecgbench_batch(batch, *, task, splits=None, seed: int = 0, source: str = "ec
     ``batch`` columns: ``id``, ``conversations`` (list or JSON) and either ``image_uri`` (a file to read) or
     ``image`` (bytes / struct). An unreadable image or a broken conversation is a failure row naming the id.
     """
-    from metrics.tasks import get_task
+    from ecgtasks import get_task
 
     task_ = get_task(task) if isinstance(task, str) else task
     splits = parse_splits(splits or {"test": 1.0})

@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from metrics.reduce import batch_stats
-from metrics.tasks import CHOICE, MULTILABEL, SETMATCH, Task, get_task
+from ecgtasks import CHOICE, MULTILABEL, SETMATCH, Task, get_task
 
 PROTOCOLS = ("ecgbench", "strict", "both")
 N_BOOT = 1000

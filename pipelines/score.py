@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 class ScoreConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    task: str = Field(..., description="task name or ECGBench alias (metrics.tasks registry), e.g. code15-test")
+    task: str = Field(..., description="task name or ECGBench alias (ecgtasks registry), e.g. code15-test")
     references: str | None = Field(None, description="references file/folder (local or s3://); None: use the "
                                                      "predictions' own `answer` column")
     predictions: str = Field(..., description="predictions file/folder (local or s3://)")

@@ -12,7 +12,7 @@ import torch
 
 from ecg.render import render, to_bytes
 from ecg.synth import generate
-from metrics.tasks import CODE15
+from ecgtasks import CODE15
 from vlm import finetune as ft
 
 
@@ -150,7 +150,7 @@ def test_validation_scores_each_row_with_its_own_task(loaded, rows):
     """Rows of three tasks in one val split: each scored by its own task's rules, reported per task."""
     import json
 
-    from metrics.tasks import get_task
+    from ecgtasks import get_task
 
     ptb, mc = get_task("ptbxl-super"), get_task("csn")
     val = rows.iloc[:6].copy()

@@ -21,7 +21,7 @@ from ecg.ecgbench import ecgbench_batch, gold_labels, json_references, resolve_t
 from ecg.record import STANDARD_LEADS
 from ecg.render import render, to_bytes
 from ecg.rows import PREDICTION_SCHEMA
-from metrics.tasks import get_task
+from ecgtasks import get_task
 
 SMALL = samples.RenderOptions(width=550, height=425)  # half-size pages: the tests are about rows, not pixels
 
@@ -225,7 +225,7 @@ def _predictions(ids, error=None) -> pa.Table:
     n = len(ids)
     return pa.table({"id": ids, "task": ["code15"] * n, "question": ["q"] * n, "answer": ["SB"] * n,
                      "prediction": ["" if error else "SB"] * n, "label_scores": [None] * n, "model": ["m"] * n,
-                     "error": [error] * n, "latency_ms": [1.0] * n}, schema=PREDICTION_SCHEMA)
+                     "error": [error] * n, "latency_ms": [1.0] * n, "prompt_tokens": [1] * n}, schema=PREDICTION_SCHEMA)
 
 
 def test_shard_writer_resume_helpers_and_dedup(tmp_path):

@@ -15,7 +15,7 @@ import pytest
 from ecg.render import render, to_bytes
 from ecg.rows import SAMPLE_SCHEMA
 from ecg.synth import generate
-from metrics.tasks import CODE15
+from ecgtasks import CODE15
 from pipelines import train
 
 REPO = Path(__file__).resolve().parents[1]

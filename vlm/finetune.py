@@ -355,7 +355,7 @@ class Validator:
 
         import pandas as pd
 
-        from metrics.tasks import get_task
+        from ecgtasks import get_task
         from vlm.predict import Predictor
         from vlm.prompt import row_history
 
