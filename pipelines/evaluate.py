@@ -18,7 +18,7 @@ import time
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipelines.prepare import load_config
+from pipelines.config import load_config
 
 
 class EvaluateConfig(BaseModel):

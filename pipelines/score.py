@@ -16,13 +16,11 @@ per-task counts (``metrics.reduce.stats_table``), merged on the driver; no row i
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -33,7 +31,7 @@ class ScoreConfig(BaseModel):
                                                      "predictions' own `answer` column")
     predictions: str = Field(..., description="predictions file/folder (local or s3://)")
     protocol: Literal["ecgbench", "strict", "both"] = Field("both", description="which protocol(s) to compute")
-    json_out: bool = Field(False, description="print one JSON object instead of the table")
+    json_out: bool = Field(False, description="print one JSON object instead of the table (also --json)")
     report: str | None = Field(None, description="folder (local or s3://) for report.md and report.html")
     seed: int = Field(0, description="bootstrap seed of the strict protocol's 95% intervals")
     random_order: Literal["task", "benchmark"] = Field(
@@ -43,34 +41,14 @@ class ScoreConfig(BaseModel):
     drawn_before: dict[str, int] = Field(
         default_factory=dict, description="with random_order benchmark: letters drawn by each task before this "
                                           "one in the reference's run (their reported random_letters; 0 if not "
-                                          "run): {} for mmmu, {mmmu: N} for csn, {mmmu: N, csn: M} for g12")
-
-
-def _counts(text: str) -> dict[str, int]:
-    """``"mmmu=12,csn=40"`` -> ``{"mmmu": 12, "csn": 40}``."""
-    try:
-        return {k.strip(): int(v) for k, v in (part.split("=") for part in text.split(",") if part.strip())}
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected TASK=N[,TASK=N], got {text!r}") from None
+                                          "run): {} for mmmu, mmmu=N for csn, mmmu=N,csn=M for g12")
 
 
 def parse_args(argv) -> ScoreConfig:
-    p = argparse.ArgumentParser(prog="ecgvlm score", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", help="YAML file with the fields below; command-line flags override it")
-    p.add_argument("--task")
-    p.add_argument("--references")
-    p.add_argument("--predictions")
-    p.add_argument("--protocol", choices=["ecgbench", "strict", "both"])
-    p.add_argument("--json", dest="json_out", action="store_true", default=None)
-    p.add_argument("--report")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--random-order", choices=["task", "benchmark"])
-    p.add_argument("--drawn-before", type=_counts, help="TASK=N[,TASK=N]: e.g. mmmu=12,csn=40")
-    args = vars(p.parse_args(argv))
-    config = args.pop("config")
-    base = (yaml.safe_load(open(config)) or {}) if config else {}
-    return ScoreConfig(**{**base, **{k: v for k, v in args.items() if v is not None}})
+    """``--config FILE.yaml`` then flags (``pipelines.config``); ``--json`` is ``--json-out``."""
+    from pipelines.config import load_config
+
+    return load_config(ScoreConfig, argv, prog="ecgvlm score", doc=__doc__, aliases={"json": "json-out"})
 
 
 def score_files(cfg: ScoreConfig) -> dict:

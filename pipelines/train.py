@@ -21,7 +21,6 @@ import sys
 import tempfile
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from ecg import storage
@@ -93,30 +92,13 @@ class TrainConfig(BaseModel):
 
 
 def parse_config(argv: list[str] | None) -> TrainConfig:
-    """``--config FILE.yaml`` then ``--field value`` overrides (values parsed as YAML: ``--tiny '{image_size: 448}'``)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in ("-h", "--help"):
-        fields = "\n".join(f"  --{k.replace('_', '-'):<24} {f.description}" for k, f in TrainConfig.model_fields.items())
-        print(f"usage: ecgvlm train [--config FILE.yaml] [--field value ...]\n\n{fields}")
-        raise SystemExit(0)
-    values: dict[str, Any] = {}
-    overrides: dict[str, Any] = {}
-    it = iter(argv)
-    for flag in it:
-        if not flag.startswith("--"):
-            raise SystemExit(f"ecgvlm train: unexpected argument {flag!r}")
-        key, _, value = flag[2:].partition("=")
-        value = value if _ else next(it, None)
-        if value is None:
-            raise SystemExit(f"ecgvlm train: {flag} needs a value")
-        if key == "config":
-            values.update(yaml.safe_load(open(value)) or {})
-        else:
-            overrides[key.replace("-", "_")] = yaml.safe_load(value) if key not in ("model", "data", "out") else value
+    """``--config FILE.yaml`` then flags (``pipelines.config``), local paths made absolute."""
     from pipelines import launch
+    from pipelines.config import load_config
 
     # Ray Train runs each worker in its own run folder: local paths travel as absolute paths.
-    return launch.absolute_paths(TrainConfig(**{**values, **overrides}), "data", "out", "model")
+    cfg = load_config(TrainConfig, argv, prog="ecgvlm train", doc=__doc__)
+    return launch.absolute_paths(cfg, "data", "out", "model")
 
 
 class Encode:
