@@ -159,7 +159,9 @@ def _hooks(cfg: TrainConfig, loaded, model, opt, rank: int, has_val: bool):
             return None
         if validator is None:
             it = ray.train.get_dataset_shard("val").iter_batches(batch_size=64, batch_format="pandas")
-            validator = ft.Validator(loaded, model, pd.concat(list(it), ignore_index=True), task=cfg.task)
+            from vlm.validation import Validator
+
+            validator = Validator(loaded, model, pd.concat(list(it), ignore_index=True), task=cfg.task)
         result = validator(st)
         print(f"validation at step {st.step}: " + " ".join(f"{k} {v:.1f}" for k, v in result.items()), flush=True)
         return result
