@@ -221,3 +221,13 @@ def _yaml_mapping(path: str) -> dict:
     if not isinstance(doc, dict):
         raise ValueError("not a YAML mapping of field: value")
     return doc
+
+
+def error_exit(job: str, failed: int, attempted: int, max_rate: float) -> int:
+    """The exit status of a job that wrote everything: 1 (and one line saying why) when more than ``max_rate``
+    of the ``attempted`` rows failed, else 0."""
+    if attempted and failed / attempted > max_rate:
+        print(f"{job}: {failed} of {attempted} rows failed ({failed / attempted:.0%}), more than --max-error-rate "
+              f"{max_rate:g}; everything is written, the failures are listed with their errors", file=sys.stderr)
+        return 1
+    return 0

@@ -18,7 +18,7 @@ import time
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipelines.config import load_config
+from pipelines.config import error_exit, load_config
 
 
 class EvaluateConfig(BaseModel):
@@ -50,6 +50,8 @@ class EvaluateConfig(BaseModel):
     progress_s: float = Field(10.0, description="seconds between progress lines")
     ray_cpus: int | None = Field(None, ge=1, description="CPUs of the local Ray started when none is running "
                                  "(None: every core)")
+    max_error_rate: float = Field(0.5, ge=0, le=1, description="exit non-zero (after writing everything) when more "
+                                  "than this fraction of the predictions are errors")
 
     def bundles(self) -> list[dict]:
         """The actor pool's minimum (it grows to ``max_actors`` where there is room) and one read task."""
@@ -184,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"evaluate: {run['new_rows']} new rows ({run['new_errors']} errors), {len(done)} already done, "
           f"{totals['rows']} predictions in all ({totals['errors']} errors), {run['wall_s']:.1f} s -> {cfg.out}",
           flush=True)
-    return 0
+    return error_exit("evaluate", totals["errors"], totals["rows"], cfg.max_error_rate)
 
 
 def score(pred_uri: str, *, protocol: str, driver_rows: int = 200_000) -> tuple[dict, dict]:

@@ -19,7 +19,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipelines.config import load_config  # noqa: F401  (also imported from here by older callers)
+from pipelines.config import error_exit, load_config
 
 
 class PrepareConfig(BaseModel):
@@ -42,6 +42,8 @@ class PrepareConfig(BaseModel):
     image_format: Literal["PNG", "JPEG"] = Field("PNG", description="image encoding")
     quality: int = Field(90, description="JPEG quality")
     overwrite: bool = Field(False, description="replace shards already under --out")
+    max_error_rate: float = Field(0.5, ge=0, le=1, description="exit non-zero (after writing everything) when more "
+                                  "than this fraction of the records failed")
 
 
 # ---- the job --------------------------------------------------------------------------------------------
@@ -130,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{manifest['wall_s']:.1f} s -> {cfg.out}", flush=True)
     for failure in manifest["failures"][:20]:
         print(f"  failed {failure['id']}: {failure['error']}", file=sys.stderr)
-    return 0
+    return error_exit("prepare", manifest["failed"], manifest["n"], cfg.max_error_rate)
 
 
 if __name__ == "__main__":

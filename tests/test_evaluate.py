@@ -69,6 +69,10 @@ def test_evaluate_tiny_on_s3_rows_errors_metrics(ray_cluster, s3_server, tmp_pat
     # Nothing new to do on a rerun: every id is already predicted, and nothing is written twice.
     assert cli.main(["evaluate", "--model", "tiny", "--data", data, "--out", out]) == 0
     assert sorted(_prediction_ids(out)) == sorted(ids)
+    # 1 error in 10 predictions: over a 5% bound the job exits 1, its metrics and report written all the same
+    storage.write_text(storage.join(out, "metrics.json"), "{}")
+    assert cli.main(["evaluate", "--model", "tiny", "--data", data, "--out", out, "--max-error-rate", "0.05"]) == 1
+    assert json.loads(storage.read_text(storage.join(out, "metrics.json")))["code15"]["errors"] == 1
 
 
 def test_killed_run_resumes_without_duplicates_or_gaps(ray_cluster, tmp_path):
