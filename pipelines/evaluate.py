@@ -52,6 +52,8 @@ class EvaluateConfig(BaseModel):
                                  "(None: every core)")
     max_error_rate: float = Field(0.5, ge=0, le=1, description="exit non-zero (after writing everything) when more "
                                   "than this fraction of the predictions are errors")
+    tracking: str = Field("local", description="experiment tracking: 'local' (MLflow file store ./mlruns, or "
+                          "$MLFLOW_TRACKING_URI), 'none', or an MLflow tracking URI; logged after scoring")
 
     def bundles(self) -> list[dict]:
         """The actor pool's minimum (it grows to ``max_actors`` where there is room) and one read task."""
@@ -183,6 +185,12 @@ def main(argv: list[str] | None = None) -> int:
     from metrics.report import write_report
 
     write_report(results, cfg.out, shards.read_predictions(pred_uri, first_files=1).head(20))
+    from metrics import tracking
+
+    tracked = tracking.track(cfg.tracking, experiment="ecgvlm-evaluate", run_name=cfg.model, config=cfg.model_dump())
+    reports = {name: storage.read_text(storage.join(cfg.out, name)) for name in ("report.md", "report.html")}
+    tracking.log_evaluation(tracked, results, run, reports)
+    tracked.close()
     print(f"evaluate: {run['new_rows']} new rows ({run['new_errors']} errors), {len(done)} already done, "
           f"{totals['rows']} predictions in all ({totals['errors']} errors), {run['wall_s']:.1f} s -> {cfg.out}",
           flush=True)

@@ -85,6 +85,8 @@ class TrainConfig(BaseModel):
     stop_after_steps: int | None = Field(None, ge=1, description="tests: stop like a crash after N steps of a run")
     max_error_rate: float = Field(0.5, ge=0, le=1, description="exit non-zero (after writing everything) when more "
                                   "than this fraction of the train rows failed to encode")
+    tracking: str = Field("local", description="experiment tracking: 'local' (MLflow file store ./mlruns, or "
+                          "$MLFLOW_TRACKING_URI), 'none', or an MLflow tracking URI; logged after training")
 
     def bundles(self) -> list[dict]:
         """What must run at once: the workers and the encode actors (Ray Data's read tasks share their CPUs)."""
@@ -139,6 +141,11 @@ def run(cfg: TrainConfig) -> dict:
         if started:
             ray.shutdown()
     summary = json.loads(storage.read_text(storage.join(cfg.out, "train_summary.json")))
+    from metrics import tracking
+
+    tracked = tracking.track(cfg.tracking, experiment="ecgvlm-train", run_name=cfg.name, config=cfg.model_dump())
+    tracking.log_training(tracked, summary)
+    tracked.close(ok=not summary["interrupted"])
     print(f"done: step {summary['step']} (started at {summary['start_step']}), last loss {summary['last_loss']}, "
           f"{summary.get('failed_rows', 0)} rows failed to encode, validation {summary.get('validation')}, "
           f"export {summary.get('export')}, checkpoint {result.checkpoint.path if result.checkpoint else None}",
