@@ -47,7 +47,7 @@ class EvaluateConfig(BaseModel):
     rows_per_shard: int = Field(256, ge=1, description="prediction rows per output shard")
     max_batches: int | None = Field(None, ge=1, description="stop after this many batches (smoke runs)")
     protocol: str = Field("both", description="scoring protocol: ecgbench, strict or both")
-    progress_s: float = Field(10.0, description="seconds between progress lines")
+    progress_s: float = Field(10.0, description="seconds between progress lines (a bar instead on a terminal)")
     ray_cpus: int | None = Field(None, ge=1, description="CPUs of the local Ray started when none is running "
                                  "(None: every core)")
     max_error_rate: float = Field(0.5, ge=0, le=1, description="exit non-zero (after writing everything) when more "
@@ -128,18 +128,19 @@ def run_predictions(cfg: EvaluateConfig, ds, pred_uri: str, todo: int) -> dict:
     from ecg import shards
     from ecg.rows import PREDICTION_SCHEMA
 
+    from pipelines.progress import Progress
+
     writer = shards.ShardWriter(pred_uri, rows_per_shard=cfg.rows_per_shard, schema=PREDICTION_SCHEMA)
-    start = last = time.perf_counter()
+    start = time.perf_counter()
     rows = errors = batches = 0
-    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None) if todo else ():
-        writer.add(batch)
-        rows, batches = rows + batch.num_rows, batches + 1
-        errors += batch.num_rows - batch.column("error").null_count
-        if time.perf_counter() - last >= cfg.progress_s:
-            last = time.perf_counter()
-            print(f"evaluate: {rows}/{todo} rows, {rows / (last - start):.2f} rows/s, {errors} errors", flush=True)
-        if cfg.max_batches and batches >= cfg.max_batches:
-            break
+    with Progress(todo, what="evaluate", every_s=cfg.progress_s) as progress:
+        for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None) if todo else ():
+            writer.add(batch)
+            failed = batch.num_rows - batch.column("error").null_count
+            rows, batches, errors = rows + batch.num_rows, batches + 1, errors + failed
+            progress.update(batch.num_rows, errors=failed)
+            if cfg.max_batches and batches >= cfg.max_batches:
+                break
     writer.close()
     wall = time.perf_counter() - start
     return {"new_rows": rows, "new_errors": errors, "shards_written": writer.written, "predict_s": round(wall, 2),

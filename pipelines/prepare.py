@@ -106,7 +106,11 @@ def main(argv: list[str] | None = None) -> int:
     _clear(cfg.out, cfg.overwrite)
     from pipelines import launch
 
+    from pipelines.progress import attached
+
     started = launch.start([{"CPU": cfg.num_cpus}], what="ecgvlm prepare", hint="num_cpus")
+    ray_data = __import__("ray").data.DataContext.get_current()
+    ray_data.enable_progress_bars = ray_data.enable_operator_progress_bars = attached()  # plain logs otherwise
     try:
         ds, fn, kwargs, batch_size = plan(cfg, splits)
         rows = ds.map_batches(fn, fn_kwargs=kwargs, batch_size=batch_size, num_cpus=cfg.num_cpus)
