@@ -51,6 +51,6 @@ def decode_image(data, where: str, *, mode: str | None = "RGB", max_pixels: int 
         raise ImageError(f"{where} refused as a decompression bomb ({err}); the limit is {limit} pixels",
                          too_large=True) from None
     except Exception as err:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError... for broken files
-        kinds = "/".join(formats) if formats else "image"
-        raise ImageError(f"{where}: unreadable image, not a readable {kinds} ({type(err).__name__}: {err})") from None
+        kinds = f", not a readable {'/'.join(formats)}" if formats else ""
+        raise ImageError(f"{where}: unreadable image{kinds} ({type(err).__name__}: {err})") from None
     return image.convert(mode) if mode and image.mode != mode else image

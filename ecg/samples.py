@@ -1,4 +1,4 @@
-"""Records -> sample rows: rendering, split assignment, failure rows and the manifest. No Ray, no torch.
+"""Records -> sample rows: rendering, split assignment and failure rows (kinds of failure). No Ray, no torch.
 
 Every ``*_batch`` function is one stage of ``ecgvlm prepare``: a pure function from a batch of references
 (dict of columns or a pandas DataFrame) to a ``pyarrow.Table`` of :data:`ROW_SCHEMA` rows (the sample-row
@@ -25,6 +25,26 @@ import pyarrow as pa
 from ecg.rows import SAMPLE_SCHEMA
 
 FAILED = "_failed"  # the pseudo-split of failure rows (leading "_": pyarrow dataset discovery skips it)
+
+# Kinds of failure, counted apart in the manifest (``meta["kind"]`` of a failure row).
+BAD_JSON = "bad_json"  # a JSON Lines line or a JSON array element that does not parse as an object
+NO_IMAGE = "no_image"  # the record names no image
+IMAGE_NOT_FOUND = "image_not_found"  # the image file cannot be opened
+UNREADABLE_IMAGE = "unreadable_image"  # the bytes do not decode as an image
+ABSOLUTE_PATH = "absolute_path"  # an image path that is absolute (or a URI) instead of relative to the root
+OUTSIDE_ROOT = "path_outside_root"  # an image path that climbs out of the dataset's root (``..``, a symlink)
+BAD_CONVERSATION = "bad_conversation"  # no (human, gpt) pair, or turns out of order
+UNREADABLE_RECORD = "unreadable_record"  # anything else (a truncated WFDB file, an HDF5 of the wrong shape, ...)
+
+
+class RecordError(ValueError):
+    """A record that cannot become a sample, with the ``kind`` of failure the manifest counts it under."""
+
+    def __init__(self, message: str, kind: str = UNREADABLE_RECORD):
+        super().__init__(message)
+        self.kind = kind
+
+
 ROW_SCHEMA = SAMPLE_SCHEMA.append(pa.field("split", pa.string()))
 DEFAULT_SPLITS = {"train": 0.8, "val": 0.1, "test": 0.1}
 
@@ -116,11 +136,16 @@ def sample_row(*, id: str, task: str, image: bytes | None, question: str, answer
             "meta": json.dumps(meta or {}, sort_keys=True, default=str), "split": split}
 
 
-def failure_row(id: str, error: BaseException | str, *, task: str = "", source: str = "", meta=None) -> dict:
-    """A row that stands for a reference that could not be made into a sample (``split == FAILED``)."""
+def failure_row(id: str, error: BaseException | str, *, task: str = "", source: str = "", meta=None,
+                kind: str | None = None) -> dict:
+    """A row that stands for a reference that could not be made into a sample (``split == FAILED``).
+
+    ``meta`` holds the ``error`` message and its ``kind`` (``error.kind`` for a :class:`RecordError`).
+    """
     message = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+    kind = kind or getattr(error, "kind", UNREADABLE_RECORD)
     return sample_row(id=id, task=task, image=None, question="", answer="", source=source, split=FAILED,
-                      meta={**(meta or {}), "error": message})
+                      meta={**(meta or {}), "error": message, "kind": kind})
 
 
 def record_row(record, *, task, source: str, split: str, options: RenderOptions, seed: int = 0) -> dict:
@@ -140,14 +165,14 @@ def to_table(rows: list[dict]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=ROW_SCHEMA)
 
 
-def _guard(ref_id: str, make, *, task: str, source: str) -> dict:
+def _guard(ref_id: str, make, *, task: str, source: str):
     """``make()``, or a failure row naming ``ref_id`` when it raises (the job goes on)."""
     try:
         return make()
     except Exception as exc:  # noqa: BLE001 - any bad record is counted, never fatal
         error = f"{type(exc).__name__}: {exc}"
         error = error if ref_id in error else f"{ref_id}: {error}"  # the message must name the record
-        return failure_row(ref_id, error, task=task, source=source)
+        return failure_row(ref_id, error, task=task, source=source, kind=getattr(exc, "kind", UNREADABLE_RECORD))
 
 
 # ---- stages ---------------------------------------------------------------------------------------------
@@ -199,53 +224,6 @@ def synthetic_batch(batch, *, seed: int = 0, task: str = "code15", splits=None,
 def synthetic_references(n: int, chunk: int = 50) -> list[dict]:
     """``[{"start": 0, "count": 50}, {"start": 50, "count": 50}, ...]`` covering ``n`` records."""
     return [{"start": s, "count": min(chunk, n - s)} for s in range(0, n, chunk)]
-
-
-# ---- manifest -------------------------------------------------------------------------------------------
-
-
-def versions() -> dict:
-    """Versions of the packages that decide the bytes of a shard."""
-    from importlib import metadata
-
-    out = {}
-    for name in ("ecgvlm", "numpy", "pyarrow", "ray", "pillow", "wfdb", "h5py"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
-
-
-def build_manifest(out_uri: str, splits, *, info: dict) -> dict:
-    """The manifest of a prepared dataset: counts per split and label, failures, versions, plus ``info``.
-
-    ``counts.labels`` is ``{label: {split: n}}``; ``failures`` lists every record that could not be made,
-    with its error; ``failed`` is their count. Example::
-
-        build_manifest("./data/synth", ["train", "val", "test"], info={"source": "synthetic", "n": 10})
-        # {"source": "synthetic", "n": 10, "rows": 10, "failed": 0, "counts": {"splits": {"train": 8, ...},
-        #  "labels": {"AF": {"train": 1, ...}, ...}}, "failures": [], "versions": {...}}
-    """
-    from ecg import storage
-    from ecg.shards import count_split, read_failures
-
-    per_split = {s: count_split(storage.join(out_uri, s)) for s in splits}
-    labels: dict[str, dict[str, int]] = {}
-    for split, counts in per_split.items():
-        for label, n in counts["labels"].items():
-            labels.setdefault(label, {})[split] = n
-    failures = read_failures(storage.join(out_uri, FAILED))
-    return {
-        **info,
-        "rows": sum(c["rows"] for c in per_split.values()),
-        "failed": len(failures),
-        "counts": {"splits": {s: c["rows"] for s, c in per_split.items()},
-                   "labels": dict(sorted(labels.items())),
-                   "tasks": {s: c["tasks"] for s, c in per_split.items()}},
-        "failures": failures,
-        "versions": versions(),
-    }
 
 
 # ---- signal datasets: PTB-XL (WFDB) and CODE-15% (HDF5) ---------------------------------------------------

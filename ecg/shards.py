@@ -39,30 +39,40 @@ def parquet_dataset(uri: str):
     return pads.dataset(files, filesystem=fs, format="parquet") if files else None
 
 
-def count_split(uri: str) -> dict:
-    """``{"rows": n, "labels": {label: n}, "tasks": {task: n}}`` of the sample shards under ``uri``.
+LATER_TURN = r"#t[1-9][0-9]*$"  # the id suffix of a record's turn k >= 1 (``<record id>#t<k>``)
 
-    Reads only the ``labels`` and ``task`` columns (Parquet is columnar: no image bytes are read).
+
+def count_split(uri: str) -> dict:
+    """``{"rows": n, "records": r, "labels": {label: n}, "tasks": {task: n}}`` of the sample shards under ``uri``.
+
+    ``records`` counts rows that are a record's first turn (ids without a ``#t<k>`` suffix). Reads only the
+    ``id``, ``labels`` and ``task`` columns (Parquet is columnar: no image bytes are read).
     """
     from collections import Counter
 
+    import pyarrow.compute as pc
+
     data = parquet_dataset(uri)
-    labels, tasks, rows = Counter(), Counter(), 0
-    for batch in data.to_batches(columns=["labels", "task"]) if data is not None else ():
+    labels, tasks, rows, records = Counter(), Counter(), 0, 0
+    for batch in data.to_batches(columns=["id", "labels", "task"]) if data is not None else ():
         rows += batch.num_rows
+        later_turns = pc.sum(pc.match_substring_regex(batch.column("id"), LATER_TURN)).as_py() or 0
+        records += batch.num_rows - later_turns
         labels.update(batch.column("labels").flatten().to_pylist())
         tasks.update(batch.column("task").to_pylist())
-    return {"rows": rows, "labels": dict(sorted(labels.items())), "tasks": dict(sorted(tasks.items()))}
+    return {"rows": rows, "records": records, "labels": dict(sorted(labels.items())),
+            "tasks": dict(sorted(tasks.items()))}
 
 
 def read_failures(uri: str) -> list[dict]:
-    """``[{"id": ..., "error": ...}]`` of failure rows (error in ``meta``) written under ``uri``, by id."""
+    """``[{"id": ..., "error": ..., "kind": ...}]`` of the failure rows written under ``uri`` (from ``meta``), by id."""
     data = parquet_dataset(uri)
     if data is None:
         return []
     table = data.to_table(columns=["id", "meta"])
-    out = [{"id": i, "error": json.loads(m or "{}").get("error", "")}
-           for i, m in zip(table.column("id").to_pylist(), table.column("meta").to_pylist())]
+    metas = [json.loads(m or "{}") for m in table.column("meta").to_pylist()]
+    out = [{"id": i, "error": m.get("error", ""), "kind": m.get("kind", "unreadable_record")}
+           for i, m in zip(table.column("id").to_pylist(), metas)]
     return sorted(out, key=lambda f: f["id"])
 
 
@@ -116,6 +126,13 @@ class ShardWriter:
         self.flush()
 
 
+def aside_name(uri: str) -> str:
+    """Where a torn shard is moved: ``<folder>/_<name>.corrupt``. pyarrow.dataset, pandas and ``datasets`` skip
+    names starting with ``_``, and a ``*.parquet`` glob (polars, DuckDB) misses it: the folder stays readable."""
+    folder, _, name = uri.rpartition("/")
+    return f"{folder}/_{name}.corrupt" if folder else f"_{name}.corrupt"
+
+
 def torn(exc: BaseException) -> bool:
     """True when reading a Parquet file failed because the file itself is broken (no footer, bad metadata:
     pyarrow's ``ArrowInvalid``), not because storage failed to answer (an ``OSError``: retried instead)."""
@@ -139,7 +156,7 @@ def with_retries(fn, what: str, *, attempts: int = 4, wait_s: float = 0.5):
 
 def _readable(uri: str, fs=None) -> list[str]:
     """The ``*.parquet`` files under ``uri`` that have a valid footer. A file whose footer is torn (another
-    writer killed mid-file) is moved aside to ``.corrupt`` (warned); a transient read error is retried and, if
+    writer killed mid-file) is moved aside (``aside_name``, warned); a transient read error is retried and, if
     it lasts, raised: a healthy shard is never moved aside because storage hiccupped."""
     fs = fs or storage.resolve(uri)[0]
     good = []
@@ -150,8 +167,9 @@ def _readable(uri: str, fs=None) -> list[str]:
         except Exception as exc:  # noqa: BLE001 - only a torn file is moved; anything else propagates
             if not torn(exc):
                 raise
-            print(f"warning: {f} is not a complete Parquet file ({exc}); moved to {f}.corrupt", file=sys.stderr)
-            fs.move(strip_scheme(f), strip_scheme(f) + ".corrupt")
+            aside = aside_name(f)
+            print(f"warning: {f} is not a complete Parquet file ({exc}); moved to {aside}", file=sys.stderr)
+            fs.move(strip_scheme(f), strip_scheme(aside))
     return good
 
 

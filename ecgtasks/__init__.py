@@ -17,6 +17,7 @@ from ecgtasks.registry import (  # noqa: F401
     CODE15_QUESTION,
     ECGQA,
     FREETEXT,
+    FREETEXT_TASK,
     MULTILABEL,
     PTBXL_REPORT,
     PTBXL_SUPER,

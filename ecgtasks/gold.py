@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 
+LETTERS8 = tuple("ABCDEFGH")
+
 
 def gold_text(value) -> str | None:
     """The ``answer`` column's text for a gold answer as given: a text as it is, a list of texts (ECG-QA's
@@ -61,3 +63,25 @@ def gold_labels(task, answer: str) -> list[str]:
         letter = gold_letter(task, answer)
         return [letter] if letter in task.labels else []
     return []
+
+
+def reference_letter(text: str) -> str | None:
+    """The reference's choice-letter extraction; None where it would draw a random letter.
+
+    >>> reference_letter("B"), reference_letter("I think C. is right"), reference_letter("Answer: (D)")
+    ('B', 'C', 'D')
+    """
+    if text in LETTERS8:
+        return text
+    for letter in LETTERS8:  # the first "X." scanning A. .. H., wherever it is in the text
+        if letter + "." in text:
+            return letter
+    if "The correct option is " in text:
+        tail = text.split("The correct option is ")[-1]
+        return tail[0] if tail[:1] in LETTERS8 else None  # the reference crashes on an empty tail
+    if "Answer:" in text:
+        answer = text.split("Answer:")[-1].strip()
+        for letter in LETTERS8:
+            if letter in answer:
+                return letter
+    return None

@@ -219,3 +219,15 @@ ARENA = register(
         description="ECG Arena multi-turn questions (LLM-judged in the paper; ANLS of the first answer here)",
     )
 )
+
+FREETEXT_TASK = register(
+    Task(
+        name="freetext",
+        kind=FREETEXT,
+        question="",
+        max_new_tokens=512,
+        metrics=("anls",),
+        description="any other question with a free-text answer (ECGInstruct's open-ended, fill-in, report and "
+                    "follow-up turns that fit no benchmark task); ANLS",
+    )
+)

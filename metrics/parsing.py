@@ -33,10 +33,9 @@ from functools import lru_cache
 import numpy as np
 import pandas as pd
 
-from ecgtasks.gold import gold_letter, gold_text, multilabel_gold_row  # noqa: F401  (re-exported)
+from ecgtasks.gold import LETTERS8, gold_letter, gold_text, multilabel_gold_row, reference_letter  # noqa: F401
 from ecgtasks.registry import Task
 
-LETTERS8 = tuple("ABCDEFGH")
 _QA_TAIL = "Only answer based on the given Options without any explanation."
 
 
@@ -148,28 +147,6 @@ def ecgbench_labels_u(task: Task, texts: list[str]) -> np.ndarray:
         elif "NORM" in t:  # NORM only when ABNORMAL (which contains it) is absent
             m[i, norm] = True
     return m
-
-
-def reference_letter(text: str) -> str | None:
-    """The reference's choice-letter extraction; None where it would draw a random letter.
-
-    >>> reference_letter("B"), reference_letter("I think C. is right"), reference_letter("Answer: (D)")
-    ('B', 'C', 'D')
-    """
-    if text in LETTERS8:
-        return text
-    for letter in LETTERS8:  # the first "X." scanning A. .. H., wherever it is in the text
-        if letter + "." in text:
-            return letter
-    if "The correct option is " in text:
-        tail = text.split("The correct option is ")[-1]
-        return tail[0] if tail[:1] in LETTERS8 else None  # the reference crashes on an empty tail
-    if "Answer:" in text:
-        answer = text.split("Answer:")[-1].strip()
-        for letter in LETTERS8:
-            if letter in answer:
-                return letter
-    return None
 
 
 def ecgbench_gold_letter(task: Task, gold) -> np.ndarray:

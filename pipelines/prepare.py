@@ -1,18 +1,20 @@
-"""``ecgvlm prepare``: a source of ECGs -> sample-row Parquet shards under ``<out>/<split>/`` + ``manifest.json``.
+"""``ecgvlm prepare``: a source of ECGs -> sample-row Parquet shards under ``<out>/<split>/`` + ``_manifest.json``.
 
     ecgvlm prepare --source synthetic --n 2000 --seed 0 --out ./data/synth
     ecgvlm prepare --source ptbxl --path ./ptb-xl --out s3://ecg/ptbxl
     ecgvlm prepare --source code15 --path ./code15 --out ./data/code15 --split train=0.9,test=0.1
-    ecgvlm prepare --source ecgbench --path ./ECGBench/code15-test.json --out ./data/bench
+    ecgvlm prepare --source ecgbench --path ./ECGBench/code15-test --out ./data/bench
+    ecgvlm prepare --source ecginstruct --path ./ECGInstruct.json --out ./data/ecginstruct --split train=0.99,val=0.01
 
-The driver lists cheap references (chunk ranges, record paths, image paths); Ray tasks read, generate and
-render them (``ecg.samples`` / ``ecg.ecgbench`` stages) and Ray Data writes the rows partitioned by split.
-A record that fails becomes a failure row: counted and listed with its error in the manifest, never dropped.
+The driver lists cheap references (chunk ranges, record paths); ECGBench / ECGInstruct JSON is parsed as a
+stream inside a Ray task (``ecg.jsonrecords``). Ray tasks read, generate and render (``ecg.samples`` /
+``ecg.ecgbench`` stages) and Ray Data writes the rows partitioned by split. A record that fails becomes a
+failure row: counted by kind and listed with its error in the manifest, never dropped. Every ``<out>/<split>``
+folder, and ``<out>`` itself, is a plain Parquet dataset (the manifest's leading ``_`` makes readers skip it).
 """
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from typing import Literal
@@ -25,14 +27,19 @@ from pipelines.config import error_exit, load_config
 class PrepareConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    source: Literal["synthetic", "ptbxl", "code15", "ecgbench"] = Field("synthetic", description="where records come from")
+    source: Literal["synthetic", "ptbxl", "code15", "ecgbench", "ecginstruct"] = Field(
+        "synthetic", description="where records come from (ecginstruct: one JSON of many tasks, each row its own)")
     out: str = Field("./data/synth", description="output folder or s3:// URI")
-    path: str | None = Field(None, description="dataset folder (ptbxl, code15) or ECGBench file/folder")
+    path: str | None = Field(None, description="dataset folder (ptbxl, code15) or ECGBench / ECGInstruct file or folder")
+    image_root: str | None = Field(None, description="ecgbench/ecginstruct: folder image paths are relative to "
+                                   "(default: the JSON's folder); paths leaving it are refused")
     n: int = Field(2000, ge=1, description="synthetic: number of records")
     seed: int = Field(0, description="seed of the generator, the split hash and augmentation")
-    split: str | None = Field(None, description="NAME=FRACTION,... by patient (default train=0.8,val=0.1,test=0.1; ecgbench: test=1)")
+    split: str | None = Field(None, description="NAME=FRACTION,... by patient (default train=0.8,val=0.1,test=0.1; "
+                              "ecgbench: test=1; ecginstruct: train=0.99,val=0.01, by image)")
     ptbxl_folds: bool = Field(True, description="ptbxl: strat_fold 9 -> val, 10 -> test, others train")
-    task: str | None = Field(None, description="task of the rows (default: code15; ptbxl-super; ecgbench: from the file name)")
+    task: str | None = Field(None, description="task of the rows (default: code15; ptbxl-super; ecgbench and "
+                             "ecginstruct: auto, each row's own from its question and id; a name forces it)")
     chunk: int = Field(50, ge=1, description="records per Ray task")
     num_cpus: float = Field(1.0, gt=0, description="CPUs per rendering task")
     width: int = Field(1100, description="page width, px")
@@ -53,7 +60,7 @@ def plan(cfg: PrepareConfig, splits: dict):
     """``(dataset, stage_fn, stage_kwargs, batch_size)`` for the source: references in, rows out."""
     import ray
 
-    from ecg import ecgbench, samples, storage
+    from ecg import samples
 
     options = samples.RenderOptions(width=cfg.width, height=cfg.height, layout=cfg.layout, augment=cfg.augment,
                                     image_format=cfg.image_format, quality=cfg.quality)
@@ -69,26 +76,43 @@ def plan(cfg: PrepareConfig, splits: dict):
         kwargs = {**common, "task": cfg.task, "options": options, "folds": cfg.ptbxl_folds}
         blocks = max(1, min(len(refs) // cfg.chunk + 1, 1000))
         return ray.data.from_items(refs, override_num_blocks=blocks), samples.signal_batch, kwargs, cfg.chunk
-    task = ecgbench.resolve_task(cfg.task, cfg.path)
-    kwargs = {**common, "task": task.name}
-    parquet = storage.list_files(cfg.path, ".parquet") if not cfg.path.endswith((".json", ".jsonl")) else []
+    return _conversation_plan(cfg, common)
+
+
+def _conversation_plan(cfg: PrepareConfig, common: dict):
+    """ECGBench / ECGInstruct: Parquet rows, or JSON streamed into reference chunks by a Ray task per file."""
+    import ray
+
+    from ecg import ecgbench, jsonrecords, storage
+
+    task = ecgbench.AUTO if cfg.task in (None, ecgbench.AUTO) else ecgbench.resolve_task(cfg.task).name
+    path = storage.absolute(cfg.path)  # Ray workers do not share the driver's working directory
+    is_json = path.endswith((".json", ".jsonl"))
+    root = storage.absolute(cfg.image_root) if cfg.image_root else (
+        path if not is_json and not path.endswith(".parquet") else path.rsplit("/", 1)[0])
+    kwargs = {**common, "task": task, "source": cfg.source, "image_root": root}
+    parquet = storage.list_files(path, ".parquet") if not is_json else []
     if parquet:
-        fs, _ = storage.resolve(cfg.path)
+        fs, _ = storage.resolve(path)
         files = [p[len("s3://"):] if storage.is_s3(p) else p for p in parquet]
-        return ray.data.read_parquet(files, filesystem=fs), ecgbench.ecgbench_batch, kwargs, cfg.chunk
-    files = [cfg.path] if cfg.path.endswith((".json", ".jsonl")) else (
-        storage.list_files(cfg.path, ".json") + storage.list_files(cfg.path, ".jsonl"))
-    refs = [r for f in files for r in ecgbench.json_references(f)]
-    if not refs:
-        raise ValueError(f"{cfg.path}: no ECGBench records (.json, .jsonl or .parquet)")
-    blocks = max(1, min(len(refs) // cfg.chunk + 1, 1000))
-    return ray.data.from_items(refs, override_num_blocks=blocks), ecgbench.ecgbench_batch, kwargs, cfg.chunk
+        ds = ray.data.read_parquet(files, filesystem=fs, include_paths=cfg.source == "ecgbench")
+        return ds, ecgbench.ecgbench_batch, kwargs, cfg.chunk
+    files = [path] if is_json else storage.list_files(path, ".json") + storage.list_files(path, ".jsonl")
+    if not files:
+        raise ValueError(f"{cfg.path}: no {cfg.source} records (.json, .jsonl or .parquet)")
+    # Each file is parsed by one Ray task that yields reference blocks of `chunk` records: the driver never
+    # reads the JSON. A CPU share unlike the image stage's keeps Ray Data from fusing the two, which would
+    # read the images on the parser's one core.
+    refs = ray.data.from_items([{"path": f} for f in files], override_num_blocks=len(files)).map_batches(
+        jsonrecords.reference_batches, batch_size=1, num_cpus=cfg.num_cpus / 4,
+        fn_kwargs={"chunk": cfg.chunk, "file_hint": cfg.source == "ecgbench", "image_root": cfg.image_root and root})
+    return refs, ecgbench.ecgbench_batch, kwargs, cfg.chunk
 
 
 def _clear(out: str, overwrite: bool) -> None:
-    from ecg import storage
+    from ecg import manifest, storage
 
-    if not storage.list_files(out, ".parquet") and not storage.exists(storage.join(out, "manifest.json")):
+    if not storage.list_files(out, ".parquet") and manifest.manifest_uri(out) is None:
         return
     if not overwrite:
         raise FileExistsError(f"{out} already holds shards or a manifest; pass --overwrite to replace them")
@@ -98,10 +122,11 @@ def _clear(out: str, overwrite: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     cfg = load_config(PrepareConfig, argv, prog="ecgvlm prepare", doc=__doc__)
+    from ecg import manifest as manifests
     from ecg import samples, storage
 
     start = time.perf_counter()
-    default = "test=1" if cfg.source == "ecgbench" else None
+    default = {"ecgbench": "test=1", "ecginstruct": "train=0.99,val=0.01"}.get(cfg.source)
     splits = samples.parse_splits(cfg.split or default)
     _clear(cfg.out, cfg.overwrite)
     from pipelines import launch
@@ -124,16 +149,18 @@ def main(argv: list[str] | None = None) -> int:
             ray.shutdown()
     info = {"source": cfg.source, "path": cfg.path, "seed": cfg.seed, "n": cfg.n if cfg.source == "synthetic" else None,
             "splits": splits, "out": cfg.out, "config": cfg.model_dump()}
-    manifest = samples.build_manifest(cfg.out, list(splits), info=info)
+    manifest = manifests.build_manifest(cfg.out, list(splits), info=info)
     fs, path = storage.resolve(storage.join(cfg.out, samples.FAILED))
     if storage.exists(storage.join(cfg.out, samples.FAILED)):
         fs.delete_dir(path)  # failures now live in the manifest; the folder would only confuse readers
-    manifest["n"] = manifest["n"] or manifest["rows"] + manifest["failed"]  # records attempted
+    manifest["n"] = manifest["n"] or manifest["records"] + manifest["failed"]  # records attempted
     manifest["wall_s"] = round(time.perf_counter() - start, 2)
-    storage.write_text(storage.join(cfg.out, "manifest.json"), json.dumps(manifest, indent=2))
+    manifests.write_manifest(cfg.out, manifest)
     per_split = ", ".join(f"{s} {n}" for s, n in manifest["counts"]["splits"].items())
-    print(f"prepare: {manifest['rows']} rows ({per_split}), {manifest['failed']} failed, "
-          f"{manifest['wall_s']:.1f} s -> {cfg.out}", flush=True)
+    kinds = ", ".join(f"{k} {n}" for k, n in manifest["counts"]["failures"].items())
+    print(f"prepare: {manifest['rows']} rows ({per_split}) from {manifest['records']} records, "
+          f"{manifest['failed']} failed{f' ({kinds})' if kinds else ''}, {manifest['wall_s']:.1f} s -> {cfg.out}",
+          flush=True)
     for failure in manifest["failures"][:20]:
         print(f"  failed {failure['id']}: {failure['error']}", file=sys.stderr)
     return error_exit("prepare", manifest["failed"], manifest["n"], cfg.max_error_rate)

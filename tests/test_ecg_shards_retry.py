@@ -1,5 +1,5 @@
 """Prediction shards under storage errors: a transient error is retried and never moves a healthy shard aside;
-only a file whose footer is really torn is moved to ``.corrupt``. The filesystem is a real local one (fsspec's)
+only a file whose footer is really torn is moved aside (``_<name>.corrupt``). The filesystem is a real local one (fsspec's)
 behind pyarrow, failing its first opens the way a flaky object store does."""
 
 from __future__ import annotations
@@ -40,14 +40,14 @@ def test_transient_errors_are_retried_and_never_move_a_shard(tmp_path):
     good = _shard(tmp_path, "run-00000.parquet")
     fs = pafs.PyFileSystem(pafs.FSSpecHandler(Flaky(failures=2)))
     assert shards._readable(str(tmp_path), fs) == [good]
-    assert os.path.exists(good) and not os.path.exists(good + ".corrupt")
+    assert os.listdir(tmp_path) == ["run-00000.parquet"]  # nothing moved aside
 
     always = pafs.PyFileSystem(pafs.FSSpecHandler(Flaky(failures=100)))
     with pytest.raises(OSError, match=r"run-00000.parquet: still failing after 4 attempts: .*connection reset"):
         shards.with_retries(lambda: pq.read_metadata(good, filesystem=always), good, wait_s=0.01)
     with pytest.raises(OSError):
         shards._readable(str(tmp_path), always)
-    assert os.path.exists(good) and not os.path.exists(good + ".corrupt")  # a lasting outage moves nothing
+    assert os.listdir(tmp_path) == ["run-00000.parquet"]  # a lasting outage moves nothing
 
 
 def test_only_a_torn_footer_is_moved_aside(tmp_path):
@@ -55,7 +55,7 @@ def test_only_a_torn_footer_is_moved_aside(tmp_path):
     torn = tmp_path / "run-00001.parquet"
     torn.write_bytes(open(good, "rb").read()[:-10])  # a writer killed before the footer was complete
     assert shards._readable(str(tmp_path)) == [good]
-    assert os.path.exists(str(torn) + ".corrupt") and not torn.exists()
+    assert os.path.exists(shards.aside_name(str(torn))) and not torn.exists()
 
 
 def test_one_row_per_id_prefers_the_answer_then_the_first():

@@ -11,6 +11,7 @@ import sys
 import time
 
 import pyarrow as pa
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -57,6 +58,8 @@ def test_evaluate_tiny_on_s3_rows_errors_metrics(ray_cluster, s3_server, tmp_pat
     assert cli.main(["evaluate", "--model", "tiny", "--data", data, "--out", out, "--batch-size", "4",
                      "--rows-per-shard", "4", "--progress-s", "0", "--tracking", store]) == 0
     assert sorted(_prediction_ids(out)) == sorted(ids)  # every row once, the corrupt one included
+    fs, predictions = storage.resolve(storage.join(out, "predictions"))
+    assert pads.dataset(predictions, filesystem=fs).count_rows() == 10  # a plain Parquet folder, no side files
     frame = shards.read_predictions(storage.join(out, "predictions"))
     bad = frame.set_index("id").loc["corrupt-0"]
     assert "corrupt-0" in bad["error"] and bad["prediction"] == ""

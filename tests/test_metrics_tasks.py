@@ -16,7 +16,8 @@ def test_ecgbench_config_names_are_aliases(alias, name):
 def test_kinds_label_spaces_and_fields():
     kinds = {t.name: t.kind for t in all_tasks()}
     assert kinds == {"code15": MULTILABEL, "ptbxl-super": MULTILABEL, "cpsc": MULTILABEL, "csn": CHOICE,
-                     "g12": CHOICE, "mmmu": CHOICE, "ecgqa": SETMATCH, "ptbxl-report": FREETEXT, "arena": FREETEXT}
+                     "g12": CHOICE, "mmmu": CHOICE, "ecgqa": SETMATCH, "ptbxl-report": FREETEXT, "arena": FREETEXT,
+                     "freetext": FREETEXT}
     assert get_task("ptbxl-super").labels == ("NORM", "MI", "STTC", "CD", "HYP")
     assert get_task("cpsc").labels == ("NORM", "AF", "I-AVB", "LBBB", "RBBB", "PAC", "PVC", "STD", "STE")
     assert get_task("csn").labels == tuple("ABCDEFGH") and get_task("mmmu").labels == tuple("ABCD")

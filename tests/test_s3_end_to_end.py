@@ -33,7 +33,7 @@ def test_prepare_train_evaluate_score_on_s3(cluster, capsys):
     shards, run, out = "s3://ecg/shards", "s3://ecg/runs/tiny", "s3://ecg/eval"
     assert prepare.main(["--source", "synthetic", "--n", "30", "--seed", "5",
                          "--split", "train=0.4,val=0.3,test=0.3", "--out", shards]) == 0
-    manifest = json.loads(storage.read_text(f"{shards}/manifest.json"))
+    manifest = json.loads(storage.read_text(f"{shards}/_manifest.json"))
     assert manifest["rows"] == 30 and manifest["failed"] == 0
     assert any(k.startswith("shards/train/") and k.endswith(".parquet") for k in _keys(cluster, "shards/"))
 

@@ -17,7 +17,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from ecg import samples, shards
-from ecg.ecgbench import ecgbench_batch, gold_labels, json_references, resolve_task
+from ecg.ecgbench import ecgbench_batch, gold_labels, resolve_task
+from ecg.jsonrecords import reference_chunks
 from ecg.record import STANDARD_LEADS
 from ecg.render import render, to_bytes
 from ecg.rows import PREDICTION_SCHEMA
@@ -101,6 +102,11 @@ def _failures(table: pa.Table) -> dict[str, str]:
     return {r["id"]: json.loads(r["meta"])["error"] for r in rows if r["split"] == samples.FAILED}
 
 
+def _kinds(table: pa.Table) -> dict[str, str]:
+    rows = table.drop(["image"]).to_pylist()
+    return {r["id"]: json.loads(r["meta"])["kind"] for r in rows if r["split"] == samples.FAILED}
+
+
 # ---- splits ---------------------------------------------------------------------------------------------------
 
 
@@ -158,13 +164,15 @@ def test_synthetic_batch_rows_follow_the_contract():
 
 def test_ecgbench_json_with_unreadable_images(tmp_path):
     path = make_ecgbench(str(tmp_path))
-    assert resolve_task(None, path).name == "code15"
-    table = ecgbench_batch(pd.DataFrame(json_references(path)), task="code15")
-    assert table.num_rows == 6
+    assert resolve_task(None, path).name == "code15" and resolve_task("cpsc-test", path).name == "cpsc"
+    (refs,) = list(reference_chunks(path))
+    table = ecgbench_batch(pd.DataFrame(refs), task="auto")
+    assert table.num_rows == 6 and set(table.column("task").to_pylist()) == {"code15", ""}  # "": failure rows
     failures = _failures(table)
     assert set(failures) == {"bad", "missing"}
     assert "'bad'" in failures["bad"] and "unreadable image" in failures["bad"]
     assert "missing-0.png" in failures["missing"]
+    assert _kinds(table) == {"bad": "unreadable_image", "missing": "image_not_found"}
     good = [r for r in table.to_pylist() if r["split"] != samples.FAILED]
     assert {r["split"] for r in good} == {"test"} and all(r["question"].startswith("<image>") for r in good)
 
@@ -178,6 +186,7 @@ def test_ecgbench_parquet_rows_with_struct_images():
     rows = {r["id"]: r for r in table.to_pylist()}
     assert rows["a"]["image"] == page and rows["b"]["labels"] == ["B"] and rows["a"]["task"] == "csn"
     assert rows["c"]["split"] == samples.FAILED and "c.png" in json.loads(rows["c"]["meta"])["error"]
+    assert json.loads(rows["c"]["meta"])["kind"] == "unreadable_image"
 
 
 def test_gold_labels_use_the_ecgbench_rules():
@@ -225,7 +234,8 @@ def _predictions(ids, error=None) -> pa.Table:
     n = len(ids)
     return pa.table({"id": ids, "task": ["code15"] * n, "question": ["q"] * n, "answer": ["SB"] * n,
                      "prediction": ["" if error else "SB"] * n, "label_scores": [None] * n, "model": ["m"] * n,
-                     "error": [error] * n, "latency_ms": [1.0] * n, "prompt_tokens": [1] * n}, schema=PREDICTION_SCHEMA)
+                     "error": [error] * n, "latency_ms": [1.0] * n, "prompt_tokens": [79] * n},
+                    schema=PREDICTION_SCHEMA)
 
 
 def test_shard_writer_resume_helpers_and_dedup(tmp_path):
@@ -240,7 +250,8 @@ def test_shard_writer_resume_helpers_and_dedup(tmp_path):
         f.write(b"PAR1 half a file")  # what a killed non-atomic writer would leave
     done, duplicates = shards.predicted_ids(uri)
     assert done == {"a", "b", "c", "d"} and duplicates == 1
-    assert os.path.exists(os.path.join(uri, "torn-00000.parquet.corrupt"))
+    assert os.path.exists(os.path.join(uri, "_torn-00000.parquet.corrupt"))  # "_": readers skip it
+    assert sorted(pd.read_parquet(uri)["id"]) == ["a", "b", "c", "d", "d"]  # the folder is a plain dataset
     frame = shards.read_predictions(uri)
     assert list(frame["id"]) == ["a", "b", "c", "d"] and frame["error"].isna().all()  # the good "d" wins
     kept = shards.keep_rows(pa.table({"id": ["a", "x", "y"], "task": ["code15", "code15", "cpsc"]}),
