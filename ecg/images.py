@@ -4,7 +4,7 @@ bytes came from. Prepare (ECGBench images), training, batch prediction and servi
 Example::
 
     image = decode_image(png, "record 17")                      # RGB, pixels decoded
-    decode_image(png[:100], "record 17")                        # ImageError: record 17: unreadable image (...)
+    decode_image(png[:100], "record 17")                        # ImageError: record 17: unreadable image, does not decode (...)
     decode_image(huge, "upload", max_pixels=20_000_000)         # ImageError(too_large=True), before decoding
 """
 
@@ -51,6 +51,6 @@ def decode_image(data, where: str, *, mode: str | None = "RGB", max_pixels: int 
         raise ImageError(f"{where} refused as a decompression bomb ({err}); the limit is {limit} pixels",
                          too_large=True) from None
     except Exception as err:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError... for broken files
-        kinds = f", not a readable {'/'.join(formats)}" if formats else ""
-        raise ImageError(f"{where}: unreadable image{kinds} ({type(err).__name__}: {err})") from None
+        kinds = f" as {'/'.join(formats)}" if formats else ""
+        raise ImageError(f"{where}: unreadable image, does not decode{kinds} ({type(err).__name__}: {err})") from None
     return image.convert(mode) if mode and image.mode != mode else image
