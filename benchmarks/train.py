@@ -34,7 +34,7 @@ def write_shards(root: Path, n: int) -> str:
     from ecg.render import render, to_bytes
     from ecg.rows import SAMPLE_SCHEMA
     from ecg.synth import generate
-    from metrics.tasks import CODE15
+    from ecgtasks import CODE15
 
     for split, count, seed in (("train", n, 1), ("val", 4, 2)):
         rows = [{"id": f"{split}-{r.id}", "task": "code15", "image": to_bytes(render(r)), "question": CODE15.question,

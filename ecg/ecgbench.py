@@ -23,7 +23,6 @@ Example::
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import posixpath
@@ -47,7 +46,7 @@ def file_task(path: str) -> str | None:
     Example: ``file_task("ECGBench/cpsc-test/test-00000.parquet") == "cpsc"``; ``file_task("ECGInstruct.json")``
     is None.
     """
-    from metrics.tasks import get_task
+    from ecgtasks import get_task
 
     parts = [p for p in str(path).replace("\\", "/").rstrip("/").split("/") if p][::-1]
     for part in parts[:3]:
@@ -62,7 +61,7 @@ def file_task(path: str) -> str | None:
 
 def resolve_task(task: str | None, path: str = ""):
     """The registered task ``--task`` names, or for ``auto`` / None the one the file name names (else None)."""
-    from metrics.tasks import get_task
+    from ecgtasks import get_task
 
     if task and task != AUTO:
         return get_task(task)
@@ -89,7 +88,7 @@ def _has_label(question: str, label: str) -> bool:
 
 def _listed_multilabel(question: str) -> str | None:
     """The multi-label task whose whole label space (less its stand-alone answers) the question lists."""
-    from metrics.tasks import MULTILABEL, all_tasks
+    from ecgtasks import MULTILABEL, all_tasks
 
     best, size = None, 0
     for task in all_tasks():
@@ -128,7 +127,7 @@ def infer_task(record_id: str, question: str, answer: str = "", file_hint: str =
     Example: ``infer_task("csn-77", "<image>\\nWhich rhythm? A. Sinus B. AF", "B")`` is ``"csn"``;
     ``infer_task("mimic-9", "<image>\\nWrite a report for this ECG.")`` is ``"freetext"``.
     """
-    from metrics import parsing
+    from ecgtasks.gold import reference_letter
 
     named = file_task(file_hint) if file_hint else None
     if named:
@@ -142,7 +141,7 @@ def infer_task(record_id: str, question: str, answer: str = "", file_hint: str =
         return listed
     letters = _offered_letters(question)
     if letters:
-        letter = parsing.reference_letter(answer) if answer else None
+        letter = reference_letter(answer) if answer else None
         for name, words in _CHOICE_SOURCES.items():
             if tokens & set(words) and (letter in letters or answer[:1] in letters):
                 return name
@@ -154,22 +153,11 @@ def infer_task(record_id: str, question: str, answer: str = "", file_hint: str =
 
 
 def gold_labels(task, answer: str) -> list[str]:
-    """Gold labels of an answer by the ECGBench protocol (``metrics.parsing``, the scorer's own rules).
+    """Gold labels of an answer by the ECGBench protocol (``ecgtasks.gold``: the scorer's own rules).
+    Example: ``gold_labels(get_task("code15"), "SB; 1dAVb") == ["1dAVb", "SB"]``."""
+    from ecgtasks.gold import gold_labels as labels
 
-    Multi-label: every label of the space occurring as a substring (code15: an answer that is exactly
-    ``NORM`` or ``ABNORMAL`` is that label alone). Choice: the gold letter. Others: none.
-    Example: ``gold_labels(get_task("code15"), "SB; 1dAVb") == ["1dAVb", "SB"]``.
-    """
-    from metrics import parsing
-
-    answer = (answer or "").strip()
-    if task.kind == "multilabel":
-        row = parsing.ecgbench_gold(task, [answer])[0]  # (L,) bool over task.labels
-        return [label for label, hit in zip(task.labels, row) if hit]
-    if task.kind == "choice" and answer:
-        letter = parsing.ecgbench_gold_letter(task, [answer])[0]
-        return [letter] if letter in task.labels else []
-    return []
+    return labels(task, answer)
 
 
 # ---- conversations and images -----------------------------------------------------------------------------
@@ -184,10 +172,10 @@ def turn_pairs(value) -> list[tuple[str, str]]:
     or its JSON text. The turns must alternate, human first, and end with an answer; otherwise a
     :class:`RecordError` (kind ``bad_conversation``) names the first turn out of place. An answer given as a
     list of texts (ECG-QA's gold) is kept as its JSON text, which the scorer reads back as the list
-    (``metrics.parsing.gold_text``): ``'["sinus rhythm", "none"]'``.
+    (``ecgtasks.gold.gold_text``): ``'["sinus rhythm", "none"]'``.
     Example: ``turn_pairs([{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]) == [("q", "a")]``.
     """
-    from metrics.parsing import gold_text
+    from ecgtasks.gold import gold_text
 
     if isinstance(value, (str, bytes)):
         try:
@@ -248,16 +236,14 @@ def image_location(root: str, path: str) -> str:
 
 
 def check_image(data: bytes | None, where: str) -> bytes:
-    """``data`` if it decodes as an image; else :class:`RecordError` (``unreadable_image``) naming ``where``."""
-    from PIL import Image
+    """``data`` if it decodes as an image (``ecg.images.decode_image``); else :class:`RecordError`
+    (``unreadable_image``) naming ``where``."""
+    from ecg.images import ImageError, decode_image
 
-    if not data:
-        raise RecordError(f"{where}: empty image", UNREADABLE_IMAGE)
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()  # decodes fully: a truncated PNG fails here, not later in training
-    except Exception as exc:  # noqa: BLE001 - PIL raises several types for bad data
-        raise RecordError(f"{where}: unreadable image ({type(exc).__name__}: {exc})", UNREADABLE_IMAGE) from None
+        decode_image(data, where, mode=None)
+    except ImageError as err:
+        raise RecordError(str(err), UNREADABLE_IMAGE) from None
     return bytes(data)
 
 
@@ -301,7 +287,7 @@ def record_rows(rid: str, conversations, image: bytes, *, image_path: str, task:
     All turns of a record, and all records showing the same image file, go to the same split (the split
     is drawn from the image path, else the id), so no ECG is seen in training and held out at once.
     """
-    from metrics.tasks import get_task
+    from ecgtasks import get_task
 
     split = assign_split(image_path or rid, splits, seed)
     rows, history = [], []
@@ -325,7 +311,7 @@ def ecgbench_batch(batch, *, task: str = AUTO, splits=None, seed: int = 0, sourc
     ``task``: ``auto`` (per row, :func:`infer_task`) or a registered task name forced on every row.
     A record that fails is one failure row naming its id, with the kind of failure.
     """
-    from metrics.tasks import get_task
+    from ecgtasks import get_task
 
     forced = task if task == AUTO else get_task(task).name
     splits = parse_splits(splits or {"test": 1.0})

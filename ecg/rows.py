@@ -84,3 +84,21 @@ def cost_usd(totals: dict, price_input_per_mtok: float | None, price_output_per_
         return None
     return round((totals.get("prompt_tokens", 0) * (price_input_per_mtok or 0)
                   + totals.get("completion_tokens", 0) * (price_output_per_mtok or 0)) / 1e6, 6)
+
+
+def one_per_id(frame):
+    """``(frame with one row per id, rows dropped)``: the one rule for duplicate prediction ids, used by every
+    reader (``ecg.shards.read_predictions``, ``metrics.inputs.join``).
+
+    Of the rows of one id, the first without an ``error`` is kept; an id whose rows all failed keeps its
+    first. An error row is no answer (the model failed on it, say out of memory), so when another run did
+    answer, the answer is scored; otherwise the first, as the reference output's readers keep it. Row order
+    is kept. Example: rows ``[("a", error), ("a", ok), ("b", ok), ("b", ok2)]`` -> ``[("a", ok), ("b", ok)]``.
+    """
+    failed = frame["error"].notna().to_numpy() if "error" in frame else None
+    if failed is None or not failed.any():
+        keep = ~frame["id"].duplicated().to_numpy()
+    else:
+        order = frame.assign(_failed=failed, _pos=range(len(frame))).sort_values(["_failed", "_pos"], kind="stable")
+        keep = frame.index.isin(order.index[~order["id"].duplicated().to_numpy()])
+    return frame[keep], int((~keep).sum())

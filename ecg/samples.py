@@ -151,7 +151,7 @@ def failure_row(id: str, error: BaseException | str, *, task: str = "", source: 
 def record_row(record, *, task, source: str, split: str, options: RenderOptions, seed: int = 0) -> dict:
     """A :class:`ecg.record.Record` -> a sample row: rendered page, the task's question and gold answer.
 
-    ``task`` is a ``metrics.tasks.Task``; the answer is ``task.format_answer(record.labels)``
+    ``task`` is a ``ecgtasks.Task``; the answer is ``task.format_answer(record.labels)``
     (``"NORM"``, ``"ABNORMAL"`` or labels joined by ``"; "``).
     """
     meta = {**record.meta, "patient_id": record.patient_id, "fs": record.fs,
@@ -201,7 +201,7 @@ def synthetic_batch(batch, *, seed: int = 0, task: str = "code15", splits=None,
 
     Rows equal those of ``ecg.synth.generate(n, seed)``; the split is drawn per patient (groups of three).
     """
-    from metrics.tasks import get_task
+    from ecgtasks import get_task
 
     task_, splits, options = get_task(task), parse_splits(splits), options or RenderOptions()
     cols, rows = _columns(batch), []
@@ -351,7 +351,7 @@ def signal_batch(batch, *, task: str | None = None, seed: int = 0, splits=None, 
     Split: PTB-XL's ``strat_fold`` (9 val, 10 test) when ``folds`` and the splits are train/val/test,
     else the hash of the patient id (the record id when there is none).
     """
-    from metrics.tasks import get_task
+    from ecgtasks import get_task
 
     splits, options = parse_splits(splits), options or RenderOptions()
     cols = _columns(batch)

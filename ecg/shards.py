@@ -151,15 +151,40 @@ def aside_name(uri: str) -> str:
     return f"{folder}/_{name}.corrupt" if folder else f"_{name}.corrupt"
 
 
-def _readable(uri: str) -> list[str]:
-    """The ``*.parquet`` files under ``uri`` that have a valid footer; others are moved aside (warned)."""
-    fs, _ = storage.resolve(uri)
+def torn(exc: BaseException) -> bool:
+    """True when reading a Parquet file failed because the file itself is broken (no footer, bad metadata:
+    pyarrow's ``ArrowInvalid``), not because storage failed to answer (an ``OSError``: retried instead)."""
+    return isinstance(exc, pa.ArrowInvalid)
+
+
+def with_retries(fn, what: str, *, attempts: int = 4, wait_s: float = 0.5):
+    """``fn()``, retried after a transient storage error (waits 0.5, 1, 2 s); a torn file's error is raised at
+    once; the last error is raised naming ``what``."""
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except Exception as exc:  # noqa: BLE001 - sorted below: torn files fail fast, storage errors retry
+            if torn(exc):
+                raise
+            if attempt == attempts - 1:
+                raise OSError(f"{what}: still failing after {attempts} attempts: {exc}") from exc
+            print(f"warning: {what}: {exc}; retrying", file=sys.stderr)
+            time.sleep(wait_s * 2**attempt)
+
+
+def _readable(uri: str, fs=None) -> list[str]:
+    """The ``*.parquet`` files under ``uri`` that have a valid footer. A file whose footer is torn (another
+    writer killed mid-file) is moved aside (``aside_name``, warned); a transient read error is retried and, if
+    it lasts, raised: a healthy shard is never moved aside because storage hiccupped."""
+    fs = fs or storage.resolve(uri)[0]
     good = []
     for f in storage.list_files(uri, ".parquet"):
         try:
-            pq.read_metadata(strip_scheme(f), filesystem=fs)
+            with_retries(lambda: pq.read_metadata(strip_scheme(f), filesystem=fs), f)
             good.append(f)
-        except Exception as exc:  # noqa: BLE001 - a torn file from another writer: never read it
+        except Exception as exc:  # noqa: BLE001 - only a torn file is moved; anything else propagates
+            if not torn(exc):
+                raise
             aside = aside_name(f)
             print(f"warning: {f} is not a complete Parquet file ({exc}); moved to {aside}", file=sys.stderr)
             fs.move(strip_scheme(f), strip_scheme(aside))
@@ -171,8 +196,9 @@ def predicted_ids(uri: str) -> tuple[set[str], int]:
     fs, _ = storage.resolve(uri)
     ids: set[str] = set()
     total = 0
-    for f in _readable(uri):
-        column = pq.read_table(strip_scheme(f), columns=["id"], filesystem=fs).column("id").to_pylist()
+    for f in _readable(uri, fs):
+        column = with_retries(lambda: pq.read_table(strip_scheme(f), columns=["id"], filesystem=fs), f)
+        column = column.column("id").to_pylist()
         total += len(column)
         ids.update(column)
     return ids, total - len(ids)
@@ -181,24 +207,21 @@ def predicted_ids(uri: str) -> tuple[set[str], int]:
 def read_predictions(uri: str, columns: list[str] | None = None, first_files: int | None = None):
     """The prediction rows under ``uri`` (or its first ``first_files`` shards) as a DataFrame, one row per id.
 
-    Should an id appear twice (two runs writing into one folder at once), the row without an error wins,
-    then the one from the later shard.
+    Should an id appear twice (two runs writing into one folder at once), ``ecg.rows.one_per_id`` decides:
+    the first row without an error, shards in name (run time) order. Rows come sorted by id.
     """
     import pandas as pd
 
-    from ecg.rows import PREDICTION_SCHEMA
+    from ecg.rows import PREDICTION_SCHEMA, one_per_id
 
     fs, _ = storage.resolve(uri)
-    files = _readable(uri)[:first_files]
+    files = _readable(uri, fs)[:first_files]
     if not files:
         return PREDICTION_SCHEMA.empty_table().to_pandas()
-    parts = [pq.read_table(strip_scheme(f), columns=columns, filesystem=fs).to_pandas().assign(_order=k)
-             for k, f in enumerate(files)]
-    frame = pd.concat(parts, ignore_index=True)
-    frame["_failed"] = frame["error"].notna() if "error" in frame else False
-    frame = frame.sort_values(["_failed", "_order"], ascending=[True, False], kind="stable")
-    frame = frame.drop_duplicates("id", keep="first").sort_values("id", kind="stable")
-    return frame.drop(columns=["_order", "_failed"]).reset_index(drop=True)
+    read = [with_retries(lambda f=f: pq.read_table(strip_scheme(f), columns=columns, filesystem=fs), f) for f in files]
+    frame = pd.concat([t.to_pandas() for t in read], ignore_index=True)
+    frame, _ = one_per_id(frame)
+    return frame.sort_values("id", kind="stable").reset_index(drop=True)
 
 
 def keep_rows(batch: pa.Table, *, done=(), tasks=None) -> pa.Table:

@@ -27,10 +27,13 @@ def is_s3(uri: str) -> bool:
 
 
 def s3_filesystem() -> pafs.S3FileSystem:
-    """An S3 filesystem configured from the ordinary AWS environment variables."""
+    """An S3 filesystem configured from the ordinary AWS environment variables. Throttling and transient
+    errors are retried by the AWS SDK's standard strategy (exponential backoff with jitter), up to
+    ``AWS_MAX_ATTEMPTS`` attempts per request (default 5)."""
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-    kwargs: dict = {"region": region}
+    attempts = int(os.environ.get("AWS_MAX_ATTEMPTS") or 5)
+    kwargs: dict = {"region": region, "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=attempts)}
     if endpoint:
         scheme, _, host = endpoint.partition("://")
         kwargs["endpoint_override"] = host.rstrip("/") if host else endpoint

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 
 def __getattr__(name):
-    # lazy, so that `import metrics.tasks` (used everywhere) does not pull in pandas and numpy
+    # lazy, so that `import metrics.anls` does not pull in pandas and every scorer
     if name in ("score_frame", "finalize"):
         from metrics import score
 

@@ -24,6 +24,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from ecg import storage
+from ecg.rows import one_per_id
 from metrics import parsing
 
 MISSING = "missing prediction"
@@ -152,7 +153,8 @@ def join(references: pd.DataFrame | None, predictions: pd.DataFrame) -> tuple[pd
     """One row per reference id: its gold, question and prediction; and counts of every mismatch.
 
     A reference without a prediction is kept with ``error = "missing prediction"`` (scored as an empty
-    answer); a prediction without a reference cannot be scored and is counted; duplicate ids keep the first.
+    answer); a prediction without a reference cannot be scored and is counted; duplicate prediction ids keep one row (``ecg.rows.one_per_id``: the
+    first without an error), duplicate reference ids the first.
     Without references, the predictions' own ``answer`` column is the gold."""
     def first_ids(frame):
         return [str(x) for x in frame["id"].head(5)]
@@ -161,7 +163,7 @@ def join(references: pd.DataFrame | None, predictions: pd.DataFrame) -> tuple[pd
     dup_p = predictions["id"].duplicated()
     report["duplicate_prediction_ids"] = int(dup_p.sum())
     report["duplicate_prediction_examples"] = first_ids(predictions[dup_p])
-    predictions = predictions[~dup_p]
+    predictions, _ = one_per_id(predictions)
     if references is None:
         if "answer" not in predictions:
             raise KeyError("without references the predictions need an `answer` column (our prediction rows)")
@@ -248,8 +250,8 @@ def _warnings(r: dict) -> list[str]:
                    f"(e.g. {r['duplicate_reference_examples']}): the first is kept")
     if r.get("duplicate_prediction_ids"):
         out.append(f"{r['duplicate_prediction_ids']} duplicate prediction id(s) "
-                   f"(e.g. {r['duplicate_prediction_examples']}): strict keeps the first, ecgbench counts "
-                   "every line")
+                   f"(e.g. {r['duplicate_prediction_examples']}): strict keeps the first without an error, "
+                   "ecgbench counts every line")
     if r.get("empty_predictions"):
         out.append(f"{r['empty_predictions']} prediction(s) are empty (including missing ones)")
     return out

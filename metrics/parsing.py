@@ -33,9 +33,9 @@ from functools import lru_cache
 import numpy as np
 import pandas as pd
 
-from metrics.tasks import Task
+from ecgtasks.gold import LETTERS8, gold_letter, gold_text, multilabel_gold_row, reference_letter  # noqa: F401
+from ecgtasks.registry import Task
 
-LETTERS8 = tuple("ABCDEFGH")
 _QA_TAIL = "Only answer based on the given Options without any explanation."
 
 
@@ -43,26 +43,6 @@ def as_text(values) -> pd.Series:
     """A Series of str: None/NaN become "" (an empty answer), anything else ``str(value)``."""
     s = pd.Series(values, copy=False, dtype=object)
     return s.map(lambda v: v if isinstance(v, str) else ("" if v is None or v != v else str(v)))
-
-
-def gold_text(value) -> str | None:
-    """The ``answer`` column's text for a gold answer as given: a text as it is, a list of texts (ECG-QA's
-    gold) as JSON text, so that a string column keeps it losslessly; None stays None; a number becomes text.
-
-    >>> gold_text(["sinus rhythm", "None"]), gold_text("SB; 1dAVb")
-    ('["sinus rhythm", "None"]', 'SB; 1dAVb')
-    """
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, float) and value != value:  # NaN: no gold
-        return None
-    if isinstance(value, (list, tuple, np.ndarray)):  # a Parquet list cell arrives as an ndarray
-        items = value.tolist() if isinstance(value, np.ndarray) else list(value)
-        bad = [x for x in items if not isinstance(x, str)]
-        if bad:
-            raise ValueError(f"a gold answer list must hold texts only; it holds {type(bad[0]).__name__} {bad[0]!r}")
-        return json.dumps(items, ensure_ascii=False)
-    return str(value)
 
 
 def gold_column(values) -> pd.Series:
@@ -140,16 +120,10 @@ def ecgbench_gold(task: Task, gold) -> np.ndarray:
 
 
 def ecgbench_gold_u(task: Task, texts: list[str]) -> np.ndarray:
-    """``ecgbench_gold`` over a list of distinct texts."""
-    labels = task.labels
-    scan = [i for i, label in enumerate(labels) if label not in task.whole_answers]
-    m = np.zeros((len(texts), len(labels)), dtype=bool)
-    m[:, scan] = _scan(texts, [labels[i] for i in scan])
-    for i, t in enumerate(texts):
-        if t in task.whole_answers:  # exactly "NORM" / "ABNORMAL": that label alone
-            m[i] = False
-            m[i, labels.index(t)] = True
-    return m
+    """``ecgbench_gold`` over a list of distinct texts (``ecgtasks.gold.multilabel_gold_row``: the prepare
+    stage's rule)."""
+    rows = [multilabel_gold_row(task, t) for t in texts]
+    return np.array(rows, dtype=bool).reshape(len(texts), len(task.labels))
 
 
 def ecgbench_labels(task: Task, text) -> np.ndarray:
@@ -175,32 +149,9 @@ def ecgbench_labels_u(task: Task, texts: list[str]) -> np.ndarray:
     return m
 
 
-def reference_letter(text: str) -> str | None:
-    """The reference's choice-letter extraction; None where it would draw a random letter.
-
-    >>> reference_letter("B"), reference_letter("I think C. is right"), reference_letter("Answer: (D)")
-    ('B', 'C', 'D')
-    """
-    if text in LETTERS8:
-        return text
-    for letter in LETTERS8:  # the first "X." scanning A. .. H., wherever it is in the text
-        if letter + "." in text:
-            return letter
-    if "The correct option is " in text:
-        tail = text.split("The correct option is ")[-1]
-        return tail[0] if tail[:1] in LETTERS8 else None  # the reference crashes on an empty tail
-    if "Answer:" in text:
-        answer = text.split("Answer:")[-1].strip()
-        for letter in LETTERS8:
-            if letter in answer:
-                return letter
-    return None
-
-
 def ecgbench_gold_letter(task: Task, gold) -> np.ndarray:
     """(n,) object: the gold the reference compares with (``value[0]`` for csn/g12, the whole value for mmmu)."""
-    g = as_text(gold)
-    return (g.str[:1] if task.gold_rule == "first_char" else g).to_numpy(dtype=object)
+    return np.array([gold_letter(task, g) for g in as_text(gold)], dtype=object)
 
 
 def ecgbench_letters(text) -> np.ndarray:

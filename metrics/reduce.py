@@ -40,7 +40,7 @@ import pyarrow.json as pajson
 
 from metrics import parsing, study
 from metrics.anls import anls_codes
-from metrics.tasks import CHOICE, MULTILABEL, SETMATCH, Task
+from ecgtasks import CHOICE, MULTILABEL, SETMATCH, Task
 
 N_BUCKETS = 100  # id-hash buckets: bootstrap units that do not depend on how rows are split into blocks
 SCORE_BINS = 10_001  # label scores quantised to 1e-4 for AUC (exact for scores given to 4 decimals)
@@ -220,7 +220,7 @@ def stats_table(batch: pd.DataFrame) -> pd.DataFrame:
 
     Columns out: ``task`` str, ``rows`` int, ``stats`` bytes (pickle of ``batch_stats``), ``error`` str|None.
     """
-    from metrics.tasks import get_task
+    from ecgtasks import get_task
 
     tasks = batch["task"].astype(object).fillna("") if "task" in batch else pd.Series([""] * len(batch))
     out = []

@@ -36,7 +36,7 @@ import pandas as pd
 
 from metrics import study
 from metrics.reduce import batch_stats
-from metrics.tasks import CHOICE, MULTILABEL, SETMATCH, Task, get_task
+from ecgtasks import CHOICE, MULTILABEL, SETMATCH, Task, get_task
 
 PROTOCOLS = ("ecgbench", "strict", "both", study.NAME, "all")  # both: ecgbench + strict; all: the three
 N_BOOT = 1000

@@ -10,26 +10,35 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 import time
 from pathlib import Path
 
+from pydantic import BaseModel, ConfigDict, Field
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO / "configs" / "tiny-code15.yaml"
 
 
-def parse_args(argv):
-    p = argparse.ArgumentParser(prog="ecgvlm demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--workdir", default="./demo-run", help="folder (or s3:// URI) for shards, run and report")
-    p.add_argument("--n", type=int, default=3000, help="synthetic records to generate (all splits)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic data")
-    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="training config (YAML)")
-    p.add_argument("--max-minutes", type=float, default=None, help="cap on training minutes (default: the config's)")
-    p.add_argument("--num-cpus", type=int, default=2, help="CPUs the local Ray cluster may use")
-    return p.parse_args(argv)
+class DemoConfig(BaseModel):
+    """The demo's few settings; the training run's own are in ``train_config``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    workdir: str = Field("./demo-run", description="folder (or s3:// URI) for shards, run and report")
+    n: int = Field(3000, ge=10, description="synthetic records to generate (all splits)")
+    seed: int = Field(0, description="seed of the synthetic data")
+    train_config: str = Field(str(DEFAULT_CONFIG), description="training config (YAML of ecgvlm train's fields)")
+    max_minutes: float | None = Field(None, gt=0, description="cap on training minutes (None: the config's)")
+    num_cpus: int = Field(2, ge=1, description="CPUs the local Ray cluster may use")
+
+
+def parse_args(argv) -> DemoConfig:
+    from pipelines.config import load_config
+
+    return load_config(DemoConfig, argv, prog="ecgvlm demo", doc=__doc__)
 
 
 def _stage(title: str) -> float:
@@ -67,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     if rc:
         return rc
     t = _stage(f"2/3 train: tiny SmolVLM-architecture model with Ray Train -> {run}")
-    train_args = ["--config", args.config, "--model", "tiny", "--data", data, "--out", run]
+    train_args = ["--config", args.train_config, "--model", "tiny", "--data", data, "--out", run]
     if args.max_minutes is not None:
         train_args += ["--max-minutes", str(args.max_minutes)]
     rc = train.main(train_args)

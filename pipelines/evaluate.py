@@ -24,7 +24,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipelines.prepare import load_config
+from pipelines.config import error_exit, load_config
 
 
 class EvaluateConfig(BaseModel):
@@ -56,7 +56,7 @@ class EvaluateConfig(BaseModel):
     max_batches: int | None = Field(None, ge=1, description="stop after this many batches (smoke runs)")
     protocol: str = Field("all", description="scoring protocol: ecgbench, strict, both (the two), smolvlm-study "
                                               "or all (the three)")
-    progress_s: float = Field(10.0, description="seconds between progress lines")
+    progress_s: float = Field(10.0, description="seconds between progress lines (a bar instead on a terminal)")
     # decoding (every model) and OpenAI-compatible endpoints (--model openai:NAME)
     decoding: Literal["ecgbench", "fast"] = Field(
         "ecgbench", description="token budgets: ecgbench = the paper's 1024 per answer (a trained model stops at its "
@@ -79,6 +79,10 @@ class EvaluateConfig(BaseModel):
                                                   "report's comparison table shows, marked as run earlier")
     ray_cpus: int | None = Field(None, ge=1, description="CPUs of the local Ray started when none is running "
                                  "(None: every core)")
+    max_error_rate: float = Field(0.5, ge=0, le=1, description="exit non-zero (after writing everything) when more "
+                                  "than this fraction of the predictions are errors")
+    tracking: str = Field("local", description="experiment tracking: 'local' (MLflow file store ./mlruns, or "
+                          "$MLFLOW_TRACKING_URI), 'none', or an MLflow tracking URI; logged after scoring")
 
     def bundles(self) -> list[dict]:
         """The actor pool's minimum (it grows to ``max_actors`` where there is room) and one read task."""
@@ -219,20 +223,21 @@ def run_predictions(cfg: EvaluateConfig, ds, pred_uri: str, todo: int) -> dict:
     from ecg import shards
     from ecg.rows import PREDICTION_SCHEMA, add_usage, cost_usd
 
+    from pipelines.progress import Progress
+
     writer = shards.ShardWriter(pred_uri, rows_per_shard=cfg.rows_per_shard, schema=PREDICTION_SCHEMA)
-    start = last = time.perf_counter()
+    start = time.perf_counter()
     rows = errors = batches = 0
     usage: dict = {}
-    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None) if todo else ():
-        add_usage(usage, batch)  # endpoint rows carry requests, retries, cache hits and tokens
-        writer.add(batch)
-        rows, batches = rows + batch.num_rows, batches + 1
-        errors += batch.num_rows - batch.column("error").null_count
-        if time.perf_counter() - last >= cfg.progress_s:
-            last = time.perf_counter()
-            print(f"evaluate: {rows}/{todo} rows, {rows / (last - start):.2f} rows/s, {errors} errors", flush=True)
-        if cfg.max_batches and batches >= cfg.max_batches:
-            break
+    with Progress(todo, what="evaluate", every_s=cfg.progress_s) as progress:
+        for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None) if todo else ():
+            add_usage(usage, batch)  # endpoint rows carry requests, retries, cache hits and tokens
+            writer.add(batch)
+            failed = batch.num_rows - batch.column("error").null_count
+            rows, batches, errors = rows + batch.num_rows, batches + 1, errors + failed
+            progress.update(batch.num_rows, errors=failed)
+            if cfg.max_batches and batches >= cfg.max_batches:
+                break
     writer.close()
     wall = time.perf_counter() - start
     out = {"new_rows": rows, "new_errors": errors, "shards_written": writer.written, "predict_s": round(wall, 2),
@@ -295,10 +300,16 @@ def main(argv: list[str] | None = None) -> int:
     storage.write_text(storage.join(cfg.out, "run.json"), json.dumps(run, indent=2, default=str))
     write_report(results, cfg.out, shards.read_predictions(pred_uri, first_files=1).head(20), run=run,
                  earlier=earlier)
+    from metrics import tracking
+
+    tracked = tracking.track(cfg.tracking, experiment="ecgvlm-evaluate", run_name=cfg.model, config=cfg.model_dump())
+    reports = {name: storage.read_text(storage.join(cfg.out, name)) for name in ("report.md", "report.html")}
+    tracking.log_evaluation(tracked, results, run, reports)
+    tracked.close()
     print(f"evaluate: {run['new_rows']} new rows ({run['new_errors']} errors), {len(done)} already done, "
           f"{totals['rows']} predictions in all ({totals['errors']} errors), {run['wall_s']:.1f} s -> {cfg.out}",
           flush=True)
-    return 0
+    return error_exit("evaluate", totals["errors"], totals["rows"], cfg.max_error_rate)
 
 
 def score(pred_uri: str, *, protocol: str, driver_rows: int = 200_000) -> tuple[dict, dict]:

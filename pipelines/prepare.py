@@ -15,14 +15,13 @@ folder, and ``<out>`` itself, is a plain Parquet dataset (the manifest's leading
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
-import types
-import typing
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from pipelines.config import error_exit, load_config
 
 
 class PrepareConfig(BaseModel):
@@ -50,55 +49,8 @@ class PrepareConfig(BaseModel):
     image_format: Literal["PNG", "JPEG"] = Field("PNG", description="image encoding")
     quality: int = Field(90, description="JPEG quality")
     overwrite: bool = Field(False, description="replace shards already under --out")
-
-
-# ---- config plumbing shared by the pipelines ------------------------------------------------------------
-
-
-def _arg_type(annotation):
-    args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and args:
-        return _arg_type(args[0])
-    if typing.get_origin(annotation) is Literal:
-        return type(args[0])
-    return annotation if annotation in (int, float, str, bool) else str
-
-
-def load_config(model: type[BaseModel], argv: list[str] | None, *, prog: str, doc: str):
-    """``--config FILE.yaml`` then command-line overrides (one flag per field, help from its description)."""
-    import yaml
-
-    parser = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="YAML file with any of the options below")
-    for name, field in model.model_fields.items():
-        flag, kind = "--" + name.replace("_", "-"), _arg_type(field.annotation)
-        if kind is bool:
-            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=field.description)
-        else:
-            parser.add_argument(flag, dest=name, type=kind, default=None, help=f"{field.description} (default {field.default})")
-    args = vars(parser.parse_args(argv))
-    values, config_path = {}, args.pop("config")
-    if config_path:
-        with open(config_path) as f:
-            values = yaml.safe_load(f) or {}
-    values.update({k: v for k, v in args.items() if v is not None})
-    return model(**values)
-
-
-def ensure_ray() -> bool:
-    """Connect to Ray (``RAY_ADDRESS``, e.g. under ``ray job submit``) or start a local one; True if started here."""
-    import os
-
-    import ray
-
-    if ray.is_initialized():
-        return False
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"])
-    else:
-        ray.init(include_dashboard=False)
-    return True
+    max_error_rate: float = Field(0.5, ge=0, le=1, description="exit non-zero (after writing everything) when more "
+                                  "than this fraction of the records failed")
 
 
 # ---- the job --------------------------------------------------------------------------------------------
@@ -177,7 +129,13 @@ def main(argv: list[str] | None = None) -> int:
     default = {"ecgbench": "test=1", "ecginstruct": "train=0.99,val=0.01"}.get(cfg.source)
     splits = samples.parse_splits(cfg.split or default)
     _clear(cfg.out, cfg.overwrite)
-    started = ensure_ray()
+    from pipelines import launch
+
+    from pipelines.progress import attached
+
+    started = launch.start([{"CPU": cfg.num_cpus}], what="ecgvlm prepare", hint="num_cpus")
+    ray_data = __import__("ray").data.DataContext.get_current()
+    ray_data.enable_progress_bars = ray_data.enable_operator_progress_bars = attached()  # plain logs otherwise
     try:
         ds, fn, kwargs, batch_size = plan(cfg, splits)
         rows = ds.map_batches(fn, fn_kwargs=kwargs, batch_size=batch_size, num_cpus=cfg.num_cpus)
@@ -205,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
           flush=True)
     for failure in manifest["failures"][:20]:
         print(f"  failed {failure['id']}: {failure['error']}", file=sys.stderr)
-    return 0
+    return error_exit("prepare", manifest["failed"], manifest["n"], cfg.max_error_rate)
 
 
 if __name__ == "__main__":

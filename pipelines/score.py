@@ -16,26 +16,24 @@ per-task counts (``metrics.reduce.stats_table``), merged on the driver; no row i
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 
 class ScoreConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    task: str = Field(..., description="task name or ECGBench alias (metrics.tasks registry), e.g. code15-test")
+    task: str = Field(..., description="task name or ECGBench alias (ecgtasks registry), e.g. code15-test")
     references: str | None = Field(None, description="references file/folder (local or s3://); None: use the "
                                                      "predictions' own `answer` column")
     predictions: str = Field(..., description="predictions file/folder (local or s3://)")
     protocol: Literal["ecgbench", "strict", "both", "smolvlm-study", "all"] = Field(
         "both", description="which protocol(s): ecgbench, strict, both (the two), smolvlm-study (the prior study's "
                             "CODE-15 evaluator) or all (the three)")
-    json_out: bool = Field(False, description="print one JSON object instead of the table")
+    json_out: bool = Field(False, description="print one JSON object instead of the table (also --json)")
     report: str | None = Field(None, description="folder (local or s3://) for report.md and report.html")
     seed: int = Field(0, description="bootstrap seed of the strict protocol's 95% intervals")
     judge: str | None = Field(None, description="openai:NAME: an LLM judge scores free-text reports (ptbxl-report)")
@@ -51,39 +49,14 @@ class ScoreConfig(BaseModel):
     drawn_before: dict[str, int] = Field(
         default_factory=dict, description="with random_order benchmark: letters drawn by each task before this "
                                           "one in the reference's run (their reported random_letters; 0 if not "
-                                          "run): {} for mmmu, {mmmu: N} for csn, {mmmu: N, csn: M} for g12")
-
-
-def _counts(text: str) -> dict[str, int]:
-    """``"mmmu=12,csn=40"`` -> ``{"mmmu": 12, "csn": 40}``."""
-    try:
-        return {k.strip(): int(v) for k, v in (part.split("=") for part in text.split(",") if part.strip())}
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected TASK=N[,TASK=N], got {text!r}") from None
+                                          "run): {} for mmmu, mmmu=N for csn, mmmu=N,csn=M for g12")
 
 
 def parse_args(argv) -> ScoreConfig:
-    p = argparse.ArgumentParser(prog="ecgvlm score", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", help="YAML file with the fields below; command-line flags override it")
-    p.add_argument("--task")
-    p.add_argument("--references")
-    p.add_argument("--predictions")
-    p.add_argument("--protocol", choices=["ecgbench", "strict", "both", "smolvlm-study", "all"])
-    p.add_argument("--json", dest="json_out", action="store_true", default=None)
-    p.add_argument("--report")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--judge", help="openai:NAME of an LLM judge for free-text reports (ptbxl-report)")
-    p.add_argument("--judge-base", help="base URL of the judge's API, e.g. https://api.openai.com/v1")
-    p.add_argument("--judge-key-env", help="environment variable with the judge's key (default OPENAI_API_KEY)")
-    p.add_argument("--judge-cache", help="judge reply cache folder or s3:// URI")
-    p.add_argument("--judge-concurrency", type=int)
-    p.add_argument("--random-order", choices=["task", "benchmark"])
-    p.add_argument("--drawn-before", type=_counts, help="TASK=N[,TASK=N]: e.g. mmmu=12,csn=40")
-    args = vars(p.parse_args(argv))
-    config = args.pop("config")
-    base = (yaml.safe_load(open(config)) or {}) if config else {}
-    return ScoreConfig(**{**base, **{k: v for k, v in args.items() if v is not None}})
+    """``--config FILE.yaml`` then flags (``pipelines.config``); ``--json`` is ``--json-out``."""
+    from pipelines.config import load_config
+
+    return load_config(ScoreConfig, argv, prog="ecgvlm score", doc=__doc__, aliases={"json": "json-out"})
 
 
 def score_files(cfg: ScoreConfig) -> dict:

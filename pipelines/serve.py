@@ -5,12 +5,13 @@
     curl -F file=@ecg.png http://127.0.0.1:8000/v1/diagnose
 
 ``--config`` takes a Ray Serve config file (serving/config.yaml: the same file ``serve run`` reads); its
-``http_options`` and first application's ``args`` are the defaults the flags override.
+``http_options`` and first application's ``args`` are the defaults the flags override. Every field of the
+application is a flag (``--app.batching.max-batch-size 4``); the short forms ``--model``, ``--no-batching``,
+``--max-batch-size``, ``--batch-wait-s``, ``--min-replicas``, ``--max-replicas`` set the same fields.
 """
 
 from __future__ import annotations
 
-import argparse
 import signal
 import sys
 import threading
@@ -26,10 +27,11 @@ class ServeJob(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     host: str = Field("127.0.0.1", description="address to bind; 0.0.0.0 exposes it to the network")
-    port: int = Field(8000, ge=1, le=65535)
+    port: int = Field(8000, ge=1, le=65535, description="port to bind")
     num_cpus: float = Field(2, gt=0, description="CPUs of the local Ray started for serving (ignored when "
                             "RAY_ADDRESS names a cluster)")
-    app: AppConfig = Field(default_factory=AppConfig)
+    app: AppConfig = Field(default_factory=AppConfig, description="the application: model, batching, "
+                           "replicas, limits (serving.config.AppConfig)")
 
     def bundles(self) -> list[dict]:
         """The minimum predictor replicas and the ingress replicas."""
@@ -38,52 +40,27 @@ class ServeJob(BaseModel):
         return [replica] * max(1, p.min_replicas) + [{"CPU": i.num_cpus}] * i.num_replicas
 
 
+# the flags ``ecgvlm serve`` had before every field got its own (``--app.batching.max-batch-size``)
+ALIASES = {name: "app." + name for name in ("model", "adapter", "device", "dtype", "image-splitting", "longest-edge")}
+ALIASES.update({"batching": "app.batching.enabled", "max-batch-size": "app.batching.max-batch-size",
+                "batch-wait-s": "app.batching.batch-wait-timeout-s", "min-replicas": "app.predictor.min-replicas",
+                "max-replicas": "app.predictor.max-replicas"})
+
+
+def _serve_yaml(path: str) -> dict:
+    """A Serve config file's ``http_options`` host / port and its first application's ``args`` as job fields."""
+    from serving.config import load_serve_yaml
+
+    http, app = load_serve_yaml(path)
+    return {**{k: http[k] for k in ("host", "port") if k in http}, "app": app.model_dump(exclude_unset=True)}
+
+
 def parse_args(argv: list[str] | None) -> ServeJob:
-    p = argparse.ArgumentParser(prog="ecgvlm serve", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", help="Serve config YAML (serving/config.yaml)")
-    p.add_argument("--model", help='"tiny", a Hugging Face id, an export folder, or random:PATH')
-    p.add_argument("--adapter", help="LoRA adapter folder")
-    p.add_argument("--host")
-    p.add_argument("--port", type=int)
-    p.add_argument("--num-cpus", type=float, help="CPUs of the local Ray (default 2)")
-    p.add_argument("--device", help='"auto", "cpu" or "cuda"')
-    p.add_argument("--image-splitting", action=argparse.BooleanOptionalAction, default=None,
-                   help="processor image splitting (default: as the model was trained, from its export)")
-    p.add_argument("--longest-edge", type=int, help="px pages are resized to (default: as trained)")
-    p.add_argument("--no-batching", action="store_true", help="one model call per request")
-    p.add_argument("--max-batch-size", type=int)
-    p.add_argument("--batch-wait-s", type=float, help="longest wait for a batch to fill, s")
-    p.add_argument("--min-replicas", type=int)
-    p.add_argument("--max-replicas", type=int)
-    args = p.parse_args(argv)
+    """``--config`` (a Serve config YAML) then flags (``pipelines.config``); the old short flags still work
+    (``--model``, ``--no-batching``, ``--max-batch-size``, ...)."""
+    from pipelines.config import load_config
 
-    job: dict = {}
-    app: dict = {}
-    if args.config:
-        from serving.config import load_serve_yaml
-
-        http, cfg = load_serve_yaml(args.config)
-        job.update({k: http[k] for k in ("host", "port") if k in http})
-        app = cfg.model_dump()
-    for key in ("model", "adapter", "device", "image_splitting", "longest_edge"):
-        if getattr(args, key) is not None:
-            app[key] = getattr(args, key)
-    batching, predictor = dict(app.get("batching") or {}), dict(app.get("predictor") or {})
-    if args.no_batching:
-        batching["enabled"] = False
-    if args.max_batch_size is not None:
-        batching["max_batch_size"] = args.max_batch_size
-    if args.batch_wait_s is not None:
-        batching["batch_wait_timeout_s"] = args.batch_wait_s
-    for key in ("min_replicas", "max_replicas"):
-        if getattr(args, key) is not None:
-            predictor[key] = getattr(args, key)
-    app.update(batching=batching, predictor=predictor)
-    for key in ("host", "port", "num_cpus"):
-        if getattr(args, key) is not None:
-            job[key] = getattr(args, key)
-    return ServeJob.model_validate({**job, "app": app})
+    return load_config(ServeJob, argv, prog="ecgvlm serve", doc=__doc__, aliases=ALIASES, read_yaml=_serve_yaml)
 
 
 def main(argv: list[str] | None = None) -> int:

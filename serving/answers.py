@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from metrics import parsing
-from metrics.tasks import CHOICE, MULTILABEL, SETMATCH, get_task
+from ecgtasks import CHOICE, MULTILABEL, SETMATCH, get_task
 
 
 def parse_labels(task_name: str, question: str, text: str) -> list[str]:

@@ -200,7 +200,7 @@ class Ingress:
 
     @api.get("/v1/tasks")
     async def tasks(self):
-        from metrics.tasks import all_tasks
+        from ecgtasks import all_tasks
 
         data = [{"name": t.name, "kind": t.kind, "labels": list(t.labels), "aliases": list(t.aliases),
                  "question": t.question, "max_new_tokens": t.max_new_tokens, "version": t.version}
@@ -240,7 +240,7 @@ class Ingress:
     @api.post("/v1/chat/completions")
     async def chat_completions(self, request: Request):
         """The OpenAI chat-completions request -> a ``chat.completion`` object (see serving/chat.py)."""
-        from metrics.tasks import get_task
+        from ecgtasks import get_task
 
         limits, task = self.cfg.limits, get_task(self.cfg.default_task)
         try:

@@ -94,7 +94,7 @@ class AppConfig(BaseModel):
     @field_validator("default_task")
     @classmethod
     def _known_task(cls, name: str) -> str:
-        from metrics.tasks import get_task
+        from ecgtasks import get_task
 
         try:
             return get_task(name).name

@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 import re
 import tempfile
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -104,28 +102,13 @@ def check_image(data: bytes, limits: Limits, *, name: str = "image") -> dict:
     that inflate to gigapixels) is refused at ``Image.open``; only then are the pixels decoded.
     Example: ``check_image(png, Limits())["width"] == 1100``.
     """
-    from PIL import Image
+    from ecg.images import ImageError, decode_image
 
-    if not data:
-        raise InputError(f"{name} is empty", status=400, field=name)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=("PNG", "JPEG"))
-            width, height = image.size
-            if width * height > limits.max_pixels:
-                raise InputError(
-                    f"{name} is {width}x{height} = {width * height} pixels, over the limit of {limits.max_pixels}",
-                    status=413, field=name,
-                )
-            image.load()  # decode fully now: a truncated or corrupt file fails here, not in the model
-    except InputError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise InputError(f"{name} refused as a decompression bomb ({err}); the limit is {limits.max_pixels} pixels",
-                         status=413, field=name) from None
-    except Exception as err:  # PIL raises OSError, SyntaxError, ValueError... for broken files
-        raise InputError(f"{name} is not a readable PNG/JPEG image: {err}", status=400, field=name) from None
+        image = decode_image(data, name, mode=None, max_pixels=limits.max_pixels, formats=("PNG", "JPEG"))
+    except ImageError as err:
+        raise InputError(str(err), status=413 if err.too_large else 400, field=name) from None
+    width, height = image.size
     return {"width": width, "height": height, "format": image.format.lower()}
 
 
@@ -273,7 +256,7 @@ def _group(files: list[tuple[str, bytes]], limits: Limits) -> dict[str, tuple[st
 
 def task_and_question(task_name: str | None, question: str | None, limits: Limits, default_task: str):
     """(task name, question): the registered task (aliases resolved) and its default question if none given."""
-    from metrics.tasks import get_task
+    from ecgtasks import get_task
 
     try:
         task = get_task((task_name or "").strip() or default_task)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import socket
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +15,10 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# jobs track runs in MLflow by default: tests that do not ask for a store of their own write to a throw-away one
+_MLRUNS = tempfile.mkdtemp(prefix="ecgvlm-mlruns-")
+atexit.register(shutil.rmtree, _MLRUNS, ignore_errors=True)
+os.environ.setdefault("MLFLOW_TRACKING_URI", "file:" + _MLRUNS)
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -18,7 +18,7 @@ import pytest
 from ecg import jsonrecords, samples
 from ecg.ecgbench import ecgbench_batch, image_location, infer_task, record_rows, turn_pairs
 from ecg.render import render, to_bytes
-from metrics.tasks import CODE15_QUESTION, CPSC_QUESTION, PTBXL_QUESTION, get_task
+from ecgtasks.registry import CODE15_QUESTION, CPSC_QUESTION, PTBXL_QUESTION, get_task
 
 # ---- realistic question texts (ECGInstruct / ECGBench forms) ---------------------------------------------------
 

@@ -54,8 +54,9 @@ def test_evaluate_tiny_on_s3_rows_errors_metrics(ray_cluster, s3_server, tmp_pat
     ids = _write_samples(str(tmp_path / "data"), 9, corrupt=True)
     storage.upload_dir(str(tmp_path / "data"), "s3://ecg/samples")
     data, out = "s3://ecg/samples", "s3://ecg/eval"
+    store = f"file:{tmp_path / 'mlruns'}"
     assert cli.main(["evaluate", "--model", "tiny", "--data", data, "--out", out, "--batch-size", "4",
-                     "--rows-per-shard", "4", "--progress-s", "0"]) == 0
+                     "--rows-per-shard", "4", "--progress-s", "0", "--tracking", store]) == 0
     assert sorted(_prediction_ids(out)) == sorted(ids)  # every row once, the corrupt one included
     fs, predictions = storage.resolve(storage.join(out, "predictions"))
     assert pads.dataset(predictions, filesystem=fs).count_rows() == 10  # a plain Parquet folder, no side files
@@ -69,9 +70,20 @@ def test_evaluate_tiny_on_s3_rows_errors_metrics(ray_cluster, s3_server, tmp_pat
     run = json.loads(storage.read_text(storage.join(out, "run.json")))
     assert (run["new_rows"], run["new_errors"], run["rows"], run["errors"], run["skipped"]) == (10, 1, 10, 1, 0)
     assert storage.exists(storage.join(out, "report.md")) and storage.exists(storage.join(out, "report.html"))
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(store)
+    (tracked,) = client.search_runs([client.get_experiment_by_name("ecgvlm-evaluate").experiment_id])
+    assert tracked.data.metrics["code15/f1"] == pytest.approx(code15["f1"]) and tracked.data.metrics["errors"] == 1
+    assert {a.path for a in client.list_artifacts(tracked.info.run_id)} >= {"config.json", "metrics.json", "report.md",
+                                                                            "report.html"}
     # Nothing new to do on a rerun: every id is already predicted, and nothing is written twice.
     assert cli.main(["evaluate", "--model", "tiny", "--data", data, "--out", out]) == 0
     assert sorted(_prediction_ids(out)) == sorted(ids)
+    # 1 error in 10 predictions: over a 5% bound the job exits 1, its metrics and report written all the same
+    storage.write_text(storage.join(out, "metrics.json"), "{}")
+    assert cli.main(["evaluate", "--model", "tiny", "--data", data, "--out", out, "--max-error-rate", "0.05"]) == 1
+    assert json.loads(storage.read_text(storage.join(out, "metrics.json")))["code15"]["errors"] == 1
 
 
 def test_killed_run_resumes_without_duplicates_or_gaps(ray_cluster, tmp_path):

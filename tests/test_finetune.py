@@ -4,6 +4,7 @@ the loop (loss falls, stops like a crash, resumes at the checkpoint's step). Rea
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import pandas as pd
@@ -12,7 +13,7 @@ import torch
 
 from ecg.render import render, to_bytes
 from ecg.synth import generate
-from metrics.tasks import CODE15
+from ecgtasks import CODE15
 from vlm import finetune as ft
 
 
@@ -102,6 +103,13 @@ def test_loop_learns_stops_and_resumes(loaded, cached, tmp_path):
     opt2 = ft.build_optimizer(model2, lr=3e-3)
     resumed = ft.load_checkpoint(saved[0], model2, opt2)
     assert resumed.step == 4 and torch.equal(next(model2.parameters()), next(model.parameters()))
+    # tensors and JSON only, no pickle; the optimizer's moments, step counters and groups come back exactly
+    assert sorted(os.listdir(saved[0])) == ["optimizer.json", "optimizer.safetensors", "state.json",
+                                            "trainable.safetensors"]
+    before, after = opt.state_dict(), opt2.state_dict()
+    assert before["param_groups"] == after["param_groups"] and before["state"].keys() == after["state"].keys()
+    for index, entries in before["state"].items():
+        assert all(torch.equal(v, after["state"][index][k]) for k, v in entries.items())
     settings.stop_after_steps = None
     final = ft.train_loop(model2, opt2, batches, settings, resumed, hooks)
     assert final.start_step == 4 and final.step == 8 and not final.interrupted
@@ -150,7 +158,7 @@ def test_validation_scores_each_row_with_its_own_task(loaded, rows):
     """Rows of three tasks in one val split: each scored by its own task's rules, reported per task."""
     import json
 
-    from metrics.tasks import get_task
+    from ecgtasks import get_task
 
     ptb, mc = get_task("ptbxl-super"), get_task("csn")
     val = rows.iloc[:6].copy()

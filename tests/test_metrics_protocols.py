@@ -14,7 +14,7 @@ from sklearn.metrics import f1_score, hamming_loss, roc_auc_score
 from sklearn.preprocessing import MultiLabelBinarizer
 
 from metrics import parsing, score_frame
-from metrics.tasks import get_task
+from ecgtasks import get_task
 
 CODE15 = get_task("code15")
 

@@ -12,7 +12,7 @@ import pytest
 from ecg.rows import PREDICTION_SCHEMA
 from metrics.reduce import batch_stats, merge, merge_table, stats_table
 from metrics.score import finalize, score_frame
-from metrics.tasks import get_task
+from ecgtasks import get_task
 
 QA = "<image>\nWhich? Options: sinus rhythm, atrial fibrillation, none. " \
      "Only answer based on the given Options without any explanation."
@@ -41,7 +41,7 @@ def rows(n=240, seed=0) -> pd.DataFrame:
     out = pd.concat([code, csn, qa], ignore_index=True).sample(frac=1, random_state=seed).reset_index(drop=True)
     out["id"] = [f"r{i:05d}" for i in range(len(out))]
     out["error"] = np.where(rng.random(len(out)) < 0.03, "decode failed", None)
-    out["model"], out["latency_ms"] = "m", 1.0
+    out["model"], out["latency_ms"], out["prompt_tokens"] = "m", 1.0, 1
     out["truncated"] = rng.random(len(out)) < 0.1  # answers cut by the token budget: counted per task
     return out
 
@@ -101,6 +101,7 @@ def whole_run_rows() -> pd.DataFrame:
                 for k, (q, gold, text) in LIST_QA.items()]
     frame = pd.DataFrame(out)
     frame["label_scores"], frame["model"], frame["error"], frame["latency_ms"] = None, "m", None, 1.0
+    frame["prompt_tokens"] = 1
     return frame
 
 

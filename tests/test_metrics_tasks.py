@@ -2,7 +2,7 @@
 
 import pytest
 
-from metrics.tasks import CHOICE, CODE15, CODE15_QUESTION, FREETEXT, MULTILABEL, SETMATCH, all_tasks, get_task
+from ecgtasks import CHOICE, CODE15, CODE15_QUESTION, FREETEXT, MULTILABEL, SETMATCH, all_tasks, get_task
 
 ALIASES = {"code15-test": "code15", "ptb-test": "ptbxl-super", "cpsc-test": "cpsc", "csn-test-no-cot": "csn",
            "g12-test-no-cot": "g12", "mmmu-ecg": "mmmu", "ecgqa-test": "ecgqa", "ptb-test-report": "ptbxl-report"}

@@ -102,6 +102,12 @@ def test_ptbxl_and_code15_with_bad_files(ray_cluster, tmp_path):
     assert [f["id"] for f in c15["failures"]] == ["code15-2000", "code15-2001"]
     assert all("(2, 4096, 8)" in f["error"] for f in c15["failures"])
     assert sum(c15["counts"]["splits"].values()) == 6
+    # 2 of 8 records failed: over a 20% bound the job says so and exits 1, after writing everything
+    strict = str(tmp_path / "strict")
+    assert cli.main(["prepare", "--source", "code15", "--path", str(tmp_path / "code15"), "--out", strict,
+                     "--split", "train=0.5,test=0.5", "--max-error-rate", "0.2", *SMALL]) == 1
+    assert manifests.read_manifest(strict)["failed"] == 2
+    assert len(_split_rows(strict, "train")) + len(_split_rows(strict, "test")) == 6
 
 
 def test_ecgbench_json_and_s3_output(ray_cluster, s3_server, tmp_path):

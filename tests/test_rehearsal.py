@@ -43,7 +43,7 @@ def make_instruct(root, n: int = 24) -> str:
     as lists as ECGInstruct has them, plus one record whose image path climbs out of the dataset root."""
     from ecg.render import render, to_bytes
     from ecg.synth import generate
-    from metrics.tasks import CODE15
+    from ecgtasks import CODE15
 
     (root / "images").mkdir(parents=True)
     records = []

@@ -22,7 +22,7 @@ from ecg.jsonrecords import reference_chunks
 from ecg.record import STANDARD_LEADS
 from ecg.render import render, to_bytes
 from ecg.rows import PREDICTION_SCHEMA
-from metrics.tasks import get_task
+from ecgtasks import get_task
 
 SMALL = samples.RenderOptions(width=550, height=425)  # half-size pages: the tests are about rows, not pixels
 

@@ -26,7 +26,7 @@ from conftest import REPO, free_port
 from test_serving_inputs import bomb_png, page_png, signal_uploads
 
 from ecg.record import STANDARD_LEADS
-from metrics.tasks import get_task
+from ecgtasks import get_task
 
 pytestmark = pytest.mark.slow
 CODE15 = get_task("code15")

@@ -105,13 +105,13 @@ def test_check_image_reads_header_and_refuses_a_bomb_before_decoding():
     raises(413, "decompression bomb .* the limit is 20000000 pixels", check_image, bomb, LIMITS)
     err = raises(413, "6000x6000 = 36000000 pixels, over the limit", check_image, bomb_png(6000, 6000), LIMITS)
     assert err.field == "image"
-    raises(400, "not a readable PNG/JPEG", check_image, page_png()[:2000], LIMITS)  # truncated
+    raises(400, "unreadable image, does not decode as PNG/JPEG", check_image, page_png()[:2000], LIMITS)  # truncated
     raises(400, "empty", check_image, b"", LIMITS)
     gif = io.BytesIO()
     from PIL import Image
 
     Image.new("RGB", (10, 10)).save(gif, format="GIF")
-    raises(400, "not a readable PNG/JPEG", check_image, gif.getvalue(), LIMITS)
+    raises(400, "unreadable image, does not decode as PNG/JPEG", check_image, gif.getvalue(), LIMITS)
 
 
 def test_data_uri_and_sampling_rate():
@@ -211,7 +211,7 @@ def test_shipped_serve_config_and_cli_overrides():
 
 
 def test_parse_labels_per_task_kind():
-    from metrics.tasks import get_task
+    from ecgtasks import get_task
     from serving.answers import parse_labels
 
     q = get_task("code15").question

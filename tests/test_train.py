@@ -15,7 +15,7 @@ import pytest
 from ecg.render import render, to_bytes
 from ecg.rows import SAMPLE_SCHEMA
 from ecg.synth import generate
-from metrics.tasks import CODE15
+from ecgtasks import CODE15
 from pipelines import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,18 +49,28 @@ def test_one_worker_resumes_after_interruption_and_exports(ray_cluster, shards, 
     monkeypatch.chdir(tmp_path)  # a relative --out, as users type it: workers run elsewhere and must not lose it
     out = tmp_path / "run"
     argv = _argv(shards, Path("run"), "--max-steps", "6", "--checkpoint-every", "3")
-    assert train.main(argv + ["--stop-after-steps", "3"]) == 0  # "crashes" right after its first checkpoint
+    assert train.main(argv + ["--stop-after-steps", "3", "--tracking", "none"]) == 0  # "crashes" after a checkpoint
     first = _summary(out)
     assert first["interrupted"] and first["step"] == 3 and "export" not in first
     assert not (out / "export").exists()
 
-    assert train.main(argv) == 0  # the same command again
+    store = f"file:{tmp_path / 'mlruns'}"
+    assert train.main(argv + ["--tracking", store]) == 0  # the same command again, tracked in MLflow
     done = _summary(out)
     assert done["start_step"] == 3 and done["step"] == 6 and not done["interrupted"]
     losses = [loss for _, loss, _ in done["losses"]]  # steps 1-3 from the first run (restored), 4-6 from this one
     assert [s for s, _, _ in done["losses"]] == [1, 2, 3, 4, 5, 6]
     assert sum(losses[-2:]) / 2 < sum(losses[:2]) / 2
     assert 0 <= done["validation"]["f1"] <= 100
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(store)
+    (run,) = client.search_runs([client.get_experiment_by_name("ecgvlm-train").experiment_id])
+    assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "loss")] == [
+        (s, pytest.approx(v)) for s, v, _ in done["losses"]]
+    assert client.get_metric_history(run.info.run_id, "val/f1")[-1].value == pytest.approx(done["validation"]["f1"])
+    assert run.data.params["finetune"] == "full" and run.info.status == "FINISHED"
+    assert {"config.json", "train_summary.json"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
 
     import vlm
 

@@ -10,7 +10,7 @@ import torch
 import vlm
 from ecg.render import render
 from ecg.synth import generate
-from metrics.tasks import get_task
+from ecgtasks import get_task
 from vlm.load import SIDECAR
 
 

@@ -11,7 +11,7 @@ import vlm
 from ecg.render import render, to_bytes
 from ecg.rows import PREDICTION_COLUMNS
 from ecg.synth import generate
-from metrics.tasks import get_task
+from ecgtasks import get_task
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -51,7 +51,7 @@ def test_predict_rows_isolates_bad_records(predictor):
     assert tuple(out.columns) == PREDICTION_COLUMNS
     assert list(out["id"]) == ["ok-0", "corrupt-1", "ok-2", "long-3", "ok-4", "empty-5"]
     errors = dict(zip(out["id"], out["error"]))
-    for bad, why in (("corrupt-1", "does not decode"), ("long-3", "too long"), ("empty-5", "empty image")):
+    for bad, why in (("corrupt-1", "unreadable image"), ("long-3", "too long"), ("empty-5", "empty image")):
         assert bad in errors[bad] and why in errors[bad]
         assert out.loc[out["id"] == bad, "prediction"].item() == ""
     good = out[out["id"].str.startswith("ok")]

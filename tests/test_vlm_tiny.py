@@ -9,7 +9,7 @@ import torch
 import vlm
 from ecg.render import render
 from ecg.synth import generate
-from metrics.tasks import all_tasks, get_task
+from ecgtasks import all_tasks, get_task
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

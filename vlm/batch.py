@@ -14,29 +14,22 @@ Example::
 
 from __future__ import annotations
 
-import io
 import json
 import time
 
 import pandas as pd
 from PIL import Image
 
+from ecg.images import decode_image
 from ecg.rows import PREDICTION_COLUMNS, require_columns
-from metrics.tasks import MULTILABEL, get_task
+from ecgtasks import MULTILABEL, get_task
 from vlm.prompt import row_history
 
 NEEDED = ("id", "task", "image", "question", "answer")
 
 
 def _decode(row_id: str, data) -> Image.Image:
-    if data is None or len(data) == 0:
-        raise ValueError(f"record {row_id}: empty image")
-    try:
-        image = Image.open(io.BytesIO(data))
-        image.load()  # decode now, so truncated files fail here and not inside the model
-    except Exception as exc:  # PIL raises several types for bad bytes
-        raise ValueError(f"record {row_id}: image does not decode ({type(exc).__name__}: {exc})") from None
-    return image.convert("RGB")
+    return decode_image(data, f"record {row_id}")
 
 
 def predict_rows(predictor, batch: pd.DataFrame, *, budgets: dict[str, int] | None = None) -> pd.DataFrame:

@@ -315,11 +315,45 @@ def trainable_state(model) -> dict[str, torch.Tensor]:
     return {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}
 
 
+def optimizer_tensors(optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """An optimizer's ``state_dict`` as ``({"state.<param>.<key>": tensor}, json-able rest)``: per-parameter
+    tensors (AdamW's ``exp_avg``, ``exp_avg_sq``, ``step``) for safetensors, the param groups and any
+    non-tensor state for JSON. :func:`optimizer_state` is the inverse."""
+    sd = optimizer.state_dict()
+    tensors, plain = {}, {}
+    for index, entries in sd["state"].items():
+        for key, value in entries.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"state.{index}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                plain.setdefault(str(index), {})[key] = value
+    return tensors, {"param_groups": sd["param_groups"], "plain_state": plain}
+
+
+def optimizer_state(tensors: dict[str, torch.Tensor], rest: dict) -> dict:
+    """The ``state_dict`` that :func:`optimizer_tensors` flattened (tuples such as ``betas`` restored)."""
+    state: dict[int, dict] = {}
+    for name, value in tensors.items():
+        _, index, key = name.split(".", 2)
+        state.setdefault(int(index), {})[key] = value
+    for index, entries in rest.get("plain_state", {}).items():
+        state.setdefault(int(index), {}).update(entries)
+    groups = [{k: tuple(v) if k == "betas" else v for k, v in g.items()} for g in rest["param_groups"]]
+    return {"state": state, "param_groups": groups}
+
+
 def save_checkpoint(directory: str, model, optimizer, state: LoopState) -> str:
-    """Write ``trainable.pt``, ``optimizer.pt`` and ``state.json`` into ``directory``; returns it."""
+    """Write ``trainable.safetensors``, ``optimizer.safetensors`` + ``optimizer.json`` and ``state.json`` into
+    ``directory`` (tensors and JSON only: loading a checkpoint runs no pickled code); returns it."""
+    from safetensors.torch import save_file
+
     os.makedirs(directory, exist_ok=True)
-    torch.save(trainable_state(model), os.path.join(directory, "trainable.pt"))
-    torch.save(optimizer.state_dict(), os.path.join(directory, "optimizer.pt"))
+    weights = {k: v.contiguous() for k, v in trainable_state(model).items()}
+    save_file(weights, os.path.join(directory, "trainable.safetensors"))
+    tensors, rest = optimizer_tensors(optimizer)
+    save_file(tensors, os.path.join(directory, "optimizer.safetensors"))
+    with open(os.path.join(directory, "optimizer.json"), "w") as f:
+        json.dump(rest, f)
     with open(os.path.join(directory, "state.json"), "w") as f:
         json.dump(asdict(state), f)
     return directory
@@ -327,95 +361,30 @@ def save_checkpoint(directory: str, model, optimizer, state: LoopState) -> str:
 
 def load_checkpoint(directory: str, model, optimizer=None) -> LoopState:
     """Restore what :func:`save_checkpoint` wrote; returns the saved :class:`LoopState`."""
-    weights = torch.load(os.path.join(directory, "trainable.pt"), map_location="cpu")
-    missing, unexpected = unwrap(model).load_state_dict(weights, strict=False)
+    from safetensors.torch import load_file
+
+    path = os.path.join(directory, "trainable.safetensors")
+    if not os.path.exists(path):
+        old = " (trainable.pt: a pickled checkpoint of an earlier version, not loaded)" if os.path.exists(
+            os.path.join(directory, "trainable.pt")) else ""
+        raise FileNotFoundError(f"checkpoint {directory}: no trainable.safetensors{old}")
+    missing, unexpected = unwrap(model).load_state_dict(load_file(path), strict=False)
     if unexpected:
         raise ValueError(f"checkpoint {directory}: parameters the model does not have: {unexpected[:5]}")
     if optimizer is not None:
-        optimizer.load_state_dict(torch.load(os.path.join(directory, "optimizer.pt"), map_location="cpu"))
+        with open(os.path.join(directory, "optimizer.json")) as f:
+            rest = json.load(f)
+        optimizer.load_state_dict(optimizer_state(load_file(os.path.join(directory, "optimizer.safetensors")), rest))
     with open(os.path.join(directory, "state.json")) as f:
         data = json.load(f)
     data["losses"] = [tuple(x) for x in data.get("losses", [])]
     return LoopState(**data)
 
 
-# ---------------------------------------------------------------- validation
-class Validator:
-    """Held-out sample rows encoded once; each call generates with the live training weights and scores every
-    row with its own task (``metrics.score_frame``, ECGBench protocol) through the same ``vlm.Predictor``
-    evaluation uses. Rows whose task is not registered, or whose image fails, are counted, not scored.
+def __getattr__(name):
+    # validation lives in vlm.validation; ``finetune.Validator`` stays a name for it
+    if name == "Validator":
+        from vlm.validation import Validator
 
-    Returns the headline task's figures as plain keys (``f1``, ``auc``, ...: ``task`` if the val rows have it,
-    else their most common task) and every task's as ``<task>/<metric>``, plus ``rows`` and ``failed``.
-    Example: ``Validator(loaded, model, val_df)()`` -> ``{"f1": 61.2, "code15/f1": 61.2, "ptbxl-super/f1": ...}``.
-    """
-
-    def __init__(self, loaded, model, rows, *, task: str = "code15", batch_size: int = 32):
-        import dataclasses
-
-        import pandas as pd
-
-        from metrics.tasks import get_task
-        from vlm.predict import Predictor
-        from vlm.prompt import row_history
-
-        frame = pd.DataFrame(rows).reset_index(drop=True)
-        if "task" not in frame:
-            frame["task"] = task
-        self.batch_size = batch_size
-        # the same module object as the one being trained: its weights change in place, no copy; inputs go where
-        # the training worker put it (a GPU under NCCL), not where it was loaded
-        live = unwrap(model)
-        param = next(live.parameters())
-        self.predictor = Predictor.from_loaded(dataclasses.replace(loaded, model=live, device=param.device,
-                                                                   dtype=param.dtype))
-        self.groups: dict[str, tuple] = {}  # task -> (row frame, encoded rows, max_new_tokens)
-        self.failed: list[str] = []
-        metas = frame["meta"] if "meta" in frame else [None] * len(frame)
-        for name, part in frame.assign(_meta=list(metas)).groupby("task", sort=True):
-            try:
-                spec = get_task(name)
-            except KeyError as e:
-                self.failed += [f"row {i}: {e.args[0]}" for i in part["id"]]
-                continue
-            kept, encoded = [], []
-            for pos, (rid, image, question, meta) in enumerate(zip(part["id"], part["image"], part["question"],
-                                                                   part["_meta"])):
-                try:
-                    encoded.append(self.predictor.encode_one(decode_image(rid, image), question,
-                                                             max_new_tokens=spec.max_new_tokens,
-                                                             history=row_history(meta)))
-                    kept.append(pos)
-                except ValueError as e:
-                    self.failed.append(str(e))
-            if kept:
-                self.groups[spec.name] = (part.iloc[kept].reset_index(drop=True), encoded, spec.max_new_tokens)
-        counts = {name: len(g[0]) for name, g in self.groups.items()}
-        self.headline = task if task in counts else max(counts, key=counts.get) if counts else task
-
-    def predictions(self, name: str) -> list[str]:
-        _, encoded, budget = self.groups[name]
-        out: list[str] = []
-        for s in range(0, len(encoded), self.batch_size):
-            out += self.predictor.generate_encoded(encoded[s:s + self.batch_size], max_new_tokens=budget)
-        return out
-
-    def __call__(self, state: LoopState | None = None) -> dict:
-        import pandas as pd
-
-        from metrics import score_frame
-
-        keys = ("f1", "auc", "hamming_loss", "anls", "accuracy")
-        out: dict = {"rows": float(sum(len(g[0]) for g in self.groups.values())), "failed": float(len(self.failed))}
-        for name, (part, _, _) in self.groups.items():
-            frame = pd.DataFrame({"id": part["id"], "question": part["question"], "answer": part["answer"],
-                                  "prediction": self.predictions(name)})
-            scored = score_frame(name, frame, protocol="ecgbench")
-            figures = {k: float(v) for k, v in scored.items() if k in keys and isinstance(v, (int, float))}
-            out.update({f"{name}/{k}": v for k, v in figures.items()})
-            if name == self.headline:
-                out.update(figures)
-                per_class = (scored.get("ecgbench") or {}).get("per_class") or {}
-                out.update({f"f1_{c}": float(m["f1"]) for c, m in per_class.items() if "f1" in m})
-        return out
-
+        return Validator
+    raise AttributeError(f"module 'vlm.finetune' has no attribute {name!r}")

@@ -78,7 +78,7 @@ class TinySpec:
 
 def _label_atoms() -> list[str]:
     """Labels of registered tasks that punctuation splitting would break (e.g. cpsc's "I-AVB"), longest first."""
-    from metrics.tasks import all_tasks
+    from ecgtasks import all_tasks
 
     labels = {label for task in all_tasks() for label in task.labels}
     return sorted((lab for lab in labels if re.search(r"[^\w]", lab)), key=lambda lab: (-len(lab), lab))
@@ -103,7 +103,7 @@ def _pre_tokenizer():
 
 def corpus_words() -> list[str]:
     """Every pre-token of every registered task's question, labels and formatted answers (sorted, unique)."""
-    from metrics.tasks import all_tasks
+    from ecgtasks import all_tasks
 
     texts = list(EXTRA_TEXT)
     for task in all_tasks():

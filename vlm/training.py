@@ -13,7 +13,6 @@ Example::
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -28,17 +27,10 @@ ENCODED_KEYS = (*SEQUENCE_KEYS, "pixels", "pixel_mask", "error")
 
 
 def decode_image(row_id, data):
-    """PNG/JPEG bytes -> RGB PIL image; a ValueError that names the row."""
-    from PIL import Image
+    """PNG/JPEG bytes -> RGB PIL image (``ecg.images.decode_image``); a ValueError that names the row."""
+    from ecg.images import decode_image as decode
 
-    if data is None or len(data) == 0:
-        raise ValueError(f"row {row_id}: empty image")
-    try:
-        image = Image.open(io.BytesIO(data))
-        image.load()  # decode now: a truncated file fails here, not inside the processor
-        return image.convert("RGB")
-    except Exception as e:  # PIL raises several types for bad bytes
-        raise ValueError(f"row {row_id}: cannot decode image: {e}") from e
+    return decode(data, f"row {row_id}")
 
 
 def collate(loaded, images, questions, answers, histories=None) -> dict[str, torch.Tensor]:

@@ -1,0 +1,240 @@
+"""The Ray side of ``ecgvlm train``: the encode stage, the datasets handed to Ray Train, and the worker loop.
+
+``datasets_for(cfg)`` reads ``<data>/train`` and ``<data>/val``, encodes train rows in CPU actors (``Encode``:
+the processor only, ``vlm.training.encode_rows``) and caches or streams them by size; ``worker`` is the
+TorchTrainer's per-worker function: set up, resume, ``vlm.finetune.train_loop``, validate, checkpoint, export.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+from ecg import storage
+from pipelines.train import TrainConfig
+
+
+class Encode:
+    """Ray Data stage: sample rows -> encoded training rows (``vlm.training.encode_rows``), the processor loaded once
+    per actor (no model weights). A row that fails keeps its place with an ``error``; the workers count it."""
+
+    def __init__(self, model: str, tiny: dict, image_splitting: bool | None, longest_edge: int | None):
+        from vlm.load import load_processor
+
+        self.loaded = load_processor(model, tiny=tiny or None, image_splitting=image_splitting,
+                                     longest_edge=longest_edge)
+
+    def __call__(self, batch):
+        from vlm.training import encode_rows
+
+        return encode_rows(self.loaded, batch)
+
+
+def _setup(cfg: TrainConfig, rank: int):
+    """Model with its trainable parameters, DDP-wrapped and on the worker's device; optimizer; restored state."""
+    import ray.train
+    import ray.train.torch
+
+    from vlm import finetune as ft
+
+    loaded = ft.load_for_training(cfg.model, tiny=cfg.tiny or None, image_splitting=cfg.image_splitting,
+                                  longest_edge=cfg.longest_edge, config_overrides=cfg.config_overrides or None)
+    if rank == 0:
+        print(f"train: {loaded.describe_images()}", flush=True)
+    model = ft.configure_trainable(loaded.model, mode=cfg.finetune, lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha,
+                                   lora_dropout=cfg.lora_dropout, lora_targets=cfg.lora_targets,
+                                   freeze_vision=cfg.freeze_vision)
+    if cfg.gradient_checkpointing if cfg.gradient_checkpointing is not None else cfg.use_gpu:
+        ft.enable_gradient_checkpointing(model)
+    model = ray.train.torch.prepare_model(model)  # DDP when world > 1; moves to the worker's device
+    opt = ft.build_optimizer(model, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    state = ft.LoopState()
+    if (ckpt := ray.train.get_checkpoint()) is not None:  # the latest checkpoint of this run name in storage
+        with ckpt.as_directory() as d:
+            state = ft.load_checkpoint(d, model, opt)
+        if rank == 0:
+            print(f"resuming from checkpoint at step {state.step} ({ckpt.path})", flush=True)
+    return loaded, model, opt, state
+
+
+def _hooks(cfg: TrainConfig, loaded, model, opt, rank: int, has_val: bool):
+    """Progress lines, collective checkpoint reports (rank 0 attaches the files), validation on rank 0."""
+    import pandas as pd
+    import ray.train
+
+    from vlm import finetune as ft
+
+    validator = None
+
+    def validate(st):
+        nonlocal validator
+        if rank != 0 or not has_val:  # every rank calls; rank 0 alone generates and scores
+            return None
+        if validator is None:
+            it = ray.train.get_dataset_shard("val").iter_batches(batch_size=64, batch_format="pandas")
+            from vlm.validation import Validator
+
+            validator = Validator(loaded, model, pd.concat(list(it), ignore_index=True), task=cfg.task)
+        result = validator(st)
+        print(f"validation at step {st.step}: " + " ".join(f"{k} {v:.1f}" for k, v in result.items()), flush=True)
+        return result
+
+    def checkpoint(st):
+        metrics = {"step": st.step, "loss": st.losses[-1][1] if st.losses else float("nan")}
+        if st.validations:
+            metrics.update({f"val_{k}": v for k, v in st.validations[-1].items() if k != "step"})
+        with tempfile.TemporaryDirectory() as d:
+            if rank == 0:
+                ft.save_checkpoint(d, model, opt, st)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d) if rank == 0 else None)
+
+    return ft.Hooks(log=lambda line: print(line, flush=True), checkpoint=checkpoint, validate=validate)
+
+
+def _peak_rss_mib() -> float:
+    """This process's peak resident memory, MiB (Linux reports KiB)."""
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def worker(c: dict) -> None:
+    """The Ray Train worker: set up, resume, run ``vlm.finetune.train_loop``, validate, checkpoint, export."""
+    import dataclasses
+    import math
+
+    import ray.train
+    import torch
+
+    from vlm import finetune as ft
+
+    cfg = TrainConfig(**{k: v for k, v in c.items() if k not in ("n_train", "has_val", "ingest")})
+    n_train, has_val = c["n_train"], c.get("has_val", True)
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(cfg.threads_per_worker or max(1, (os.cpu_count() or 1) // world))
+    torch.manual_seed(cfg.seed + rank)
+    loaded, model, opt, state = _setup(cfg, rank)
+    per_step = cfg.batch_size * cfg.grad_accum * world
+    max_steps = cfg.max_steps or max(1, math.ceil((cfg.epochs or 1.0) * n_train / per_step))
+    if rank == 0 and state.step == 0:
+        trainable, total = ft.count_parameters(model)
+        print(f"training {cfg.model} ({cfg.finetune}): {trainable:,} of {total:,} parameters, {world} worker(s), "
+              f"{n_train} rows, {per_step} rows/step, up to {max_steps} steps / {cfg.max_minutes} min", flush=True)
+    shard = ray.train.get_dataset_shard("train")
+    collators: dict[int, ft.Collator] = {}  # per epoch: rows that failed to encode, counted once per pass
+
+    def batches(epoch: int):
+        collate = collators.setdefault(epoch, ft.Collator.for_loaded(loaded))
+        shuffle = c["ingest"]["shuffle_rows"] or None
+        return shard.iter_torch_batches(batch_size=cfg.batch_size, collate_fn=collate, drop_last=True,
+                                        local_shuffle_buffer_size=shuffle,
+                                        local_shuffle_seed=cfg.seed + 1000 * epoch + rank if shuffle else None)
+
+    settings = ft.LoopSettings(
+        max_steps=max_steps, max_minutes=cfg.max_minutes, lr=cfg.lr, warmup_fraction=cfg.warmup_fraction,
+        min_lr_ratio=cfg.min_lr_ratio, cosine=cfg.cosine, grad_accum=cfg.grad_accum, clip=1.0,
+        bf16=cfg.bf16 if cfg.bf16 is not None else cfg.use_gpu, log_every=cfg.log_every,
+        checkpoint_every=cfg.checkpoint_every, validate_every=cfg.validate_every,
+        stop_after_steps=cfg.stop_after_steps)
+    hooks = _hooks(cfg, loaded, model, opt, rank, has_val)
+    state = ft.train_loop(model, opt, batches, settings, state, hooks)
+    summary = {"step": state.step, "start_step": state.start_step, "interrupted": state.interrupted,
+               "minutes": round(state.elapsed_s / 60, 2), "samples": state.samples, "epochs": state.epoch,
+               "losses": state.losses, "last_loss": state.losses[-1][1] if state.losses else None,
+               "first_loss": state.losses[0][1] if state.losses else None, "workers": world,
+               # rows that failed to encode in one pass over the data, over all workers (each is named on stderr)
+               "failed_rows": int(ft._reduce(max((c.failed for c in collators.values()), default=0), "sum")),
+               "train_rows": n_train, "images": loaded.images.to_dict(), "ingest": c["ingest"]["mode"],
+               "ingest_row_mib": c["ingest"]["row_mib"], "peak_rss_mib": _peak_rss_mib()}
+    if not state.interrupted:
+        if not state.validations or state.validations[-1]["step"] != state.step:
+            ft.run_validation(model, state, hooks)  # every rank calls; rank 0 computes
+        if state.step % cfg.checkpoint_every:
+            hooks.checkpoint(state)
+        summary.update(validation=state.validations[-1] if state.validations else None, validations=state.validations)
+        if rank == 0:
+            summary["export"] = storage.join(cfg.out, "export")
+            with tempfile.TemporaryDirectory() as d:
+                import vlm
+
+                vlm.export(dataclasses.replace(loaded, model=ft.unwrap(model).eval()), d, merge_adapter=True)
+                storage.upload_dir(d, summary["export"])
+    if rank == 0:
+        storage.write_text(storage.join(cfg.out, "train_summary.json"), json.dumps(summary, indent=1))
+
+
+COLUMNS = ["id", "task", "image", "question", "answer", "meta"]
+
+
+def _read(cfg: TrainConfig, split: str):
+    """``(dataset, rows)``: the split's sample rows streamed from its shards (``ecg.shards.file_batches`` on a
+    quarter CPU per file: the read must find room beside the workers and encoders on a 2-core machine)."""
+    import ray
+
+    from ecg import shards
+
+    uri = storage.join(cfg.data, split)
+    files = storage.list_files(uri, ".parquet")
+    if not files:
+        return None, 0
+    n_rows = shards.parquet_dataset(uri).count_rows()  # Parquet footers only
+    ds = ray.data.from_items([{"path": f} for f in files], override_num_blocks=len(files))
+    ds = ds.map_batches(shards.file_batches, fn_kwargs={"columns": COLUMNS}, batch_size=1, num_cpus=0.25)
+    if cfg.train_rows and split == "train":
+        ds, n_rows = ds.limit(cfg.train_rows), min(n_rows, cfg.train_rows)
+    return ds, n_rows
+
+
+def _ingest(cfg: TrainConfig, train, n_rows: int) -> dict:
+    """``{"mode": "memory" | "stream", "shuffle_rows": n}``: cache the encoded rows when their estimated size fits
+    the budget (a few rows are encoded here to measure it), and the workers' local shuffle buffer, in rows, sized
+    to an eighth of the object store (a buffer of 64 rows of 17-tile pages would hold 850 MiB). Printed."""
+    import ray
+
+    from vlm.load import load_processor
+    from vlm.training import encode_rows, encoded_nbytes
+
+    store = ray.cluster_resources().get("object_store_memory", 0.0)
+    budget = cfg.cache_gb * 2**30 if cfg.cache_gb else store / 4
+    sample = train.limit(4).to_pandas()
+    per_row = encoded_nbytes(encode_rows(load_processor(cfg.model, tiny=cfg.tiny or None,
+                                                        image_splitting=cfg.image_splitting,
+                                                        longest_edge=cfg.longest_edge), sample)) / max(1, len(sample))
+    total = per_row * n_rows
+    mode = cfg.cache if cfg.cache != "auto" else ("memory" if total <= budget else "stream")
+    how = ("materialized once, every epoch reads the cache" if mode == "memory" else
+           "streamed: Ray Data re-encodes the rows every epoch, nothing per-row is kept")
+    # each worker's buffer: rows fetched from the object store and held there until shuffled into a batch
+    shuffle_rows = int(min(256, store / 8 / max(1, cfg.num_workers) / max(per_row, 1.0)))
+    shuffle_rows = shuffle_rows if shuffle_rows > cfg.batch_size else 0  # 0: no local shuffle (files are mixed)
+    print(f"train ingest: {n_rows} rows x ~{per_row / 2**20:.2f} MiB encoded = ~{total / 2**30:.2f} GiB; "
+          f"cache budget {budget / 2**30:.2f} GiB (object store {store / 2**30:.2f} GiB, cache={cfg.cache}): {how}; "
+          f"local shuffle buffer {shuffle_rows} rows per worker", flush=True)
+    return {"mode": mode, "shuffle_rows": shuffle_rows, "row_mib": round(per_row / 2**20, 3)}
+
+
+def datasets_for(cfg: TrainConfig):
+    """``(datasets, n_train, ingest)``: the encoded train dataset (materialized or streamed) and the val rows."""
+    import ray
+
+    train, n_train = _read(cfg, "train")
+    if n_train == 0:
+        raise ValueError(f"{cfg.data}/train: no rows")
+    ingest = _ingest(cfg, train, n_train)
+    # Encoding multiplies a row's bytes (a 400 KB page becomes 0.9 MiB at 896 px, 13 MiB as 17 tiles): with
+    # Ray Data's usual blocks (up to 128 MiB of PNGs) one task would encode a whole file's rows at once, past any
+    # small store before backpressure acts. Blocks of about one encoded row keep a few batches in flight.
+    per_block = max(1, min(cfg.batch_size, 16))
+    train.context.target_max_block_size = int(max(2**20, ingest["row_mib"] * 2**20))
+    encoded = train.map_batches(
+        Encode, fn_constructor_kwargs={"model": cfg.model, "tiny": cfg.tiny, "image_splitting": cfg.image_splitting,
+                                       "longest_edge": cfg.longest_edge},
+        batch_size=per_block, batch_format="pandas", num_cpus=cfg.encode_cpus,
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=cfg.encode_actors))
+    datasets = {"train": encoded.materialize() if ingest["mode"] == "memory" else encoded}
+    val, n_val = _read(cfg, "val") if cfg.val_rows else (None, 0)
+    if n_val:
+        datasets["val"] = val.limit(cfg.val_rows).materialize()
+    return datasets, n_train, ingest
