@@ -23,7 +23,6 @@ Example::
 
 from __future__ import annotations
 
-import json
 import os
 import posixpath
 import re
@@ -162,54 +161,23 @@ def gold_labels(task, answer: str) -> list[str]:
 
 # ---- conversations and images -----------------------------------------------------------------------------
 
-_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
-
-
-def turn_pairs(value) -> list[tuple[str, str]]:
-    """Every ``(question, answer)`` pair of a conversation, in order.
+def turn_pairs(value, *, record: str | None = None) -> list[tuple[str, str]]:
+    """Every ``(question, answer)`` pair of a conversation, in order (``ecgtasks.conversation.turn_pairs``).
 
     ``value``: a list of ``{"from": "human" | "gpt", "value": str}`` (``user`` / ``assistant`` also accepted)
     or its JSON text. The turns must alternate, human first, and end with an answer; otherwise a
-    :class:`RecordError` (kind ``bad_conversation``) names the first turn out of place. An answer given as a
-    list of texts (ECG-QA's gold) is kept as its JSON text, which the scorer reads back as the list
+    :class:`RecordError` (kind ``bad_conversation``) names the record and the first turn out of place. An answer
+    given as a list of texts (ECG-QA's gold) is kept as its JSON text, which the scorer reads back as the list
     (``ecgtasks.gold.gold_text``): ``'["sinus rhythm", "none"]'``.
     Example: ``turn_pairs([{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]) == [("q", "a")]``.
     """
-    from ecgtasks.gold import gold_text
+    from ecgtasks.conversation import ConversationError
+    from ecgtasks.conversation import turn_pairs as pairs
 
-    if isinstance(value, (str, bytes)):
-        try:
-            value = json.loads(value)
-        except ValueError as exc:
-            raise RecordError(f"conversations: not JSON ({exc})", BAD_CONVERSATION) from None
-    if value is None or isinstance(value, (str, dict)) or not hasattr(value, "__iter__"):
-        raise RecordError(f"conversations: expected a list of turns, got {type(value).__name__}", BAD_CONVERSATION)
-    turns = list(value)
-    if not turns:
-        raise RecordError("conversations: empty", BAD_CONVERSATION)
-    pairs, question = [], None
-    for i, turn in enumerate(turns):
-        turn = dict(turn) if hasattr(turn, "keys") else {}
-        role, text = _ROLES.get(str(turn.get("from", turn.get("role", "")))), turn.get("value", turn.get("content"))
-        want = "user" if question is None else "assistant"
-        if want == "assistant" and role == want and text is not None and not isinstance(text, str):
-            try:
-                text = gold_text(text)  # a list of texts -> its JSON text
-            except ValueError as exc:
-                raise RecordError(f"conversations turn {i}: {exc}", BAD_CONVERSATION) from None
-        if role != want or not isinstance(text, str):
-            got = f"from={turn.get('from', turn.get('role'))!r}" + ("" if isinstance(text, str) else ", no text")
-            raise RecordError(f"conversations turn {i}: expected a {'human' if want == 'user' else 'gpt'} turn "
-                              f"with text, got {got}", BAD_CONVERSATION)
-        if question is None:
-            question = text
-        else:
-            pairs.append((question, text))
-            question = None
-    if question is not None:
-        raise RecordError(f"conversations turn {len(turns) - 1}: a human turn with no answer after it",
-                          BAD_CONVERSATION)
-    return pairs
+    try:
+        return pairs(value, record=record)
+    except ConversationError as err:
+        raise RecordError(str(err), BAD_CONVERSATION) from None
 
 
 def image_location(root: str, path: str) -> str:
@@ -291,7 +259,7 @@ def record_rows(rid: str, conversations, image: bytes, *, image_path: str, task:
 
     split = assign_split(image_path or rid, splits, seed)
     rows, history = [], []
-    for k, (question, answer) in enumerate(turn_pairs(conversations)):
+    for k, (question, answer) in enumerate(turn_pairs(conversations, record=rid)):
         name = infer_task(rid, question, answer, hint) if task == AUTO else task
         meta = {"split": split, "record_id": rid, "turn": k, "history": list(history), "image_path": image_path}
         rows.append(sample_row(id=rid if k == 0 else f"{rid}#t{k}", task=name, image=image, question=question,
@@ -324,7 +292,7 @@ def ecgbench_batch(batch, *, task: str = AUTO, splits=None, seed: int = 0, sourc
         def make(i=i, rid=rid):
             if cols.get("error") and cols["error"][i]:
                 raise RecordError(cols["error"][i], cols.get("error_kind", [""] * n)[i] or BAD_CONVERSATION)
-            turn_pairs(cols["conversations"][i])  # a broken conversation fails before any image is read
+            turn_pairs(cols["conversations"][i], record=rid)  # a broken conversation fails before any image is read
             root = cols["root"][i] if cols.get("root") else image_root
             data, image_path = load_image(rid, cols["image"][i], root)
             hint = str((cols.get("hint") or cols.get("path") or [""] * n)[i] or "")

@@ -17,7 +17,6 @@ Example::
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pandas as pd
@@ -65,16 +64,15 @@ def read_table(uri: str) -> pd.DataFrame:
     return pd.DataFrame.from_records(_read_json_records(files[0]))
 
 
-def _turn(conversations, speaker: str) -> str | None:
-    """The value of the first turn from ``speaker`` ("human" / "gpt") in an ECGBench conversation."""
-    if conversations is None or (isinstance(conversations, float) and np.isnan(conversations)):
-        return None
-    if isinstance(conversations, str):
-        conversations = json.loads(conversations)
-    for turn in conversations:
-        if turn.get("from") == speaker:
-            return turn.get("value")
-    return None
+def _turns(uri: str, ids, conversations, role: str) -> list:
+    """The text of the first ``role`` turn ("human" / "gpt") of each ECGBench conversation, None where there is
+    none (``ecgtasks.conversation.first_text``); a conversation that cannot be read names its file and record."""
+    from ecgtasks.conversation import first_text
+
+    try:
+        return [first_text(c, role, record=rid) for rid, c in zip(ids, conversations)]
+    except ValueError as e:
+        raise ValueError(f"{uri}: {e}") from None
 
 
 def read_references(uri: str) -> pd.DataFrame:
@@ -85,9 +83,9 @@ def read_references(uri: str) -> pd.DataFrame:
     if "id" not in raw:
         raise KeyError(f"{uri}: references need an `id` column; have {sorted(raw.columns)}")
     if "conversations" in raw:
-        out = pd.DataFrame({"id": raw["id"].astype(str),
-                            "question": raw["conversations"].map(lambda c: _turn(c, "human")),
-                            "answer": raw["conversations"].map(lambda c: _turn(c, "gpt"))})
+        ids = raw["id"].astype(str)
+        out = pd.DataFrame({"id": ids, "question": _turns(uri, ids, raw["conversations"], "human"),
+                            "answer": _turns(uri, ids, raw["conversations"], "gpt")})
     elif "answer" in raw:
         out = raw[[c for c in ("id", "task", "question", "answer") if c in raw]].copy()
         out["id"] = out["id"].astype(str)

@@ -27,6 +27,7 @@ from typing import Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ecgtasks.conversation import USER, ConversationError, last_question, parse_turns
 from serving.inputs import InputError, Limits, check_image, parse_data_uri
 
 
@@ -87,18 +88,19 @@ def parse_chat(body: dict, limits: Limits, *, served: str, default_question: str
                          status=404, field="model")
     if req.stream or req.n != 1:
         raise InputError("stream=true and n>1 are not supported", status=400, field="stream" if req.stream else "n")
-    user = [m for m in req.messages if m.role == "user"]
-    if not user:
+    try:
+        turns = parse_turns([m.model_dump() for m in req.messages], field="messages")
+    except ConversationError as err:
+        raise InputError(str(err), status=400, field="messages") from None
+    if not any(t.role == USER for t in turns):
         raise InputError("messages has no user message", status=400, field="messages")
-    content = user[-1].content  # a single-turn model: the last user message is the question
-    parts = [TextPart(type="text", text=content)] if isinstance(content, str) else list(content or [])
-    images = [p for p in parts if isinstance(p, ImagePart)]
-    if len(images) != 1:
-        raise InputError(f"the last user message must hold exactly one image_url part, got {len(images)}",
+    question, _earlier = last_question(turns)  # a single-turn model: the last user message is the question
+    if len(question.images) != 1:
+        raise InputError(f"the last user message must hold exactly one image_url part, got {len(question.images)}",
                          status=400, field="messages")
-    image = parse_data_uri(images[0].image_url.url, limits)
+    image = parse_data_uri(question.images[0], limits)
     check_image(image, limits, name="image_url")
-    text = "\n".join(p.text for p in parts if isinstance(p, TextPart)).strip() or default_question
+    text = (question.text or "").strip() or default_question
     if len(text) > limits.max_question_chars:
         raise InputError(f"question has {len(text)} characters; at most {limits.max_question_chars}",
                          status=400, field="messages")

@@ -51,7 +51,7 @@ def test_registry_is_the_bottom_layer():
 
 
 def test_registry_imports_only_the_standard_library():
-    code = ("import sys, ecgtasks, ecgtasks.gold; heavy = {'numpy', 'pandas', 'torch', 'pyarrow', 'ecg', 'metrics'}; "
+    code = ("import sys, ecgtasks, ecgtasks.gold, ecgtasks.conversation; heavy = {'numpy', 'pandas', 'torch', 'pyarrow', 'ecg', 'metrics'}; "
             "print(sorted(heavy & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout

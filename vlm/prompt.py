@@ -18,20 +18,17 @@ def chat_messages(question: str, history=None) -> list[dict]:
     """Chat messages for one row: the earlier turns (``history``), then ``question``; the image goes first in the
     first user turn, as SmolVLM was trained.
 
-    ``history``: ``[{"role": "user"|"assistant", "text": str}, ...]`` (a multi-turn record's earlier turns, as
-    ``ecgvlm prepare`` writes them to ``meta["history"]``), or None.
+    ``history``: a multi-turn record's earlier turns, ``[{"role": "user"|"assistant", "text": str}, ...]`` as
+    ``ecgvlm prepare`` writes them to ``meta["history"]`` (any shape ``ecgtasks.conversation`` reads), or None.
     Example: ``chat_messages("And the rate?", [{"role": "user", "text": "<image>Rhythm?"},
     {"role": "assistant", "text": "AF"}])`` -> three messages, the image in the first.
     """
-    turns = [(t["role"], str(t["text"])) for t in (history or [])] + [("user", question)]
-    if turns[0][0] != "user":
-        raise ValueError(f"chat history must start with a user turn, got {turns[0][0]!r}")
+    from ecgtasks.conversation import dialogue
+
     messages = []
-    for k, (role, text) in enumerate(turns):
-        if role not in ("user", "assistant"):
-            raise ValueError(f"chat history: unknown role {role!r} (user or assistant)")
-        content = [{"type": "text", "text": text.replace(IMAGE_TOKEN, "").strip()}]
-        messages.append({"role": role, "content": [{"type": "image"}, *content] if k == 0 else content})
+    for k, turn in enumerate(dialogue(question, history)):
+        content = [{"type": "text", "text": str(turn.text or "").replace(IMAGE_TOKEN, "").strip()}]
+        messages.append({"role": turn.role, "content": [{"type": "image"}, *content] if k == 0 else content})
     return messages
 
 
@@ -41,20 +38,12 @@ def chat_prompt(processor, question: str, history=None) -> str:
     return processor.apply_chat_template(chat_messages(question, history), add_generation_prompt=True)
 
 
-def row_history(meta) -> list[dict] | None:
-    """The earlier turns of a sample row from its ``meta`` (JSON text or dict): ``meta["history"]`` or None."""
-    import json
+def row_history(meta) -> list | None:
+    """The earlier turns of a sample row from its ``meta`` (JSON text or dict): ``meta["history"]`` as typed
+    turns (``ecgtasks.conversation.history``), or None."""
+    from ecgtasks.conversation import history
 
-    if meta is None or (isinstance(meta, float) and meta != meta):  # None / NaN from pandas
-        return None
-    if isinstance(meta, (str, bytes)):
-        if not meta:
-            return None
-        try:
-            meta = json.loads(meta)
-        except ValueError:
-            return None  # meta is free-form; only a JSON object with "history" carries turns
-    return (meta.get("history") or None) if isinstance(meta, dict) else None
+    return history(meta)
 
 
 def answer_text(answer: str) -> str:
