@@ -86,7 +86,7 @@ class TrainConfig(BaseModel):
     max_error_rate: float = Field(0.5, ge=0, le=1, description="exit non-zero (after writing everything) when more "
                                   "than this fraction of the train rows failed to encode")
     tracking: str = Field("local", description="experiment tracking: 'local' (MLflow file store ./mlruns, or "
-                          "$MLFLOW_TRACKING_URI), 'none', or an MLflow tracking URI; logged after training")
+                          "$MLFLOW_TRACKING_URI), 'none', or an MLflow tracking URI; loss and validation logged as they happen")
 
     def bundles(self) -> list[dict]:
         """What must run at once: the workers and the encode actors (Ray Data's read tasks share their CPUs)."""
@@ -110,41 +110,44 @@ def run(cfg: TrainConfig) -> dict:
     from ray.train import CheckpointConfig, DataConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from metrics import tracking
     from pipelines import launch
-    from pipelines.train_worker import datasets_for, worker
+    from pipelines.train_worker import worker
+    from vlm.ingest import datasets_for
 
     store = int(cfg.object_store_gb * 2**30) if cfg.object_store_gb else None
     started = launch.start(cfg.bundles(), what="ecgvlm train", num_cpus=cfg.ray_cpus, object_store_memory=store,
                            hint="num_workers, cpus_per_worker, use_gpu, encode_cpus (or ray_cpus for a local Ray)")
+    # the MLflow run opens now, with the config as params; rank 0 logs the curves into it while training runs
+    tracked = tracking.track(cfg.tracking, experiment="ecgvlm-train", run_name=cfg.name, config=cfg.model_dump())
     try:
-        ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = False  # progress lines come from the loop; bars would bury them
-        ctx.enable_operator_progress_bars = False
-        datasets, n_train, ingest = datasets_for(cfg)
-        print(f"train rows: {n_train}; val rows: {datasets['val'].count() if 'val' in datasets else 0}", flush=True)
-        storage_uri = storage.join(cfg.out, "checkpoints")
-        fs, path = storage.resolve(storage_uri)
-        if not storage.is_s3(storage_uri):
-            os.makedirs(path, exist_ok=True)
-        trainer = TorchTrainer(
-            worker,
-            train_loop_config={**cfg.model_dump(), "n_train": n_train, "has_val": "val" in datasets, "ingest": ingest},
-            scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
-                                         resources_per_worker={"CPU": cfg.cpus_per_worker}),
-            run_config=RunConfig(name=cfg.name, storage_path=path, storage_filesystem=fs,
-                                 checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints)),
-            datasets=datasets,
-            dataset_config=DataConfig(datasets_to_split=["train"]),
-        )
-        result = trainer.fit()
+        with tracked:  # a job that fails, here or in a worker, ends its MLflow run as FAILED
+            ctx = ray.data.DataContext.get_current()
+            ctx.enable_progress_bars = False  # progress lines come from the loop; bars would bury them
+            ctx.enable_operator_progress_bars = False
+            datasets, n_train, ingest = datasets_for(cfg)
+            print(f"train rows: {n_train}; val rows: {datasets['val'].count() if 'val' in datasets else 0}", flush=True)
+            storage_uri = storage.join(cfg.out, "checkpoints")
+            fs, path = storage.resolve(storage_uri)
+            if not storage.is_s3(storage_uri):
+                os.makedirs(path, exist_ok=True)
+            trainer = TorchTrainer(
+                worker,
+                train_loop_config={**cfg.model_dump(), "n_train": n_train, "has_val": "val" in datasets, "ingest": ingest,
+                                   "tracked": tracked.handle()},
+                scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
+                                             resources_per_worker={"CPU": cfg.cpus_per_worker}),
+                run_config=RunConfig(name=cfg.name, storage_path=path, storage_filesystem=fs,
+                                     checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints)),
+                datasets=datasets,
+                dataset_config=DataConfig(datasets_to_split=["train"]),
+            )
+            result = trainer.fit()
+            summary = json.loads(storage.read_text(storage.join(cfg.out, "train_summary.json")))
+            tracking.log_training(tracked, summary)
     finally:
         if started:
             ray.shutdown()
-    summary = json.loads(storage.read_text(storage.join(cfg.out, "train_summary.json")))
-    from metrics import tracking
-
-    tracked = tracking.track(cfg.tracking, experiment="ecgvlm-train", run_name=cfg.name, config=cfg.model_dump())
-    tracking.log_training(tracked, summary)
     tracked.close(ok=not summary["interrupted"])
     print(f"done: step {summary['step']} (started at {summary['start_step']}), last loss {summary['last_loss']}, "
           f"{summary.get('failed_rows', 0)} rows failed to encode, validation {summary.get('validation')}, "

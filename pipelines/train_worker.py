@@ -1,8 +1,9 @@
-"""The Ray side of ``ecgvlm train``: the encode stage, the datasets handed to Ray Train, and the worker loop.
+"""The Ray Train side of ``ecgvlm train``: ``worker`` is the TorchTrainer's per-worker function: set up, resume,
+``vlm.finetune.train_loop``, validate, checkpoint, export. The datasets it iterates come from ``vlm.ingest``.
 
-``datasets_for(cfg)`` reads ``<data>/train`` and ``<data>/val``, encodes train rows in CPU actors (``Encode``:
-the processor only, ``vlm.training.encode_rows``) and caches or streams them by size; ``worker`` is the
-TorchTrainer's per-worker function: set up, resume, ``vlm.finetune.train_loop``, validate, checkpoint, export.
+Rank 0 logs the loss at every logging step and each validation into the job's MLflow run as they happen
+(``metrics.tracking.attach``): the loss is known there at once, while Ray Train's reports are collective and
+carry checkpoints, so reaching the driver through them would add a barrier on every rank at every logging step.
 """
 
 from __future__ import annotations
@@ -13,22 +14,6 @@ import tempfile
 
 from ecg import storage
 from pipelines.train import TrainConfig
-
-
-class Encode:
-    """Ray Data stage: sample rows -> encoded training rows (``vlm.training.encode_rows``), the processor loaded once
-    per actor (no model weights). A row that fails keeps its place with an ``error``; the workers count it."""
-
-    def __init__(self, model: str, tiny: dict, image_splitting: bool | None, longest_edge: int | None):
-        from vlm.load import load_processor
-
-        self.loaded = load_processor(model, tiny=tiny or None, image_splitting=image_splitting,
-                                     longest_edge=longest_edge)
-
-    def __call__(self, batch):
-        from vlm.training import encode_rows
-
-        return encode_rows(self.loaded, batch)
 
 
 def _setup(cfg: TrainConfig, rank: int):
@@ -58,11 +43,13 @@ def _setup(cfg: TrainConfig, rank: int):
     return loaded, model, opt, state
 
 
-def _hooks(cfg: TrainConfig, loaded, model, opt, rank: int, has_val: bool):
-    """Progress lines, collective checkpoint reports (rank 0 attaches the files), validation on rank 0."""
+def _hooks(cfg: TrainConfig, loaded, model, opt, rank: int, has_val: bool, tracked):
+    """Progress lines, collective checkpoint reports (rank 0 attaches the files), validation on rank 0, and the
+    live MLflow curves (``tracked``: the job's run on rank 0, an inactive one elsewhere)."""
     import pandas as pd
     import ray.train
 
+    from metrics import tracking
     from vlm import finetune as ft
 
     validator = None
@@ -77,6 +64,7 @@ def _hooks(cfg: TrainConfig, loaded, model, opt, rank: int, has_val: bool):
 
             validator = Validator(loaded, model, pd.concat(list(it), ignore_index=True), task=cfg.task)
         result = validator(st)
+        tracking.log_losses(tracked, [], [{"step": st.step, **result}])
         print(f"validation at step {st.step}: " + " ".join(f"{k} {v:.1f}" for k, v in result.items()), flush=True)
         return result
 
@@ -89,7 +77,8 @@ def _hooks(cfg: TrainConfig, loaded, model, opt, rank: int, has_val: bool):
                 ft.save_checkpoint(d, model, opt, st)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d) if rank == 0 else None)
 
-    return ft.Hooks(log=lambda line: print(line, flush=True), checkpoint=checkpoint, validate=validate)
+    return ft.Hooks(log=lambda line: print(line, flush=True), checkpoint=checkpoint, validate=validate,
+                    logged=lambda st: tracking.log_losses(tracked, st.losses[-1:]))
 
 
 def _peak_rss_mib() -> float:
@@ -109,7 +98,9 @@ def worker(c: dict) -> None:
 
     from vlm import finetune as ft
 
-    cfg = TrainConfig(**{k: v for k, v in c.items() if k not in ("n_train", "has_val", "ingest")})
+    from metrics import tracking
+
+    cfg = TrainConfig(**{k: v for k, v in c.items() if k not in ("n_train", "has_val", "ingest", "tracked")})
     n_train, has_val = c["n_train"], c.get("has_val", True)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -138,7 +129,9 @@ def worker(c: dict) -> None:
         bf16=cfg.bf16 if cfg.bf16 is not None else cfg.use_gpu, log_every=cfg.log_every,
         checkpoint_every=cfg.checkpoint_every, validate_every=cfg.validate_every,
         stop_after_steps=cfg.stop_after_steps)
-    hooks = _hooks(cfg, loaded, model, opt, rank, has_val)
+    tracked = tracking.attach(c.get("tracked") if rank == 0 else None)
+    tracking.log_losses(tracked, state.losses, state.validations)  # a resumed run's restored curve
+    hooks = _hooks(cfg, loaded, model, opt, rank, has_val, tracked)
     state = ft.train_loop(model, opt, batches, settings, state, hooks)
     summary = {"step": state.step, "start_step": state.start_step, "interrupted": state.interrupted,
                "minutes": round(state.elapsed_s / 60, 2), "samples": state.samples, "epochs": state.epoch,
@@ -163,78 +156,3 @@ def worker(c: dict) -> None:
                 storage.upload_dir(d, summary["export"])
     if rank == 0:
         storage.write_text(storage.join(cfg.out, "train_summary.json"), json.dumps(summary, indent=1))
-
-
-COLUMNS = ["id", "task", "image", "question", "answer", "meta"]
-
-
-def _read(cfg: TrainConfig, split: str):
-    """``(dataset, rows)``: the split's sample rows streamed from its shards (``ecg.shards.file_batches`` on a
-    quarter CPU per file: the read must find room beside the workers and encoders on a 2-core machine)."""
-    import ray
-
-    from ecg import shards
-
-    uri = storage.join(cfg.data, split)
-    files = storage.list_files(uri, ".parquet")
-    if not files:
-        return None, 0
-    n_rows = shards.parquet_dataset(uri).count_rows()  # Parquet footers only
-    ds = ray.data.from_items([{"path": f} for f in files], override_num_blocks=len(files))
-    ds = ds.map_batches(shards.file_batches, fn_kwargs={"columns": COLUMNS}, batch_size=1, num_cpus=0.25)
-    if cfg.train_rows and split == "train":
-        ds, n_rows = ds.limit(cfg.train_rows), min(n_rows, cfg.train_rows)
-    return ds, n_rows
-
-
-def _ingest(cfg: TrainConfig, train, n_rows: int) -> dict:
-    """``{"mode": "memory" | "stream", "shuffle_rows": n}``: cache the encoded rows when their estimated size fits
-    the budget (a few rows are encoded here to measure it), and the workers' local shuffle buffer, in rows, sized
-    to an eighth of the object store (a buffer of 64 rows of 17-tile pages would hold 850 MiB). Printed."""
-    import ray
-
-    from vlm.load import load_processor
-    from vlm.training import encode_rows, encoded_nbytes
-
-    store = ray.cluster_resources().get("object_store_memory", 0.0)
-    budget = cfg.cache_gb * 2**30 if cfg.cache_gb else store / 4
-    sample = train.limit(4).to_pandas()
-    per_row = encoded_nbytes(encode_rows(load_processor(cfg.model, tiny=cfg.tiny or None,
-                                                        image_splitting=cfg.image_splitting,
-                                                        longest_edge=cfg.longest_edge), sample)) / max(1, len(sample))
-    total = per_row * n_rows
-    mode = cfg.cache if cfg.cache != "auto" else ("memory" if total <= budget else "stream")
-    how = ("materialized once, every epoch reads the cache" if mode == "memory" else
-           "streamed: Ray Data re-encodes the rows every epoch, nothing per-row is kept")
-    # each worker's buffer: rows fetched from the object store and held there until shuffled into a batch
-    shuffle_rows = int(min(256, store / 8 / max(1, cfg.num_workers) / max(per_row, 1.0)))
-    shuffle_rows = shuffle_rows if shuffle_rows > cfg.batch_size else 0  # 0: no local shuffle (files are mixed)
-    print(f"train ingest: {n_rows} rows x ~{per_row / 2**20:.2f} MiB encoded = ~{total / 2**30:.2f} GiB; "
-          f"cache budget {budget / 2**30:.2f} GiB (object store {store / 2**30:.2f} GiB, cache={cfg.cache}): {how}; "
-          f"local shuffle buffer {shuffle_rows} rows per worker", flush=True)
-    return {"mode": mode, "shuffle_rows": shuffle_rows, "row_mib": round(per_row / 2**20, 3)}
-
-
-def datasets_for(cfg: TrainConfig):
-    """``(datasets, n_train, ingest)``: the encoded train dataset (materialized or streamed) and the val rows."""
-    import ray
-
-    train, n_train = _read(cfg, "train")
-    if n_train == 0:
-        raise ValueError(f"{cfg.data}/train: no rows")
-    ingest = _ingest(cfg, train, n_train)
-    # Encoding multiplies a row's bytes (a 400 KB page becomes 0.9 MiB at 896 px, 13 MiB as 17 tiles): with
-    # Ray Data's usual blocks (up to 128 MiB of PNGs) one task would encode a whole file's rows at once, past any
-    # small store before backpressure acts. Blocks of about one encoded row keep a few batches in flight.
-    per_block = max(1, min(cfg.batch_size, 16))
-    train.context.target_max_block_size = int(max(2**20, ingest["row_mib"] * 2**20))
-    encoded = train.map_batches(
-        Encode, fn_constructor_kwargs={"model": cfg.model, "tiny": cfg.tiny, "image_splitting": cfg.image_splitting,
-                                       "longest_edge": cfg.longest_edge},
-        batch_size=per_block, batch_format="pandas", num_cpus=cfg.encode_cpus,
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=cfg.encode_actors))
-    datasets = {"train": encoded.materialize() if ingest["mode"] == "memory" else encoded}
-    val, n_val = _read(cfg, "val") if cfg.val_rows else (None, 0)
-    if n_val:
-        datasets["val"] = val.limit(cfg.val_rows).materialize()
-    return datasets, n_train, ingest

@@ -69,6 +69,10 @@ def test_one_worker_resumes_after_interruption_and_exports(ray_cluster, shards, 
     assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "loss")] == [
         (s, pytest.approx(v)) for s, v, _ in done["losses"]]
     assert client.get_metric_history(run.info.run_id, "val/f1")[-1].value == pytest.approx(done["validation"]["f1"])
+    # logged live by the rank-0 worker: every loss point and the validation stand before the final summary
+    final = client.get_metric_history(run.info.run_id, "samples")[-1].timestamp
+    live = client.get_metric_history(run.info.run_id, "loss") + client.get_metric_history(run.info.run_id, "val/f1")
+    assert len({m.step for m in live}) > 1 and all(m.timestamp < final for m in live), (final, live)
     assert run.data.params["finetune"] == "full" and run.info.status == "FINISHED"
     assert {"config.json", "train_summary.json"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
 
@@ -79,6 +83,19 @@ def test_one_worker_resumes_after_interruption_and_exports(ray_cluster, shards, 
     page = render(next(generate(1, seed=9)))
     answer = vlm.Predictor(str(out / "export")).generate([page], [CODE15.question], max_new_tokens=8)
     assert isinstance(answer[0], str)
+
+
+def test_a_failed_job_ends_its_mlflow_run_as_failed(ray_cluster, shards, tmp_path):
+    data = tmp_path / "data"
+    (data / "train").mkdir(parents=True)  # a split with no shards: the job fails after its MLflow run opened
+    store = f"file:{tmp_path / 'mlruns'}"
+    with pytest.raises(ValueError, match="train: no rows"):
+        train.main(_argv(str(data), tmp_path / "run", "--max-steps", "2", "--tracking", store))
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(store)
+    (run,) = client.search_runs([client.get_experiment_by_name("ecgvlm-train").experiment_id])
+    assert run.info.status == "FAILED" and run.data.params["max_steps"] == "2"  # the config, logged at the start
 
 
 def test_two_workers_ddp_loss_falls(ray_cluster, shards, tmp_path):

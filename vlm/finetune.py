@@ -172,6 +172,7 @@ class Hooks:
     log: Callable[[str], None] = print
     checkpoint: Callable[[LoopState], None] | None = None  # every rank calls it (Ray's report is collective)
     validate: Callable[[LoopState], dict | None] | None = None  # rank 0 computes; others return None
+    logged: Callable[[LoopState], None] | None = None  # rank 0, after each logged step (``state.losses[-1]``)
 
 
 def _world() -> tuple[int, int]:
@@ -281,6 +282,8 @@ def train_loop(model, optimizer, batches: Callable[[int], Iterable[dict]], setti
                 if rank == 0:
                     hooks.log(f"step {state.step} loss {loss:.4f} lr {lr:.2e} samples/s {rate:.1f} "
                               f"epoch {state.epoch} elapsed {state.elapsed_s / 60:.1f} min eta {eta:.1f} min")
+                    if hooks.logged:
+                        hooks.logged(state)
                 window, window_t, window_samples = [], time.monotonic(), 0
             if settings.validate_every and hooks.validate and state.step % settings.validate_every == 0:
                 run_validation(model, state, hooks)

@@ -1,0 +1,108 @@
+"""Training ingest on Ray Data: sample shards -> encoded training rows, cached or streamed by their size.
+
+``datasets_for(cfg)`` reads ``<data>/train`` and ``<data>/val`` (``ecg.shards.file_batches``), encodes train rows
+in CPU actors that load the processor only (:class:`Encode`: ``vlm.training.encode_rows``, no model weights),
+and materializes them once when their estimated size fits the cache budget, else streams them (re-encoded each
+epoch). ``cfg`` is the training job's config (``ecgvlm train``'s ``TrainConfig``): it reads ``data``, ``model``,
+``tiny``, ``image_splitting``, ``longest_edge``, ``batch_size``, ``train_rows``, ``val_rows``, ``cache``,
+``cache_gb``, ``num_workers``, ``encode_actors`` and ``encode_cpus``.
+
+Example::
+
+    datasets, n_train, ingest = datasets_for(cfg)   # {"train": Dataset, "val": Dataset}, 24, {"mode": "memory", ...}
+"""
+
+from __future__ import annotations
+
+from ecg import storage
+
+
+class Encode:
+    """Ray Data stage: sample rows -> encoded training rows (``vlm.training.encode_rows``), the processor loaded once
+    per actor (no model weights). A row that fails keeps its place with an ``error``; the workers count it."""
+
+    def __init__(self, model: str, tiny: dict, image_splitting: bool | None, longest_edge: int | None):
+        from vlm.load import load_processor
+
+        self.loaded = load_processor(model, tiny=tiny or None, image_splitting=image_splitting,
+                                     longest_edge=longest_edge)
+
+    def __call__(self, batch):
+        from vlm.training import encode_rows
+
+        return encode_rows(self.loaded, batch)
+
+
+COLUMNS = ["id", "task", "image", "question", "answer", "meta"]
+
+
+def _read(cfg, split: str):
+    """``(dataset, rows)``: the split's sample rows streamed from its shards (``ecg.shards.file_batches`` on a
+    quarter CPU per file: the read must find room beside the workers and encoders on a 2-core machine)."""
+    import ray
+
+    from ecg import shards
+
+    uri = storage.join(cfg.data, split)
+    files = storage.list_files(uri, ".parquet")
+    if not files:
+        return None, 0
+    n_rows = shards.parquet_dataset(uri).count_rows()  # Parquet footers only
+    ds = ray.data.from_items([{"path": f} for f in files], override_num_blocks=len(files))
+    ds = ds.map_batches(shards.file_batches, fn_kwargs={"columns": COLUMNS}, batch_size=1, num_cpus=0.25)
+    if cfg.train_rows and split == "train":
+        ds, n_rows = ds.limit(cfg.train_rows), min(n_rows, cfg.train_rows)
+    return ds, n_rows
+
+
+def _ingest(cfg, train, n_rows: int) -> dict:
+    """``{"mode": "memory" | "stream", "shuffle_rows": n}``: cache the encoded rows when their estimated size fits
+    the budget (a few rows are encoded here to measure it), and the workers' local shuffle buffer, in rows, sized
+    to an eighth of the object store (a buffer of 64 rows of 17-tile pages would hold 850 MiB). Printed."""
+    import ray
+
+    from vlm.load import load_processor
+    from vlm.training import encode_rows, encoded_nbytes
+
+    store = ray.cluster_resources().get("object_store_memory", 0.0)
+    budget = cfg.cache_gb * 2**30 if cfg.cache_gb else store / 4
+    sample = train.limit(4).to_pandas()
+    per_row = encoded_nbytes(encode_rows(load_processor(cfg.model, tiny=cfg.tiny or None,
+                                                        image_splitting=cfg.image_splitting,
+                                                        longest_edge=cfg.longest_edge), sample)) / max(1, len(sample))
+    total = per_row * n_rows
+    mode = cfg.cache if cfg.cache != "auto" else ("memory" if total <= budget else "stream")
+    how = ("materialized once, every epoch reads the cache" if mode == "memory" else
+           "streamed: Ray Data re-encodes the rows every epoch, nothing per-row is kept")
+    # each worker's buffer: rows fetched from the object store and held there until shuffled into a batch
+    shuffle_rows = int(min(256, store / 8 / max(1, cfg.num_workers) / max(per_row, 1.0)))
+    shuffle_rows = shuffle_rows if shuffle_rows > cfg.batch_size else 0  # 0: no local shuffle (files are mixed)
+    print(f"train ingest: {n_rows} rows x ~{per_row / 2**20:.2f} MiB encoded = ~{total / 2**30:.2f} GiB; "
+          f"cache budget {budget / 2**30:.2f} GiB (object store {store / 2**30:.2f} GiB, cache={cfg.cache}): {how}; "
+          f"local shuffle buffer {shuffle_rows} rows per worker", flush=True)
+    return {"mode": mode, "shuffle_rows": shuffle_rows, "row_mib": round(per_row / 2**20, 3)}
+
+
+def datasets_for(cfg):
+    """``(datasets, n_train, ingest)``: the encoded train dataset (materialized or streamed) and the val rows."""
+    import ray
+
+    train, n_train = _read(cfg, "train")
+    if n_train == 0:
+        raise ValueError(f"{cfg.data}/train: no rows")
+    ingest = _ingest(cfg, train, n_train)
+    # Encoding multiplies a row's bytes (a 400 KB page becomes 0.9 MiB at 896 px, 13 MiB as 17 tiles): with
+    # Ray Data's usual blocks (up to 128 MiB of PNGs) one task would encode a whole file's rows at once, past any
+    # small store before backpressure acts. Blocks of about one encoded row keep a few batches in flight.
+    per_block = max(1, min(cfg.batch_size, 16))
+    train.context.target_max_block_size = int(max(2**20, ingest["row_mib"] * 2**20))
+    encoded = train.map_batches(
+        Encode, fn_constructor_kwargs={"model": cfg.model, "tiny": cfg.tiny, "image_splitting": cfg.image_splitting,
+                                       "longest_edge": cfg.longest_edge},
+        batch_size=per_block, batch_format="pandas", num_cpus=cfg.encode_cpus,
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=cfg.encode_actors))
+    datasets = {"train": encoded.materialize() if ingest["mode"] == "memory" else encoded}
+    val, n_val = _read(cfg, "val") if cfg.val_rows else (None, 0)
+    if n_val:
+        datasets["val"] = val.limit(cfg.val_rows).materialize()
+    return datasets, n_train, ingest
