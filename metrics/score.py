@@ -346,3 +346,30 @@ def score_frame(task: str, frame: pd.DataFrame, *, protocol: str = "both", seed:
         result["warnings"].append(f"{dup} duplicate id(s) in the frame: every row was scored")
     result["duplicate_ids"] = dup
     return result
+
+
+def score_predictions(pred_uri: str, *, protocol: str, driver_rows: int = 200_000, reduce=None) -> tuple[dict, dict]:
+    """``({task: result}, {"rows": n, "errors": e, "duplicates_dropped": d})`` over a prediction folder, one
+    prediction per id.
+
+    Up to ``driver_rows`` predictions (text only, a few hundred bytes each) are scored here with
+    :func:`score_frame`, which takes seconds where starting a Ray job takes longer; bigger sets go through
+    ``reduce(pred_uri, protocol=...)`` (the Ray reduction, ``ecgvlm score``'s ``score_dataset``), which needs each
+    id written once, as the evaluate job writes them. Duplicates (two runs into one folder at once) are dropped by
+    id before scoring. Example: ``score_predictions("runs/eval/predictions", protocol="both")[1]["rows"]``.
+    """
+    import sys
+
+    from ecg import shards
+
+    ids, duplicates = shards.predicted_ids(pred_uri)
+    if duplicates:
+        print(f"evaluate: {duplicates} duplicate ids in {pred_uri}; scoring one row per id", file=sys.stderr)
+    if len(ids) > driver_rows and not duplicates and reduce is not None:
+        results = reduce(pred_uri, protocol=protocol)
+    else:
+        frame = shards.read_predictions(pred_uri)
+        results = {task: score_frame(task, part.reset_index(drop=True), protocol=protocol)
+                   for task, part in frame.groupby("task", sort=True)}
+    errors = sum(int(r.get("errors", 0) or 0) for r in results.values())
+    return results, {"rows": len(ids), "errors": errors, "duplicates_dropped": duplicates}

@@ -36,7 +36,7 @@ class DemoConfig(BaseModel):
 
 
 def parse_args(argv) -> DemoConfig:
-    from pipelines.config import load_config
+    from ecgconfig import load_config
 
     return load_config(DemoConfig, argv, prog="ecgvlm demo", doc=__doc__)
 

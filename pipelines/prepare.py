@@ -21,7 +21,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipelines.config import error_exit, load_config
+from ecgconfig import error_exit, load_config
 
 
 class PrepareConfig(BaseModel):
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     _clear(cfg.out, cfg.overwrite)
     from pipelines import launch
 
-    from pipelines.progress import attached
+    from ecg.progress import attached
 
     started = launch.start([{"CPU": cfg.num_cpus}], what="ecgvlm prepare", hint="num_cpus")
     ray_data = __import__("ray").data.DataContext.get_current()

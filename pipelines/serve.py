@@ -56,9 +56,9 @@ def _serve_yaml(path: str) -> dict:
 
 
 def parse_args(argv: list[str] | None) -> ServeJob:
-    """``--config`` (a Serve config YAML) then flags (``pipelines.config``); the old short flags still work
+    """``--config`` (a Serve config YAML) then flags (``ecgconfig``); the old short flags still work
     (``--model``, ``--no-batching``, ``--max-batch-size``, ...)."""
-    from pipelines.config import load_config
+    from ecgconfig import load_config
 
     return load_config(ServeJob, argv, prog="ecgvlm serve", doc=__doc__, aliases=ALIASES, read_yaml=_serve_yaml)
 

@@ -1,4 +1,4 @@
-"""The one config layer (pipelines.config) through the real CLI and every job's parser: a mistyped flag is one
+"""The one config layer (ecgconfig) through the real CLI and every job's parser: a mistyped flag is one
 line naming the closest flag (exit 2, no traceback), --help lists every field, nested flags, YAML + flag
 precedence, today's spellings, and every shipped YAML loads with the command on its first line."""
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from pipelines import demo, evaluate, prepare, score, serve, train
-from pipelines.config import flag_kinds, load_config
+from ecgconfig import flag_kinds, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 JOBS = {  # job -> (its config model, the function its main() parses argv with)

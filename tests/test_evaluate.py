@@ -75,6 +75,13 @@ def test_evaluate_tiny_on_s3_rows_errors_metrics(ray_cluster, s3_server, tmp_pat
     client = MlflowClient(store)
     (tracked,) = client.search_runs([client.get_experiment_by_name("ecgvlm-evaluate").experiment_id])
     assert tracked.data.metrics["code15/f1"] == pytest.approx(code15["f1"]) and tracked.data.metrics["errors"] == 1
+    # progress logged while predicting (--progress-s 0: after every batch of 4), before the metrics
+    progress = client.get_metric_history(tracked.info.run_id, "rows_done")
+    done = [m.value for m in progress]
+    assert len(set(done)) >= 3 and done == sorted(done) and done[-1] == 10, done  # 3 batches: 4 + 4 + 2 rows
+    assert client.get_metric_history(tracked.info.run_id, "rows_failed")[-1].value == 1
+    final = client.get_metric_history(tracked.info.run_id, "code15/f1")[-1].timestamp
+    assert all(m.timestamp <= final for m in progress) and tracked.info.status == "FINISHED"
     assert {a.path for a in client.list_artifacts(tracked.info.run_id)} >= {"config.json", "metrics.json", "report.md",
                                                                             "report.html"}
     # Nothing new to do on a rerun: every id is already predicted, and nothing is written twice.

@@ -1,5 +1,6 @@
-"""The package layers: ecgtasks (the task registry) at the bottom, importing nothing of ours; ecg, metrics and vlm
-above it with no cycle between them; nothing imports pipelines. Every import counts, deferred ones included."""
+"""The package layers: ecgtasks (the task registry, the conversation parser) and ecgconfig (the config layer) at the
+bottom, importing nothing of ours; ecg, metrics and vlm above them with no cycle between them; nothing imports
+pipelines. Every import counts, deferred ones included."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-OURS = ("ecgtasks", "ecg", "vlm", "metrics", "serving", "pipelines")
+OURS = ("ecgtasks", "ecgconfig", "ecg", "vlm", "metrics", "serving", "pipelines")
 
 
 def package_graph() -> dict[str, set[str]]:
@@ -44,14 +45,16 @@ def cycles(graph: dict[str, set[str]], among: tuple[str, ...]) -> list[tuple[str
 def test_registry_is_the_bottom_layer():
     graph = package_graph()
     assert graph["ecgtasks"] == set(), graph["ecgtasks"]
-    for package in ("ecg", "vlm", "metrics", "serving"):
+    assert graph["ecgconfig"] == set(), graph["ecgconfig"]  # library code every job uses, above nothing of ours
+    for package in ("ecgconfig", "ecg", "vlm", "metrics", "serving"):
         assert "pipelines" not in graph[package], f"{package} imports pipelines"
     assert cycles(graph, ("ecg", "vlm", "metrics")) == [], graph
     assert graph["ecg"] <= {"ecgtasks"}, graph["ecg"]  # the domain sits right above the registry
 
 
 def test_registry_imports_only_the_standard_library():
-    code = ("import sys, ecgtasks, ecgtasks.gold, ecgtasks.conversation; heavy = {'numpy', 'pandas', 'torch', 'pyarrow', 'ecg', 'metrics'}; "
+    code = ("import sys, ecgtasks, ecgtasks.gold, ecgtasks.conversation; "
+            "heavy = {'numpy', 'pandas', 'torch', 'pyarrow', 'ecg', 'metrics'}; "
             "print(sorted(heavy & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout

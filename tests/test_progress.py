@@ -12,7 +12,7 @@ import termios
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SCRIPT = ("from pipelines.progress import Progress\n"
+SCRIPT = ("from ecg.progress import Progress\n"
           "with Progress(30, what='evaluate', every_s=0) as p:\n"
           "    for _ in range(3): p.update(10, errors=1)\n")
 

@@ -22,11 +22,8 @@ Example::
 from __future__ import annotations
 
 import base64
-import email.utils
 import hashlib
-import json
 import random
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -34,28 +31,39 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from ecg.rows import USAGE_COLUMNS
+from vlm.throttle import RateLimiter, ResponseCache, cache_key, retry_after_s  # noqa: F401 - part of this API
 
 PREFIX = "openai:"
 IMAGE_TOKENS_LOW = 85  # OpenAI's count for a "detail": "low" image: the tokens/min estimate before a request
 RETRIABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 
 
-class EndpointConfig(BaseModel):
-    """One OpenAI-compatible endpoint and how to talk to it."""
+class EndpointSettings(BaseModel):
+    """How to talk to an OpenAI-compatible endpoint: the settings ``ecgvlm evaluate --model openai:NAME`` shows as
+    flat flags (``--concurrency 16``) and :class:`EndpointConfig` holds; one definition for both."""
 
     model_config = ConfigDict(extra="forbid")
 
+    cache: str | None = Field(None, description="openai:NAME: response cache folder or s3:// URI (evaluate: default "
+                                                "<out>/cache)")
+    concurrency: int = Field(8, ge=1, description="openai:NAME: requests in flight at once")
+    requests_per_min: float | None = Field(None, gt=0, description="openai:NAME: request limit, requests/min")
+    tokens_per_min: float | None = Field(None, gt=0, description="openai:NAME: token limit (prompt + max_tokens), "
+                                                                 "tokens/min")
+    retries: int = Field(4, ge=0, description="openai:NAME: retries per record (429/5xx/timeouts/bad replies)")
+    timeout_s: float = Field(120.0, gt=0, description="openai:NAME: timeout of one request, s")
+    backoff_s: float = Field(1.0, ge=0, description="openai:NAME: first retry wait without Retry-After, s (doubles, "
+                                                    "+-25% jitter)")
+    image_detail: str | None = Field("low", description="openai:NAME: image_url detail: low (as PULSE sends GPT-4o), "
+                                                         "high, auto, or None (omitted)")
+
+
+class EndpointConfig(EndpointSettings):
+    """One OpenAI-compatible endpoint (its model name and URL; no cache when ``cache`` is None), how to talk to it."""
+
     model: str = Field(..., description="model name at the endpoint (NAME of --model openai:NAME)")
     api_base: str = Field(..., description="base URL of the chat-completions API, e.g. http://127.0.0.1:8000/v1")
-    cache: str | None = Field(None, description="response cache folder or s3:// URI (None: no cache)")
-    concurrency: int = Field(8, ge=1, description="requests in flight at once")
-    requests_per_min: float | None = Field(None, gt=0, description="request rate limit, requests/min")
-    tokens_per_min: float | None = Field(None, gt=0, description="token rate limit (prompt + max_tokens), tokens/min")
-    retries: int = Field(4, ge=0, description="retries per record after the first attempt")
-    timeout_s: float = Field(120.0, gt=0, description="timeout of one request, s")
-    backoff_s: float = Field(1.0, ge=0, description="first retry wait, s (doubles per retry, +-25% jitter)")
     max_backoff_s: float = Field(60.0, ge=0, description="longest wait between retries without Retry-After, s")
-    image_detail: str | None = Field("low", description="image_url detail: low, high, auto, or None (omitted)")
     temperature: float = Field(0.0, ge=0, description="sampling temperature (0: greedy, as ECGBench)")
 
 
@@ -88,107 +96,6 @@ def build_messages(question: str, image: bytes, *, detail: str | None, history=N
                                                 else p for p in m["content"]]} for m in turns]
 
     return with_image(part), with_image(keyed)
-
-
-def cache_key(api_base: str, model: str, keyed_messages: list[dict], decoding: dict) -> str:
-    """SHA-256 of the canonical JSON of everything that determines the answer (never the API key)."""
-    doc = {"endpoint": api_base.rstrip("/"), "model": model, "messages": keyed_messages, "decoding": decoding}
-    return hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
-class ResponseCache:
-    """One JSON object per answered request, ``<uri>/<key[:2]>/<key>.json`` (local folder or s3://)."""
-
-    def __init__(self, uri: str | None):
-        self.uri = uri
-
-    def _path(self, key: str) -> str:
-        from ecg import storage
-
-        return storage.join(self.uri, key[:2], f"{key}.json")
-
-    def get(self, key: str) -> dict | None:
-        from ecg import storage
-
-        if not self.uri:
-            return None
-        try:
-            return json.loads(storage.read_text(self._path(key)))
-        except (FileNotFoundError, OSError, ValueError):  # absent (or torn by a killed run): ask again
-            return None
-
-    def put(self, key: str, record: dict) -> None:
-        from ecg import storage
-
-        if self.uri:
-            storage.write_text(self._path(key), json.dumps(record))
-
-
-class RateLimiter:
-    """Token buckets for requests/min and tokens/min shared by the stage's threads, plus a pause that a
-    ``Retry-After`` sets for everyone. ``clock``/``sleep`` are injectable for tests."""
-
-    def __init__(self, requests_per_min=None, tokens_per_min=None, *, clock=time.monotonic, sleep=time.sleep):
-        self.rates = {"requests": requests_per_min, "tokens": tokens_per_min}
-        self.level = {k: float(v) for k, v in self.rates.items() if v}  # start full: a minute's allowance
-        self.clock, self.sleep = clock, sleep
-        self.updated = clock()
-        self.not_before = 0.0
-        self.lock = threading.Lock()
-
-    def _refill(self, now: float) -> None:
-        for k in self.level:
-            self.level[k] = min(float(self.rates[k]), self.level[k] + (now - self.updated) * self.rates[k] / 60.0)
-        self.updated = now
-
-    def acquire(self, tokens: int) -> float:
-        """Block until one request of ``tokens`` tokens may go; returns the seconds waited."""
-        waited = 0.0
-        need = {"requests": 1.0, "tokens": float(tokens)}
-        while True:
-            with self.lock:
-                now = self.clock()
-                self._refill(now)
-                wait = max(0.0, self.not_before - now)
-                for k in self.level:  # a request larger than the whole bucket waits for a full bucket
-                    want = min(need[k], float(self.rates[k]))
-                    if self.level[k] < want - 1e-9:  # a float hair short is enough (else: endless tiny sleeps)
-                        wait = max(wait, (want - self.level[k]) * 60.0 / self.rates[k])
-                if wait <= 1e-9:
-                    for k in self.level:
-                        self.level[k] -= need[k]
-                    return waited
-            self.sleep(wait)
-            waited += wait
-
-    def settle(self, estimated: int, actual: int) -> None:
-        """Correct the token bucket once the response says how many tokens the request really took."""
-        with self.lock:
-            if "tokens" in self.level:
-                self.level["tokens"] = min(float(self.rates["tokens"]), self.level["tokens"] + estimated - actual)
-
-    def pause(self, seconds: float) -> None:
-        with self.lock:
-            self.not_before = max(self.not_before, self.clock() + seconds)
-
-
-def retry_after_s(headers) -> float | None:
-    """Seconds a ``retry-after-ms`` or ``Retry-After`` header (seconds or an HTTP date) asks to wait."""
-    if headers is None:
-        return None
-    ms = headers.get("retry-after-ms")
-    try:
-        if ms is not None:
-            return max(0.0, float(ms) / 1000.0)
-        value = headers.get("retry-after")
-        if value is None:
-            return None
-        try:
-            return max(0.0, float(value))
-        except ValueError:
-            return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
 
 
 class Failure(Exception):
