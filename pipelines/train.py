@@ -6,17 +6,17 @@
 Flow: Ray Data reads ``<data>/train`` and encodes rows in CPU actors that load the processor only
 (``vlm.load_processor``; decode once, the model's image recipe, processor, answer-only labels:
 ``vlm.training.encode_rows``). Encoded rows that fit the cache budget are materialized once; bigger data is
-streamed, re-encoded every epoch, so nothing per-row outlives its batch (the log says which, and why). Each
-worker iterates its shard with ``vlm.training.Collator`` and runs ``vlm.finetune.train_loop``. Checkpoints go
-to ``<out>/checkpoints/<name>`` through ``ray.train.report``; rerunning the same command resumes from the
-latest one. Rank 0 validates on ``<data>/val`` (each row scored with its own task) and writes ``<out>/export``
+streamed, re-encoded every epoch, so nothing per-row outlives its batch (the log says which, and why)
+(``vlm.ingest``). Each worker (``vlm.raytrain``) iterates its shard with ``vlm.training.Collator`` and runs
+``vlm.finetune.train_loop``. Checkpoints go to ``<out>/checkpoints/<name>`` through ``ray.train.report``;
+rerunning the same command resumes from the latest one. Rank 0 validates on ``<data>/val`` (each row scored with
+its own task), logs the loss and each validation to MLflow as they happen, and writes ``<out>/export``
 (``vlm.load``-able, its ``ecgvlm.json`` recording the image settings) and ``<out>/train_summary.json``.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import sys
 from typing import Any, Literal
 
@@ -86,7 +86,8 @@ class TrainConfig(BaseModel):
     max_error_rate: float = Field(0.5, ge=0, le=1, description="exit non-zero (after writing everything) when more "
                                   "than this fraction of the train rows failed to encode")
     tracking: str = Field("local", description="experiment tracking: 'local' (MLflow file store ./mlruns, or "
-                          "$MLFLOW_TRACKING_URI), 'none', or an MLflow tracking URI; loss and validation logged as they happen")
+                          "$MLFLOW_TRACKING_URI), 'none', or an MLflow tracking URI; the loss and each validation "
+                          "are logged as they happen")
 
     def bundles(self) -> list[dict]:
         """What must run at once: the workers and the encode actors (Ray Data's read tasks share their CPUs)."""
@@ -95,25 +96,30 @@ class TrainConfig(BaseModel):
 
 
 def parse_config(argv: list[str] | None) -> TrainConfig:
-    """``--config FILE.yaml`` then flags (``pipelines.config``), local paths made absolute."""
+    """``--config FILE.yaml`` then flags (``ecgconfig``), local paths made absolute."""
     from pipelines import launch
-    from pipelines.config import load_config
+    from ecgconfig import load_config
 
     # Ray Train runs each worker in its own run folder: local paths travel as absolute paths.
     cfg = load_config(TrainConfig, argv, prog="ecgvlm train", doc=__doc__)
     return launch.absolute_paths(cfg, "data", "out", "model")
 
 
+def worker(c: dict) -> None:
+    """The Ray Train worker: the job's config back from its dict, then ``vlm.raytrain.run_worker``."""
+    from vlm.raytrain import EXTRA, run_worker
+
+    run_worker(TrainConfig(**{k: v for k, v in c.items() if k not in EXTRA}), c)
+
+
 def run(cfg: TrainConfig) -> dict:
     """Train, checkpoint, validate and export; returns the summary written to ``<out>/train_summary.json``."""
     import ray
-    from ray.train import CheckpointConfig, DataConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
 
     from metrics import tracking
     from pipelines import launch
-    from pipelines.train_worker import worker
     from vlm.ingest import datasets_for
+    from vlm.raytrain import fit
 
     store = int(cfg.object_store_gb * 2**30) if cfg.object_store_gb else None
     started = launch.start(cfg.bundles(), what="ecgvlm train", num_cpus=cfg.ray_cpus, object_store_memory=store,
@@ -126,23 +132,9 @@ def run(cfg: TrainConfig) -> dict:
             ctx.enable_progress_bars = False  # progress lines come from the loop; bars would bury them
             ctx.enable_operator_progress_bars = False
             datasets, n_train, ingest = datasets_for(cfg)
-            print(f"train rows: {n_train}; val rows: {datasets['val'].count() if 'val' in datasets else 0}", flush=True)
-            storage_uri = storage.join(cfg.out, "checkpoints")
-            fs, path = storage.resolve(storage_uri)
-            if not storage.is_s3(storage_uri):
-                os.makedirs(path, exist_ok=True)
-            trainer = TorchTrainer(
-                worker,
-                train_loop_config={**cfg.model_dump(), "n_train": n_train, "has_val": "val" in datasets, "ingest": ingest,
-                                   "tracked": tracked.handle()},
-                scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
-                                             resources_per_worker={"CPU": cfg.cpus_per_worker}),
-                run_config=RunConfig(name=cfg.name, storage_path=path, storage_filesystem=fs,
-                                     checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints)),
-                datasets=datasets,
-                dataset_config=DataConfig(datasets_to_split=["train"]),
-            )
-            result = trainer.fit()
+            print(f"train rows: {n_train}; val rows: {datasets['val'].count() if 'val' in datasets else 0}",
+                  flush=True)
+            result = fit(cfg, worker, datasets, n_train=n_train, ingest=ingest, tracked=tracked.handle())
             summary = json.loads(storage.read_text(storage.join(cfg.out, "train_summary.json")))
             tracking.log_training(tracked, summary)
     finally:
@@ -157,7 +149,7 @@ def run(cfg: TrainConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipelines.config import error_exit
+    from ecgconfig import error_exit
 
     cfg = parse_config(argv)
     summary = run(cfg)

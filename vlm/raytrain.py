@@ -1,5 +1,12 @@
-"""The Ray Train side of ``ecgvlm train``: ``worker`` is the TorchTrainer's per-worker function: set up, resume,
-``vlm.finetune.train_loop``, validate, checkpoint, export. The datasets it iterates come from ``vlm.ingest``.
+"""Fine-tuning on Ray Train: ``fit`` builds the TorchTrainer (checkpoints in ``<out>/checkpoints/<name>``, the
+same name resumes) and runs ``run_worker`` on every worker: set up, resume, ``vlm.finetune.train_loop``, validate,
+checkpoint, export. The datasets it iterates come from ``vlm.ingest``. ``cfg`` is ``ecgvlm train``'s
+``TrainConfig`` (any object with its fields).
+
+Example (what ``pipelines/train.py`` does)::
+
+    datasets, n_train, ingest = vlm.ingest.datasets_for(cfg)
+    result = fit(cfg, worker, datasets, n_train=n_train, ingest=ingest, tracked=run.handle())
 
 Rank 0 logs the loss at every logging step and each validation into the job's MLflow run as they happen
 (``metrics.tracking.attach``): the loss is known there at once, while Ray Train's reports are collective and
@@ -13,10 +20,11 @@ import os
 import tempfile
 
 from ecg import storage
-from pipelines.train import TrainConfig
+
+EXTRA = ("n_train", "has_val", "ingest", "tracked")  # what fit adds to the job's config for its workers
 
 
-def _setup(cfg: TrainConfig, rank: int):
+def _setup(cfg, rank: int):
     """Model with its trainable parameters, DDP-wrapped and on the worker's device; optimizer; restored state."""
     import ray.train
     import ray.train.torch
@@ -43,7 +51,7 @@ def _setup(cfg: TrainConfig, rank: int):
     return loaded, model, opt, state
 
 
-def _hooks(cfg: TrainConfig, loaded, model, opt, rank: int, has_val: bool, tracked):
+def _hooks(cfg, loaded, model, opt, rank: int, has_val: bool, tracked):
     """Progress lines, collective checkpoint reports (rank 0 attaches the files), validation on rank 0, and the
     live MLflow curves (``tracked``: the job's run on rank 0, an inactive one elsewhere)."""
     import pandas as pd
@@ -88,8 +96,9 @@ def _peak_rss_mib() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-def worker(c: dict) -> None:
-    """The Ray Train worker: set up, resume, run ``vlm.finetune.train_loop``, validate, checkpoint, export."""
+def run_worker(cfg, c: dict) -> None:
+    """One Ray Train worker: set up, resume, run ``vlm.finetune.train_loop``, validate, checkpoint, export, and
+    (rank 0) write ``<out>/train_summary.json``. ``c`` is the train loop config :func:`fit` made (its ``EXTRA``)."""
     import dataclasses
     import math
 
@@ -100,7 +109,6 @@ def worker(c: dict) -> None:
 
     from metrics import tracking
 
-    cfg = TrainConfig(**{k: v for k, v in c.items() if k not in ("n_train", "has_val", "ingest", "tracked")})
     n_train, has_val = c["n_train"], c.get("has_val", True)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -156,3 +164,27 @@ def worker(c: dict) -> None:
                 storage.upload_dir(d, summary["export"])
     if rank == 0:
         storage.write_text(storage.join(cfg.out, "train_summary.json"), json.dumps(summary, indent=1))
+
+
+def fit(cfg, worker, datasets: dict, *, n_train: int, ingest: dict, tracked: dict | None):
+    """Run ``worker`` (a function of the train loop config that calls :func:`run_worker`) on ``cfg.num_workers``
+    Ray Train workers over ``datasets`` (train split across them); returns Ray Train's ``Result``."""
+    from ray.train import CheckpointConfig, DataConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    storage_uri = storage.join(cfg.out, "checkpoints")
+    fs, path = storage.resolve(storage_uri)
+    if not storage.is_s3(storage_uri):
+        os.makedirs(path, exist_ok=True)
+    trainer = TorchTrainer(
+        worker,
+        train_loop_config={**cfg.model_dump(), "n_train": n_train, "has_val": "val" in datasets, "ingest": ingest,
+                           "tracked": tracked},
+        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
+                                     resources_per_worker={"CPU": cfg.cpus_per_worker}),
+        run_config=RunConfig(name=cfg.name, storage_path=path, storage_filesystem=fs,
+                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints)),
+        datasets=datasets,
+        dataset_config=DataConfig(datasets_to_split=["train"]),
+    )
+    return trainer.fit()
