@@ -53,35 +53,17 @@ class ScoreConfig(BaseModel):
 
 
 def parse_args(argv) -> ScoreConfig:
-    """``--config FILE.yaml`` then flags (``pipelines.config``); ``--json`` is ``--json-out``."""
-    from pipelines.config import load_config
+    """``--config FILE.yaml`` then flags (``ecgconfig``); ``--json`` is ``--json-out``."""
+    from ecgconfig import load_config
 
     return load_config(ScoreConfig, argv, prog="ecgvlm score", doc=__doc__, aliases={"json": "json-out"})
 
 
 def score_files(cfg: ScoreConfig) -> dict:
-    """The result dict of one task: ``metrics.score_frame`` on the joined rows (strict: one per reference id)
-    and on the prediction lines (ecgbench: as the reference code counts them), plus the join's counts."""
-    from metrics.inputs import join, only_task, prediction_lines, read_predictions, read_references
-    from metrics.score import letter_stream, score_frame
+    """The result dict of one task (``metrics.files.score_files``), with the judge's section when ``--judge``."""
+    from metrics.files import score_files as score
 
-    rng = letter_stream(cfg.task, order=cfg.random_order, drawn_before=cfg.drawn_before)
-    # rows of other tasks (a mixed ECGInstruct split, a whole evaluation's predictions) are not this task's
-    refs, other_refs = only_task(read_references(cfg.references) if cfg.references else None, cfg.task)
-    preds, other_preds = only_task(read_predictions(cfg.predictions), cfg.task)
-    frame, counts = join(refs, preds)
-    counts.update(other_task_references=other_refs, other_task_predictions=other_preds)
-    lines, line_counts = prediction_lines(refs, preds)
-    result = score_frame(cfg.task, frame, protocol=cfg.protocol, seed=cfg.seed, ecgbench_rows=lines,
-                         line_counts=line_counts, rng=rng)
-    if "ecgbench" in result:
-        result["ecgbench"].update(random_order=cfg.random_order, drawn_before=cfg.drawn_before)
-    result["warnings"] = counts.pop("warnings") + result["warnings"]
-    result["input"] = counts
-    if cfg.judge:
-        result["judge"] = judge_frame(cfg, frame)
-    result["_samples"] = frame
-    return result
+    return score(cfg, judge=judge_frame if cfg.judge else None)
 
 
 def judge_frame(cfg: ScoreConfig, frame) -> dict:
