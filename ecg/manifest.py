@@ -99,3 +99,30 @@ def write_manifest(out_uri: str, manifest: dict) -> str:
     uri = storage.join(out_uri, MANIFEST)
     storage.write_text(uri, json.dumps(manifest, indent=2, default=str))
     return uri
+
+
+def clear_output(out_uri: str, overwrite: bool) -> None:
+    """Make ``out_uri`` ready for a new dataset: nothing to do when it holds no shards and no manifest; else its
+    contents are deleted with ``overwrite``, and without it :class:`FileExistsError` says so."""
+    if not storage.list_files(out_uri, ".parquet") and manifest_uri(out_uri) is None:
+        return
+    if not overwrite:
+        raise FileExistsError(f"{out_uri} already holds shards or a manifest; pass --overwrite to replace them")
+    fs, path = storage.resolve(out_uri)
+    fs.delete_dir_contents(path)
+
+
+def finish(out_uri: str, splits, *, info: dict, wall_s: float) -> dict:
+    """Build and write ``_manifest.json`` for the shards just written (:func:`build_manifest`), the failure rows
+    folded into it and their folder removed; ``n`` is the records attempted. Returns the manifest.
+    Example: ``finish("./data/synth", ["train", "val"], info={"source": "synthetic"}, wall_s=12.5)["rows"]``."""
+    from ecg.samples import FAILED
+
+    manifest = build_manifest(out_uri, list(splits), info=info)
+    if storage.exists(storage.join(out_uri, FAILED)):
+        fs, path = storage.resolve(storage.join(out_uri, FAILED))
+        fs.delete_dir(path)  # failures now live in the manifest; the folder would only confuse readers
+    manifest["n"] = manifest["n"] or manifest["records"] + manifest["failed"]  # records attempted
+    manifest["wall_s"] = round(wall_s, 2)
+    write_manifest(out_uri, manifest)
+    return manifest

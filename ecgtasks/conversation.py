@@ -133,8 +133,7 @@ def turn_pairs(value, *, record: str | None = None) -> list[tuple[str, str]]:
     names the first turn out of place.
     Example: ``turn_pairs([{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]) == [("q", "a")]``.
     """
-    turns = value if isinstance(value, list) and all(isinstance(t, Turn) for t in value) and value else \
-        parse_turns(value, record=record)
+    turns = parse_turns(value, record=record)  # typed turns pass through as they are
     pairs, question = [], None
     for i, turn in enumerate(turns):
         want = USER if question is None else ASSISTANT

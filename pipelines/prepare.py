@@ -109,17 +109,6 @@ def _conversation_plan(cfg: PrepareConfig, common: dict):
     return refs, ecgbench.ecgbench_batch, kwargs, cfg.chunk
 
 
-def _clear(out: str, overwrite: bool) -> None:
-    from ecg import manifest, storage
-
-    if not storage.list_files(out, ".parquet") and manifest.manifest_uri(out) is None:
-        return
-    if not overwrite:
-        raise FileExistsError(f"{out} already holds shards or a manifest; pass --overwrite to replace them")
-    fs, path = storage.resolve(out)
-    fs.delete_dir_contents(path)
-
-
 def main(argv: list[str] | None = None) -> int:
     cfg = load_config(PrepareConfig, argv, prog="ecgvlm prepare", doc=__doc__)
     from ecg import manifest as manifests
@@ -128,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     default = {"ecgbench": "test=1", "ecginstruct": "train=0.99,val=0.01"}.get(cfg.source)
     splits = samples.parse_splits(cfg.split or default)
-    _clear(cfg.out, cfg.overwrite)
+    manifests.clear_output(cfg.out, cfg.overwrite)
     from pipelines import launch
 
     from ecg.progress import attached
@@ -149,13 +138,7 @@ def main(argv: list[str] | None = None) -> int:
             ray.shutdown()
     info = {"source": cfg.source, "path": cfg.path, "seed": cfg.seed, "n": cfg.n if cfg.source == "synthetic" else None,
             "splits": splits, "out": cfg.out, "config": cfg.model_dump()}
-    manifest = manifests.build_manifest(cfg.out, list(splits), info=info)
-    fs, path = storage.resolve(storage.join(cfg.out, samples.FAILED))
-    if storage.exists(storage.join(cfg.out, samples.FAILED)):
-        fs.delete_dir(path)  # failures now live in the manifest; the folder would only confuse readers
-    manifest["n"] = manifest["n"] or manifest["records"] + manifest["failed"]  # records attempted
-    manifest["wall_s"] = round(time.perf_counter() - start, 2)
-    manifests.write_manifest(cfg.out, manifest)
+    manifest = manifests.finish(cfg.out, splits, info=info, wall_s=time.perf_counter() - start)
     per_split = ", ".join(f"{s} {n}" for s, n in manifest["counts"]["splits"].items())
     kinds = ", ".join(f"{k} {n}" for k, n in manifest["counts"]["failures"].items())
     print(f"prepare: {manifest['rows']} rows ({per_split}) from {manifest['records']} records, "
