@@ -34,12 +34,10 @@ def _image_only(cls):
             self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
             ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
 
-        def to_dict(self):
-            out = super().to_dict()
-            out["processor_class"] = cls.__name__  # the export reloads as the real processor where it can
-            return out
-
-    ImageOnly.__name__ = ImageOnly.__qualname__ = f"Image{cls.__name__}"
+    # saved under the real class's name (processor_config.json, tokenizer_config.json): where torchvision is
+    # installed, the export loads as the ordinary Qwen processor
+    ImageOnly.__name__ = cls.__name__
+    ImageOnly.__qualname__ = f"ImageOnly{cls.__name__}"
     return ImageOnly
 
 
