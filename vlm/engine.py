@@ -117,9 +117,8 @@ def prefill(model, rows: list[dict], features: list[torch.Tensor], *, image_toke
     out = model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True,
                 **_keep_last(model))  # fmt: skip
     cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
-    lengths = mask.sum(-1)
-    return Prompt(cache=cache, mask=mask, lengths=lengths, first_logits=out.logits[:, -1].float(),
-                  next_positions=None if torch.equal(starts, lengths) else starts)  # fmt: skip
+    return Prompt(cache=cache, mask=mask, lengths=mask.sum(-1), first_logits=out.logits[:, -1].float(),
+                  next_positions=starts)  # fmt: skip
 
 
 def _keep_last(model) -> dict:

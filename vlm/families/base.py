@@ -109,9 +109,9 @@ class Family:
         """``(position ids for the prefill, next position per row)``; ids / mask (B, W) left padded.
 
         One position per token, counted over the real tokens as ``generate()`` numbers left-padded rows; the next
-        token of row b is at ``mask[b].sum()``.
+        token of row b is at ``mask[b].sum()`` (returned as None: the prompt's lengths).
         """
-        return (mask.cumsum(-1) - 1).clamp(min=0), mask.sum(-1)
+        return (mask.cumsum(-1) - 1).clamp(min=0), None
 
     # ---- training -----------------------------------------------------------------------------------------
     def row_arrays(self, enc: dict, compact) -> dict[str, np.ndarray]:
