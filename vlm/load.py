@@ -290,28 +290,14 @@ def _source(model: str, tiny, overrides) -> _Source:
 
 
 def _family(src: _Source, name: str):
-    """The model family's adapter, from the config's ``model_type``, before any weights are read; an unsupported
-    family is an error naming its type and the supported ones (vlm/families/)."""
-    from vlm.families import get_family
+    """The model family's adapter, before any weights are read (an unsupported type fails here)."""
+    from vlm.families import family_of_config, get_family
 
-    if src.kind == "tiny":
-        return get_family("idefics3")
-    if src.kind == "tiny_family":
-        return get_family(src.path)
-    from transformers import AutoConfig
-
+    if src.kind in ("tiny", "tiny_family"):
+        return get_family("idefics3" if src.kind == "tiny" else src.path)
     if src.kind == "random" and not (Path(src.path) / "config.json").exists():
         raise FileNotFoundError(f"random:{src.path}: no config.json in that folder")
-    try:
-        model_type = AutoConfig.from_pretrained(src.path).model_type
-    except ValueError as exc:  # a model_type transformers does not know: read it from the file
-        config = Path(src.path) / "config.json"
-        if not config.exists():
-            raise
-        model_type = json.loads(config.read_text()).get("model_type")
-        if model_type is None:
-            raise ValueError(f"model {name!r}: config.json has no model_type ({exc})") from exc
-    return get_family(model_type, model=name)
+    return family_of_config(src.path, model=name)
 
 
 def _processor(src: _Source, image_splitting: bool | None, longest_edge: int | None, family=None):

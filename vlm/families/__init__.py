@@ -58,6 +58,24 @@ def get_family(model_type: str, *, model: str | None = None) -> Family:
     return family
 
 
+def family_of_config(path: str, *, model: str | None = None) -> Family:
+    """The adapter for the model whose config is at ``path`` (a folder or hub id), from its ``model_type``; reads
+    the config only. A type transformers does not know is read from ``config.json`` and reported the same way."""
+    import json
+    from pathlib import Path
+
+    from transformers import AutoConfig
+
+    try:
+        model_type = AutoConfig.from_pretrained(path).model_type
+    except ValueError:  # a model_type unknown to transformers
+        config = Path(path) / "config.json"
+        if not config.exists():
+            raise
+        model_type = json.loads(config.read_text()).get("model_type")
+    return get_family(model_type, model=model)
+
+
 def family_of(model) -> Family:
     """The adapter of a loaded model (a peft wrapper included), from its ``config.model_type``."""
     return get_family(base_model(model).config.model_type)
@@ -76,4 +94,4 @@ def family_of_processor(processor) -> Family:
     return IDEFICS3
 
 
-__all__ = ["FAMILIES", "IDEFICS3", "Family", "UnsupportedModel", "family_of", "family_of_processor", "get_family", "supported"]
+__all__ = ["FAMILIES", "IDEFICS3", "Family", "UnsupportedModel", "family_of", "family_of_config", "family_of_processor", "get_family", "supported"]
