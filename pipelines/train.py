@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ecg import storage
 
-TEXT_ATTENTION = r".*text_model.*\.(q_proj|k_proj|v_proj|o_proj)"
+TEXT_ATTENTION = r".*(text_model|language_model).*\.(q_proj|k_proj|v_proj|o_proj)"  # vlm.finetune's
 
 
 class TrainConfig(BaseModel):

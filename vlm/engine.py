@@ -11,8 +11,10 @@ Example::
     tokens = greedy(model, prompt, max_new_tokens=8, stop_ids=[49279], pad_id=2)   # [[ids], ...] per row
     logps = continuation_logprobs(model, prompt, [(0, [330, 29], 1)], pad_id=2)    # log P(scored tokens)
 
-``rows`` are :meth:`vlm.Predictor.encode_one` outputs: ``input_ids`` (1, T), ``pixel_values`` (1, tiles, 3, H, W)
-and ``pixel_attention_mask`` (1, tiles, H, W).
+``rows`` are :meth:`vlm.Predictor.encode_one` outputs: ``input_ids`` (1, T) and the family's image tensors (for
+Idefics3 ``pixel_values`` (1, tiles, 3, H, W) and ``pixel_attention_mask`` (1, tiles, H, W); vlm/families/ says
+what each other family carries). What differs between model families (the vision call, the prompt's positions) is
+asked of the model's adapter, :func:`vlm.families.family_of`.
 """
 
 from __future__ import annotations
@@ -33,8 +35,15 @@ class Prompt:
 
     cache: Any  # the prompt's KV cache (rows, heads, W, head dim per layer); never written to after prefill
     mask: torch.Tensor  # (rows, W) long, 1 on real tokens, 0 on left padding
-    lengths: torch.Tensor  # (rows,) long, real tokens per row (the next position id)
+    lengths: torch.Tensor  # (rows,) long, real tokens per row
     first_logits: torch.Tensor  # (rows, vocab) float32 logits of the answer's first token
+    next_positions: torch.Tensor | None = None  # (rows,) long, the answer's first position id; None: ``lengths``
+    # (Qwen's multimodal RoPE numbers an image by its grid, so its text goes on from there, not from the length)
+
+    @property
+    def starts(self) -> torch.Tensor:
+        """(rows,) long: the position id of each row's first new token."""
+        return self.lengths if self.next_positions is None else self.next_positions
 
     @property
     def first_logp(self) -> torch.Tensor:
@@ -73,28 +82,12 @@ def _model_device_dtype(model):
 
 @torch.inference_mode()
 def image_features(model, rows: list[dict], *, tiles_per_call: int = 32) -> list[torch.Tensor]:
-    """The connector's output per row, ``(tiles x image tokens per tile, text hidden)``, in prompt order.
+    """The connector's output per row, ``(image tokens, text hidden)``, in prompt order: the vision tower once per
+    image, every row's images together (``tiles_per_call`` tiles a call where the family tiles pages, a bound on
+    activation memory: a split SmolVLM page is 17 tiles of 512 x 512 px)."""
+    from vlm.families import family_of
 
-    All tiles of all rows go through the vision tower together, ``tiles_per_call`` at a time (a bound on
-    activation memory: a split SmolVLM page is 17 tiles of 512 x 512 px).
-    """
-    device, dtype = _model_device_dtype(model)
-    counts = [r["pixel_values"].shape[1] for r in rows]
-    pixels = torch.cat([r["pixel_values"][0] for r in rows])  # (tiles, 3, H, W)
-    masks = torch.cat([r["pixel_attention_mask"][0] if "pixel_attention_mask" in r
-                       else torch.ones(r["pixel_values"].shape[1:2] + r["pixel_values"].shape[3:], dtype=torch.long)
-                       for r in rows])  # (tiles, H, W); fmt: skip
-    per_tile = []
-    for s in range(0, len(pixels), tiles_per_call):
-        chunk = pixels[s : s + tiles_per_call]
-        out = model.get_image_features(pixel_values=chunk[None].to(device, dtype),
-                                       pixel_attention_mask=masks[s : s + tiles_per_call][None].to(device))
-        out = getattr(out, "pooler_output", out)  # transformers 5 wraps it in an output object
-        if isinstance(out, (list, tuple)):
-            out = torch.cat(list(out), dim=0)
-        per_tile.append(out.reshape(len(chunk), -1, out.shape[-1]))  # (tiles, tokens per tile, hidden)
-    feats = torch.cat(per_tile)
-    return [f.reshape(-1, f.shape[-1]) for f in feats.split(counts)]
+    return family_of(model).image_features(model, rows, tiles_per_call=tiles_per_call)
 
 
 def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,16 +105,20 @@ def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, tor
 @torch.inference_mode()
 def prefill(model, rows: list[dict], features: list[torch.Tensor], *, image_token_id: int, pad_id: int) -> Prompt:
     """Run the prompts (left padded, image tokens replaced by ``features``) once; keep their cache."""
+    from vlm.families import family_of
+
     device, _ = _model_device_dtype(model)
     ids, mask = left_pad([r["input_ids"][0].tolist() for r in rows], pad_id)
     ids, mask = ids.to(device), mask.to(device)  # (B, W)
     embeds = model.get_input_embeddings()(ids)  # (B, W, hidden)
     embeds[ids == image_token_id] = torch.cat(features).to(embeds.device, embeds.dtype)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # as generate() numbers left-padded rows
+    # as generate() numbers left-padded rows: (B, W), or (3, B, W) for multimodal RoPE
+    positions, starts = family_of(model).positions(model, rows, ids, mask)
     out = model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True,
                 **_keep_last(model))  # fmt: skip
     cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
-    return Prompt(cache=cache, mask=mask, lengths=mask.sum(-1), first_logits=out.logits[:, -1].float())
+    return Prompt(cache=cache, mask=mask, lengths=mask.sum(-1), first_logits=out.logits[:, -1].float(),
+                  next_positions=starts)  # fmt: skip
 
 
 def _keep_last(model) -> dict:
@@ -169,7 +166,7 @@ def greedy(model, prompt: Prompt, *, max_new_tokens: int, stop_ids: list[int], p
         if step + 1 == max_new_tokens or bool(done.all()):
             break
         mask = torch.cat([mask, torch.ones((rows, 1), dtype=mask.dtype, device=device)], dim=-1)
-        positions = (prompt.lengths + step)[:, None]  # (B, 1)
+        positions = (prompt.starts + step)[:, None]  # (B, 1): a text token, one position
         logits = model(input_ids=token[:, None], attention_mask=mask, position_ids=positions, use_cache=True,
                        **{key: cache}).logits[:, -1].float()  # (B, vocab); fmt: skip
     tokens = torch.stack(out, dim=1).tolist()  # (B, steps)
@@ -204,7 +201,7 @@ def continuation_logprobs(model, prompt: Prompt, conts: list[tuple[int, list[int
             cont_mask[k, : len(ids)] = 1
         cont, cont_mask = cont.to(device), cont_mask.to(device)
         mask = torch.cat([prompt.mask[index], cont_mask], dim=-1)  # (chunk, W + width)
-        positions = prompt.lengths[index, None] + torch.arange(width, device=device)  # (chunk, width)
+        positions = prompt.starts[index, None] + torch.arange(width, device=device)  # (chunk, width)
         logits = model(input_ids=cont, attention_mask=mask, position_ids=positions, use_cache=True,
                        **{key: select_rows(prompt.cache, index)}).logits  # (chunk, width, vocab); fmt: skip
         logp = torch.log_softmax(logits.float(), dim=-1)

@@ -29,8 +29,10 @@ import torch
 
 from vlm.training import Collator, decode_image, encode_rows, iter_cached  # noqa: F401  (the data side)
 
-# Text-model attention projections of Idefics3 / SmolVLM (the vision tower's are ``...vision_model...``).
-TEXT_ATTENTION = r".*text_model.*\.(q_proj|k_proj|v_proj|o_proj)"
+# Text-model attention projections: ``...text_model...`` in Idefics3 / SmolVLM and Idefics2, ``...language_model...``
+# in Qwen2-VL, Qwen2.5-VL and LLaVA (the vision towers' are under vision_model / visual / vision_tower).
+TEXT_ATTENTION = r".*(text_model|language_model).*\.(q_proj|k_proj|v_proj|o_proj)"
+VISION_MODULES = ("vision_model", "visual.", "vision_tower")  # name parts of the vision towers' parameters
 
 
 # ---------------------------------------------------------------- trainable parameters
@@ -58,7 +60,7 @@ def configure_trainable(model, *, mode: str = "lora", lora_rank: int = 8, lora_a
         for p in model.parameters():
             p.requires_grad_(True)
     for name, p in model.named_parameters():
-        if "vision_model" in name and "lora_" not in name:
+        if any(part in name for part in VISION_MODULES) and "lora_" not in name:
             p.requires_grad_(not freeze_vision)
     if not any(p.requires_grad for p in model.parameters()):
         raise ValueError(f"no trainable parameters (mode={mode}, targets={lora_targets!r})")

@@ -7,6 +7,7 @@ Example::
     loaded = vlm.load("random:../shared/models/SmolVLM-256M-Instruct", image_splitting=False)
     loaded = vlm.load("runs/x/export")                          # a folder written by vlm.export
     loaded = vlm.load("tiny", adapter="runs/x/adapter")         # a LoRA adapter (peft) on top
+    loaded = vlm.load("tiny:qwen2_vl")                          # a tiny random model of another family
     page = loaded.prepare_image(pil_page)                       # the model's own image preprocessing
 """
 
@@ -84,9 +85,13 @@ class ImageSettings:
         return dataclasses.asdict(self)
 
     def apply(self, processor) -> None:
-        """Set the given fields on ``processor``'s image processor (None fields are left as they are)."""
+        """Set the given fields on ``processor``'s image processor (None fields are left as they are).
+
+        Only SmolVLM-style processors (Idefics3: image splitting, longest edge, tile size) have these settings;
+        other families' processors are left as they are (their sizes mean other things, e.g. Qwen's pixel counts).
+        """
         ip = getattr(processor, "image_processor", None)
-        if ip is None:
+        if ip is None or not hasattr(ip, "max_image_size"):
             return
         if self.splitting is not None:
             ip.do_image_splitting = bool(self.splitting)
@@ -118,6 +123,7 @@ class Loaded:
     spec: TinySpec | None = None  # the tiny preset's sizes, when the model came from it
     adapter: str | None = None
     images_from: str = "the processor's own config"  # where the image settings came from (printed by the jobs)
+    family: str = "idefics3"  # the model family (config.model_type's adapter in vlm/families/)
 
     def prepare_image(self, image: Image.Image) -> Image.Image:
         """The model's own preprocessing of a page (identity for pretrained models)."""
@@ -247,13 +253,23 @@ def _from_config(folder: str, dtype, device, seed: int = 0, overrides: dict | No
 class _Source:
     """Where a model's files are: ``kind`` tiny / random / folder / hub, and what its folder's sidecar says."""
 
-    kind: str
-    path: str  # the local folder, the config folder (random) or the hub id
+    kind: str  # tiny / tiny_family / random / folder / hub
+    path: str  # the local folder, the config folder (random), the hub id or the tiny family's name
     sidecar: _Sidecar = field(default_factory=_Sidecar)
     spec: TinySpec | None = None
 
 
 def _source(model: str, tiny, overrides) -> _Source:
+    if model.startswith("tiny:"):
+        from vlm.tiny_families import FAMILIES
+
+        name = model[len("tiny:"):]
+        if name not in FAMILIES:
+            raise ValueError(f"model {model!r}: no such tiny family; choose tiny (SmolVLM) or one of "
+                             f"{', '.join('tiny:' + f for f in FAMILIES)}")  # fmt: skip
+        if tiny or overrides:
+            raise ValueError(f"model {model!r}: tiny families take no tiny=... or config overrides")
+        return _Source("tiny_family", name)
     if model == "tiny":
         if overrides:
             raise ValueError("config overrides are for random:PATH models; 'tiny' takes tiny=... (TinySpec) overrides")
@@ -273,13 +289,30 @@ def _source(model: str, tiny, overrides) -> _Source:
     return _Source("hub", model)
 
 
-def _processor(src: _Source, image_splitting: bool | None, longest_edge: int | None):
+def _family(src: _Source, name: str):
+    """The model family's adapter, before any weights are read (an unsupported type fails here)."""
+    from vlm.families import family_of_config, get_family
+
+    if src.kind in ("tiny", "tiny_family"):
+        return get_family("idefics3" if src.kind == "tiny" else src.path)
+    if src.kind == "random" and not (Path(src.path) / "config.json").exists():
+        raise FileNotFoundError(f"random:{src.path}: no config.json in that folder")
+    return family_of_config(src.path, model=name)
+
+
+def _processor(src: _Source, image_splitting: bool | None, longest_edge: int | None, family=None):
     """``(processor, prep, images_from)`` for ``src``, with the image contract applied: the export's recorded
     settings, then the caller's overrides (None keeps the recorded or the processor's own setting)."""
     if src.kind == "tiny":
         from vlm.tiny import build_processor
 
         processor, prep = build_processor(src.spec), ImagePrep("ecg_gray", src.spec.image_size, src.spec.white_fraction)
+    elif src.kind == "tiny_family":
+        from vlm.tiny_families import build_processor as build_family_processor
+
+        processor, prep = build_family_processor(src.path), ImagePrep()
+    elif family is not None and hasattr(family, "load_processor"):
+        processor, prep = family.load_processor(src.path), src.sidecar.prep  # e.g. Qwen without a video processor
     else:
         from transformers import AutoProcessor
 
@@ -305,8 +338,9 @@ def load_processor(model: str, *, image_splitting: bool | None = None, longest_e
     name = model
     model = _localise(model, config_only=True)
     src = _source(model, tiny, None)
-    processor, prep, images_from = _processor(src, image_splitting, longest_edge)
-    return Loaded(None, processor, name, None, None, prep, src.spec, None, images_from)
+    family = _family(src, name)
+    processor, prep, images_from = _processor(src, image_splitting, longest_edge, family)
+    return Loaded(None, processor, name, None, None, prep, src.spec, None, images_from, family.name)
 
 
 def load(
@@ -320,7 +354,9 @@ def load(
     tiny: TinySpec | dict | None = None,
     config_overrides: dict | None = None,
 ) -> Loaded:
-    """Load ``model`` ("tiny", a HF id, a local folder, or "random:PATH") and an optional LoRA ``adapter``.
+    """Load ``model`` ("tiny", "tiny:FAMILY", a HF id, a local folder, or "random:PATH") and an optional LoRA
+    ``adapter``. Idefics3 (SmolVLM), Idefics2, Qwen2-VL, Qwen2.5-VL, LLaVA-1.5 and LLaVA-NeXT models load
+    (vlm/families/); another ``config.model_type`` is an error before any weights are read.
 
     ``image_splitting``/``longest_edge``: None keeps the image contract the model was trained with (an export's
     ``ecgvlm.json``), else its processor's own default (off for tiny, on for SmolVLM); a value overrides it.
@@ -333,11 +369,16 @@ def load(
     name = model  # an s3:// model keeps its URI as its name; the files are read from a local copy
     model, adapter = _localise(model), _localise(adapter) if adapter else adapter
     src = _source(model, tiny, config_overrides)
-    processor, prep, images_from = _processor(src, image_splitting, longest_edge)
+    family = _family(src, name)  # before any weights: an unsupported model type fails here
+    processor, prep, images_from = _processor(src, image_splitting, longest_edge, family)
     if src.kind == "tiny":
         from vlm.tiny import build
 
         net, _ = build(src.spec, processor)
+    elif src.kind == "tiny_family":
+        from vlm.tiny_families import build as build_family
+
+        net, _ = build_family(src.path, processor)
     elif src.kind == "random":
         net = _from_config(src.path, dt, dev, overrides=config_overrides)
     else:
@@ -351,4 +392,4 @@ def load(
             raise FileNotFoundError(f"adapter {adapter!r}: no adapter_config.json in that folder")
         net = PeftModel.from_pretrained(net, adapter)
     net = net.to(device=dev, dtype=dt).eval()
-    return Loaded(net, processor, name, dev, dt, prep, src.spec, adapter, images_from)
+    return Loaded(net, processor, name, dev, dt, prep, src.spec, adapter, images_from, family.name)

@@ -16,7 +16,8 @@ import torch
 
 from vlm import engine
 from vlm.load import Loaded, load
-from vlm.prompt import END_OF_UTTERANCE, chat_prompt, encode
+from vlm.families import family_of, family_of_processor
+from vlm.prompt import chat_prompt, encode
 
 
 def label_candidates(answers: list[str], labels: list[str], continuation) -> list[tuple[int, str, list[int], int]]:
@@ -74,7 +75,7 @@ class Predictor:
             longest_edge=longest_edge,
         )  # fmt: skip
         self._init(loaded, max_prompt_tokens=max_prompt_tokens, score_batch=score_batch, vision_batch=vision_batch)
-        self.label_scores = label_scores
+        self.label_scores = label_scores and self.family.label_scoring
 
     @classmethod
     def from_loaded(cls, loaded: Loaded, *, max_prompt_tokens: int | None = None, score_batch: int = 32,
@@ -88,7 +89,6 @@ class Predictor:
         self.loaded = loaded
         # predict_rows adds label_scores for multi-label tasks; scoring costs about (labels x (answer labels + 1))
         # short continuations per row on the prompt's cache (no second vision or prompt pass)
-        self.label_scores = True
         self.vision_batch = vision_batch
         self.name = loaded.name if not loaded.adapter else f"{loaded.name}+{loaded.adapter}"
         tok = loaded.processor.tokenizer
@@ -98,9 +98,16 @@ class Predictor:
         self.max_positions = int(getattr(text_config, "max_position_embeddings", 1 << 30))
         self.max_prompt_tokens = max_prompt_tokens
         self.score_batch = score_batch  # sequences per forward pass in score_labels
-        eou = tok.convert_tokens_to_ids(END_OF_UTTERANCE)
-        self.stop_ids = sorted({i for i in (eou, tok.eos_token_id) if i is not None and i != tok.unk_token_id})
+        # the model family's prompt format: its end-of-turn tokens, what precedes an answer (vlm/families/)
+        self.family = family_of(loaded.model) if loaded.model is not None else family_of_processor(loaded.processor)
+        self.stop_ids = self.family.stop_ids(tok)
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else self.stop_ids[0]
+        self.label_scores = self.family.label_scoring
+        if not self.family.label_scoring:
+            import sys
+
+            print(f"{self.name}: label scoring is not supported for {self.family.title} models; label_scores stay "
+                  "null and answers are scored from their text", file=sys.stderr, flush=True)  # fmt: skip
 
     # ---- encoding, one row at a time so a bad row fails alone -------------------------------------------
     def encode_one(self, image, question: str, *, max_new_tokens: int = 0, history=None) -> dict:
@@ -191,9 +198,9 @@ class Predictor:
     def _continuation(self, prefix: str, label: str) -> tuple[list[int], int]:
         """Token ids of " prefix; label" (or " label" with no prefix) to follow "Assistant:", and how many of the
         last ones are scored: the label's, plus the separator's after a prefix (P(the answer goes on with L))."""
-        tok = self.tokenizer
-        head = tok(" " + prefix, add_special_tokens=False)["input_ids"] if prefix else []
-        full = tok(" " + (prefix + "; " if prefix else "") + label, add_special_tokens=False)["input_ids"]
+        tok, lead = self.tokenizer, self.family.answer_prefix  # " " after "Assistant:"; "" after Qwen's "assistant\n"
+        head = tok(lead + prefix, add_special_tokens=False)["input_ids"] if prefix else []
+        full = tok(lead + (prefix + "; " if prefix else "") + label, add_special_tokens=False)["input_ids"]
         if full[: len(head)] != head:  # tokenizer merged across the boundary: score the whole tail
             return full, len(full)
         return full, len(full) - len(head)

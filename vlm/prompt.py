@@ -46,9 +46,15 @@ def row_history(meta) -> list | None:
     return history(meta)
 
 
-def answer_text(answer: str) -> str:
-    """The assistant's reply as the chat template writes it after "Assistant:" (a space, the answer, the end)."""
-    return f" {answer.strip()}{END_OF_UTTERANCE}"
+def answer_text(answer: str, processor=None) -> str:
+    """The assistant's reply as the chat template writes it after the generation prompt: for SmolVLM a space, the
+    answer, ``<end_of_utterance>``; with ``processor``, in its model family's form (vlm/families/: Qwen writes
+    ``SB<|im_end|>``, LLaVA `` SB</s>``)."""
+    if processor is None:
+        return f" {answer.strip()}{END_OF_UTTERANCE}"
+    from vlm.families import family_of_processor
+
+    return family_of_processor(processor).answer_text(answer, processor.tokenizer)
 
 
 def budget_cut(new_ids, stop_ids) -> list[bool]:
@@ -68,12 +74,17 @@ def encode(processor, images, texts: list[str], *, padding_side: str = "left"):
 
     A blank page normalised with image_mean 1.0 is all zeros, which Idefics3 takes for a padding image and drops
     (then the image-token count no longer matches): one value is nudged off zero so it counts as a real image.
+    Other families' pixel layouts (vlm/families/) are left as their processor made them.
     """
     import torch
 
     batch = processor(
         text=texts, images=[[im] for im in images], return_tensors="pt", padding=True, padding_side=padding_side
     )
+    from vlm.families import family_of_processor
+
+    if not family_of_processor(processor).nudge_blank():
+        return batch
     pixels = batch["pixel_values"]  # (batch, images, 3, H, W)
     mask = batch.get("pixel_attention_mask")  # (batch, images, H, W), 0 on padding images
     real = mask.flatten(2).any(-1) if mask is not None else torch.ones(pixels.shape[:2], dtype=torch.bool)

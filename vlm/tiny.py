@@ -101,11 +101,12 @@ def _pre_tokenizer():
     )
 
 
-def corpus_words() -> list[str]:
-    """Every pre-token of every registered task's question, labels and formatted answers (sorted, unique)."""
+def corpus_words(extra_text: tuple[str, ...] = (), special_tokens: tuple[str, ...] = SPECIAL_TOKENS) -> list[str]:
+    """Every pre-token of every registered task's question, labels and formatted answers (sorted, unique), plus
+    those of ``extra_text`` (another model family's chat words)."""
     from ecgtasks import all_tasks
 
-    texts = list(EXTRA_TEXT)
+    texts = list(EXTRA_TEXT) + list(extra_text)
     for task in all_tasks():
         texts.append(task.question)
         for label in task.labels:
@@ -116,11 +117,16 @@ def corpus_words() -> list[str]:
     pieces = {piece for text in texts for piece, _ in pre.pre_tokenize_str(text)}
     # every word both bare (after a newline, a special token or punctuation) and with its "▁" space prefix
     words = {form for p in pieces for form in (p.lstrip("▁") or p, "▁" + p.lstrip("▁")) if p != "\n"}
-    return sorted((words | {"\n", "▁"}) - set(SPECIAL_TOKENS))
+    return sorted((words | {"\n", "▁"}) - set(special_tokens))
 
 
-def build_tokenizer():
+def build_tokenizer(*, special_tokens: tuple[str, ...] = SPECIAL_TOKENS, extra_text: tuple[str, ...] = (),
+                    pad: str = PAD, unk: str = UNK, bos: str = IM_START, eos: str = EOU,
+                    chat_template: str = CHAT_TEMPLATE):
     """A word-level fast tokenizer: special tokens first (fixed ids), then the sorted corpus words.
+
+    The defaults are the tiny SmolVLM preset's; other model families (vlm/tiny_families.py) pass their own special
+    tokens, chat words (``extra_text``), bos / eos and chat template.
 
     Example::
 
@@ -130,21 +136,22 @@ def build_tokenizer():
     from tokenizers import Tokenizer, decoders, models
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {token: i for i, token in enumerate((*SPECIAL_TOKENS, *corpus_words()))}
-    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
+    vocab = {token: i for i, token in enumerate((*special_tokens, *corpus_words(extra_text, special_tokens)))}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=unk))
     core.pre_tokenizer = _pre_tokenizer()
     core.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="never")
+    named = {pad, unk, bos, eos}
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=core,
-        unk_token=UNK,
-        pad_token=PAD,
-        bos_token=IM_START,
-        eos_token=EOU,
-        extra_special_tokens=[IMAGE, FAKE_IMAGE, GLOBAL_IMAGE, *ROW_COL],
+        unk_token=unk,
+        pad_token=pad,
+        bos_token=bos,
+        eos_token=eos,
+        extra_special_tokens=[t for t in special_tokens if t not in named],
         padding_side="left",
         clean_up_tokenization_spaces=False,
     )
-    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.chat_template = chat_template
     return tokenizer
 
 

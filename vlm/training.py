@@ -19,6 +19,7 @@ from typing import Iterable
 import numpy as np
 import torch
 
+from vlm.families import IDEFICS3, Family, family_of_processor
 from vlm.prompt import answer_text, chat_prompt, encode, row_history
 
 IGNORE = -100  # the label value torch's cross-entropy skips
@@ -36,8 +37,8 @@ def decode_image(row_id, data):
 def collate(loaded, images, questions, answers, histories=None) -> dict[str, torch.Tensor]:
     """Processor batch (right padded) of prompt + answer, with ``labels`` masking all but the answer.
 
-    Kept: the answer tokens and the closing ``<end_of_utterance>`` (without loss on it generation never stops,
-    FINDINGS.md). Masked to -100: the prompt (earlier turns of ``histories`` included), the image tokens and the
+    Kept: the answer tokens and the closing end-of-turn token (SmolVLM's ``<end_of_utterance>``, Qwen's
+    ``<|im_end|>``, LLaVA's ``</s>``: without loss on it generation never stops, FINDINGS.md). Masked to -100: the prompt (earlier turns of ``histories`` included), the image tokens and the
     padding. Images go through ``loaded.prepare_image`` first. Tensors stay on the CPU (the caller moves them).
     """
     histories = histories if histories is not None else [None] * len(images)
@@ -46,12 +47,13 @@ def collate(loaded, images, questions, answers, histories=None) -> dict[str, tor
     processor = loaded.processor
     pages = [loaded.prepare_image(im) for im in images]
     prompts = [chat_prompt(processor, q, h) for q, h in zip(questions, histories)]
-    batch = dict(encode(processor, pages, [p + answer_text(a) for p, a in zip(prompts, answers)], padding_side="right"))
+    texts = [p + answer_text(a, processor) for p, a in zip(prompts, answers)]
+    batch = dict(encode(processor, pages, texts, padding_side="right"))
     tok = processor.tokenizer
     labels = batch["input_ids"].clone()  # (batch, tokens)
     labels[batch["attention_mask"] == 0] = IGNORE
     for i, answer in enumerate(answers):
-        answer_ids = tok(answer_text(answer), add_special_tokens=False)["input_ids"]
+        answer_ids = tok(answer_text(answer, processor), add_special_tokens=False)["input_ids"]
         n_real = int(batch["attention_mask"][i].sum())
         start = n_real - len(answer_ids)  # right padding: the answer is the last real tokens
         if batch["input_ids"][i, start:n_real].tolist() != answer_ids:  # tokenizer merged across the boundary
@@ -105,7 +107,9 @@ def encode_rows(loaded, batch) -> dict[str, np.ndarray]:
     ids = list(batch["id"]) if "id" in batch else list(range(n))
     metas = list(batch["meta"]) if "meta" in batch else [None] * n
     codec = _pixel_codec(loaded.processor)
-    out = {key: [] for key in ENCODED_KEYS}
+    family = family_of_processor(loaded.processor)  # how this model family lays out a row's images
+    keys = (*ENCODED_KEYS, *family.extra_keys)
+    out = {key: [] for key in keys}
     for rid, data, question, answer, meta in zip(ids, batch["image"], batch["question"], batch["answer"], metas):
         try:
             enc = collate(loaded, [decode_image(rid, data)], [question], [answer], [row_history(meta)])
@@ -115,25 +119,23 @@ def encode_rows(loaded, batch) -> dict[str, np.ndarray]:
         if not error:
             for key in SEQUENCE_KEYS:
                 out[key].append(enc[key][0].numpy().astype(np.int64))
-            pv = enc["pixel_values"][0].float().numpy()  # (tiles, 3, H, W), normalised
-            mask = enc.get("pixel_attention_mask")
-            mask = mask[0].numpy().astype(bool) if mask is not None else np.ones((pv.shape[0], *pv.shape[2:]), bool)
-            out["pixels"].append(_compact_pixels(pv, codec))
-            out["pixel_mask"].append(np.packbits(mask, axis=-1))  # (tiles, H, ceil(W / 8)) uint8
+            arrays = family.row_arrays(enc, lambda pv: _compact_pixels(pv, codec))
         else:
             for key in SEQUENCE_KEYS:
                 out[key].append(np.zeros(0, np.int64))
-            out["pixels"].append(np.zeros((0, 1, 1, 1), np.uint8))
-            out["pixel_mask"].append(np.zeros((0, 1, 1), np.uint8))
+            arrays = family.empty_arrays()
+        for key, value in arrays.items():
+            out[key].append(value)
         out["error"].append(error)
-    result = {key: _object_array(out[key]) for key in ENCODED_KEYS if key != "error"}
+    result = {key: _object_array(out[key]) for key in keys if key != "error"}
     result["error"] = np.asarray(out["error"], dtype=object)  # "" (not None: one Arrow type in every block)
     return result
 
 
 def encoded_nbytes(encoded: dict[str, np.ndarray]) -> int:
     """Bytes the encoded rows hold (what caching them in the object store would take)."""
-    return int(sum(getattr(x, "nbytes", 0) for key in ENCODED_KEYS if key != "error" for x in encoded[key]))
+    keys = [key for key in encoded if key != "error"]
+    return int(sum(getattr(x, "nbytes", 0) for key in keys for x in encoded[key]))
 
 
 def _column(rows, key) -> list:
@@ -153,12 +155,16 @@ class Collator:
     pad_id: int
     codec: tuple | None = None
     failed: int = 0
+    family: Family = IDEFICS3  # the model family's image inputs (vlm/families/)
+    image_token_id: int | None = None
 
     @classmethod
     def for_loaded(cls, loaded) -> "Collator":
         tok = getattr(loaded.processor, "tokenizer", loaded.processor)
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        return cls(pad_id=int(pad), codec=_pixel_codec(loaded.processor))
+        return cls(pad_id=int(pad), codec=_pixel_codec(loaded.processor),
+                   family=family_of_processor(loaded.processor),
+                   image_token_id=getattr(loaded.processor, "image_token_id", None))  # fmt: skip
 
     def __call__(self, rows: dict) -> dict[str, torch.Tensor]:
         errors = _column(rows, "error") if "error" in rows else [""] * len(rows["input_ids"])
@@ -177,22 +183,14 @@ class Collator:
             for i, seq in enumerate(seqs[key]):
                 t[i, : len(seq)] = torch.from_numpy(seq)
             out[key] = t
-        pixels = [np.asarray(_column(rows, "pixels")[i]) for i in keep]  # each (tiles, C, H, W)
-        masks = [np.asarray(_column(rows, "pixel_mask")[i]) for i in keep]  # each (tiles, H, W / 8) packed
-        tiles = max((p.shape[0] for p in pixels), default=0)
-        h, w = (pixels[0].shape[2:] if pixels else (0, 0))
-        pv = torch.zeros((n, tiles, 3, h, w), dtype=torch.float32)  # (B, tiles, 3, H, W)
-        pam = torch.zeros((n, tiles, h, w), dtype=torch.bool)  # (B, tiles, H, W)
-        for i, (p, m) in enumerate(zip(pixels, masks)):
-            pv[i, : p.shape[0]] = self._restore(p)
-            pam[i, : p.shape[0]] = torch.from_numpy(np.unpackbits(m, axis=-1, count=w).astype(bool))
-        out["pixel_values"], out["pixel_attention_mask"] = pv, pam
+        pixels = [self._restore(np.asarray(_column(rows, "pixels")[i])) for i in keep]  # each (tiles, 3, H, W)
+        out.update(self.family.collate_images(pixels, rows, keep, out["input_ids"], self.image_token_id))
         return out
 
     def _restore(self, pixels: np.ndarray) -> torch.Tensor:
         """(tiles, C, H, W) cached pixels -> (tiles, 3, H, W) float32 exactly as the processor made them."""
         t = torch.from_numpy(np.ascontiguousarray(pixels))
-        if t.dtype != torch.uint8:
+        if t.dtype != torch.uint8:  # kept as float32 (Qwen's flattened patches, or not exactly invertible)
             return t.float()
         rescale, mean, std = self.codec
         t = t.expand(-1, 3, -1, -1) if t.shape[1] == 1 else t
