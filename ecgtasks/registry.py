@@ -216,7 +216,8 @@ ARENA = register(
         max_new_tokens=512,
         aliases=("ecg-arena",),
         metrics=("anls",),
-        description="ECG Arena multi-turn questions (LLM-judged in the paper; ANLS of the first answer here)",
+        description="ECG Arena multi-turn dialogues (each turn a row; ANLS per turn; the LLM judge of the paper "
+                    "with --judge, one judgment per dialogue)",
     )
 )
 

@@ -77,19 +77,46 @@ def _turn(conversations, speaker: str) -> str | None:
     return None
 
 
-def read_references(uri: str) -> pd.DataFrame:
-    """``id``, ``question``, ``answer`` (and ``task`` where given) from ECGBench records or sample rows."""
+def _all_turns(uri: str, raw: pd.DataFrame) -> pd.DataFrame:
+    """One reference per (human, gpt) turn of every record, with the ids and ``meta`` that ``ecgvlm prepare``
+    gives its sample rows (``<id>``, ``<id>#t<k>``; ``record_id``, ``turn``, the earlier turns in ``history``)."""
+    from ecg.ecgbench import turn_pairs
+    from ecg.samples import RecordError
+
+    rows = []
+    for rid, conversations in zip(raw["id"].astype(str), raw["conversations"]):
+        try:
+            pairs = turn_pairs(conversations)
+        except RecordError as e:
+            raise ValueError(f"{uri}: record {rid!r}: {e}") from None
+        history: list[dict] = []
+        for k, (question, answer) in enumerate(pairs):
+            meta = {"record_id": rid, "turn": k, "history": list(history)}
+            rows.append({"id": rid if k == 0 else f"{rid}#t{k}", "question": question, "answer": answer,
+                         "meta": json.dumps(meta)})
+            history += [{"role": "user", "text": question}, {"role": "assistant", "text": answer}]
+    return pd.DataFrame(rows, columns=["id", "question", "answer", "meta"])
+
+
+def read_references(uri: str, *, all_turns: bool = False) -> pd.DataFrame:
+    """``id``, ``question``, ``answer`` (and ``task``, ``meta`` where given) from ECGBench records or sample rows.
+
+    ECGBench records give their first turn (the benchmark's question and gold), or with ``all_turns`` every
+    turn as its own row, ids and ``meta`` as ``ecgvlm prepare`` writes them (the arena's dialogues).
+    """
     raw = read_table(uri)
     if "id" not in raw and "No" in raw:  # the mmmu-ecg file keys its records by "No"
         raw = raw.rename(columns={"No": "id"})
     if "id" not in raw:
         raise KeyError(f"{uri}: references need an `id` column; have {sorted(raw.columns)}")
-    if "conversations" in raw:
+    if "conversations" in raw and all_turns:
+        out = _all_turns(uri, raw)
+    elif "conversations" in raw:
         out = pd.DataFrame({"id": raw["id"].astype(str),
                             "question": raw["conversations"].map(lambda c: _turn(c, "human")),
                             "answer": raw["conversations"].map(lambda c: _turn(c, "gpt"))})
     elif "answer" in raw:
-        out = raw[[c for c in ("id", "task", "question", "answer") if c in raw]].copy()
+        out = raw[[c for c in ("id", "task", "question", "answer", "meta") if c in raw]].copy()
         out["id"] = out["id"].astype(str)
     else:
         raise KeyError(f"{uri}: references need `conversations` (ECGBench) or `answer` (sample rows); "

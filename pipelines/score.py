@@ -36,7 +36,8 @@ class ScoreConfig(BaseModel):
     json_out: bool = Field(False, description="print one JSON object instead of the table (also --json)")
     report: str | None = Field(None, description="folder (local or s3://) for report.md and report.html")
     seed: int = Field(0, description="bootstrap seed of the strict protocol's 95% intervals")
-    judge: str | None = Field(None, description="openai:NAME: an LLM judge scores free-text reports (ptbxl-report)")
+    judge: str | None = Field(None, description="openai:NAME: an LLM judge scores free-text reports (ptbxl-report) "
+                                                "or arena dialogues (arena), each task with its own rubric")
     judge_base: str | None = Field(None, description="base URL of the judge's chat-completions API")
     judge_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the judge's API key")
     judge_cache: str | None = Field(None, description="judge reply cache (folder or s3://; default "
@@ -64,10 +65,14 @@ def score_files(cfg: ScoreConfig) -> dict:
     and on the prediction lines (ecgbench: as the reference code counts them), plus the join's counts."""
     from metrics.inputs import join, only_task, prediction_lines, read_predictions, read_references
     from metrics.score import letter_stream, score_frame
+    from metrics.tasks import get_task
 
     rng = letter_stream(cfg.task, order=cfg.random_order, drawn_before=cfg.drawn_before)
     # rows of other tasks (a mixed ECGInstruct split, a whole evaluation's predictions) are not this task's
-    refs, other_refs = only_task(read_references(cfg.references) if cfg.references else None, cfg.task)
+    # a multi-turn task (the arena) scores every turn: turn k of record r is the row r#t<k>, as prepare writes it
+    multi = get_task(cfg.task).name == "arena"
+    refs, other_refs = only_task(read_references(cfg.references, all_turns=multi) if cfg.references else None,
+                                 cfg.task)
     preds, other_preds = only_task(read_predictions(cfg.predictions), cfg.task)
     frame, counts = join(refs, preds)
     counts.update(other_task_references=other_refs, other_task_predictions=other_preds)
@@ -90,13 +95,10 @@ def judge_frame(cfg: ScoreConfig, frame) -> dict:
     from urllib.parse import urlparse
 
     from ecg import storage
-    from metrics.judge import JUDGED_TASKS, summarize
-    from metrics.tasks import get_task
+    from metrics.judge import rubric, summarize
     from vlm.remote import judge_rows
 
-    task = get_task(cfg.task).name
-    if task not in JUDGED_TASKS:
-        raise ValueError(f"--judge scores {list(JUDGED_TASKS)} only (its rubric is the report rubric), not {task}")
+    rubric_ = rubric(cfg.task)  # ValueError for a task without a rubric
     if not cfg.judge.startswith("openai:") or not cfg.judge_base:
         raise ValueError("--judge takes openai:NAME and needs --judge-base URL")
     key = os.environ.get(cfg.judge_key_env, "")
@@ -106,9 +108,10 @@ def judge_frame(cfg: ScoreConfig, frame) -> dict:
                           else os.path.dirname(cfg.predictions) or ".")
     config = {"model": cfg.judge.split(":", 1)[1], "api_base": cfg.judge_base, "concurrency": cfg.judge_concurrency,
               "cache": cfg.judge_cache or storage.join(storage.absolute(base), "judge-cache")}
-    rows = judge_rows(frame, config, api_key=key or "unused")
-    out = summarize(rows.to_dict("records"), model=cfg.judge, api_base=cfg.judge_base)
-    out.update(requests=int(rows["requests"].sum()), cache_hits=int(rows["cache_hit"].sum()), cache=config["cache"])
+    rows = judge_rows(frame, config, api_key=key or "unused", task=rubric_.task)
+    out = summarize(rows.to_dict("records"), model=cfg.judge, api_base=cfg.judge_base, rubric=rubric_)
+    out.update(requests=int(rows["requests"].sum()) if len(rows) else 0,
+               cache_hits=int(rows["cache_hit"].sum()) if len(rows) else 0, cache=config["cache"])
     return out
 
 
