@@ -58,10 +58,12 @@ class EvaluateConfig(BaseModel):
                                               "or all (the three)")
     progress_s: float = Field(10.0, description="seconds between progress lines (a bar instead on a terminal)")
     # decoding (every model) and OpenAI-compatible endpoints (--model openai:NAME)
-    decoding: Literal["ecgbench", "fast"] = Field(
-        "ecgbench", description="token budgets: ecgbench = the paper's 1024 per answer (a trained model stops at its "
-                                "end token, so it costs nothing); fast = each task's short budget (smoke runs, "
-                                "random-weight models, which never stop)")
+    decoding: Literal["ecgbench", "fast", "smolvlm-study"] = Field(
+        "ecgbench", description="ecgbench = greedy, the paper's 1024 tokens per answer (a trained model stops at its "
+                                "end token, so it costs nothing); fast = greedy, each task's short budget (smoke runs, "
+                                "random-weight models, which never stop); smolvlm-study = the prior study's "
+                                "generation: beam search, 4 beams, 32 tokens, one row at a time, its prompt for "
+                                "CODE-15 (in-process models, --engine hf)")
     max_new_tokens: str | None = Field(None, description="per-task budgets over --decoding, e.g. code15=64,ecgqa=128")
     api_base: str | None = Field(None, description="openai:NAME: base URL of the chat-completions API")
     api_key_env: str = Field("OPENAI_API_KEY", description="openai:NAME: environment variable holding the API key")
@@ -94,7 +96,7 @@ class PredictorActor:
     """Loads ``vlm.Predictor`` once per actor; each call is ``vlm.predict_rows`` on a pandas batch."""
 
     def __init__(self, model: str, *, threads: int | None = None, engine: str = "hf", budgets: dict | None = None,
-                 **options):
+                 num_beams: int = 1, questions: dict | None = None, **options):
         if threads:
             import torch
 
@@ -111,10 +113,10 @@ class PredictorActor:
         else:
             self.predictor = vlm.Predictor(model, **options)
         self._predict = vlm.predict_rows
-        self.budgets = budgets
+        self.budgets, self.decoding = budgets, {"num_beams": num_beams, "questions": questions}
 
     def __call__(self, batch):
-        return self._predict(self.predictor, batch, budgets=self.budgets)
+        return self._predict(self.predictor, batch, budgets=self.budgets, **self.decoding)
 
 
 class EndpointActor:
@@ -133,6 +135,13 @@ class EndpointActor:
 def endpoint_name(model: str) -> str | None:
     """``openai:gpt-4o`` -> ``gpt-4o``; None for an in-process model."""
     return model.split(":", 1)[1] if model.startswith("openai:") else None
+
+
+def decoding_options(decoding: str) -> dict:
+    """``num_beams`` and ``questions`` of a ``--decoding`` (``ecgtasks.registry.decoding_options``)."""
+    from ecgtasks.registry import decoding_options as options
+
+    return options(decoding)
 
 
 def tasks_budgets(cfg: EvaluateConfig) -> dict[str, int]:
@@ -210,7 +219,7 @@ def build_dataset(cfg: EvaluateConfig, done):
             batch_format="pandas", num_cpus=min(cfg.num_cpus, 0.25))
     options = {"adapter": cfg.adapter, "image_splitting": cfg.image_splitting, "longest_edge": cfg.longest_edge,
                "device": cfg.device, "dtype": cfg.dtype, "threads": cfg.threads, "budgets": budgets,
-               "engine": cfg.engine}
+               "engine": cfg.engine, **decoding_options(cfg.decoding)}
     return ds.map_batches(
         PredictorActor, fn_constructor_args=(cfg.model,), fn_constructor_kwargs=options,
         compute=ray.data.ActorPoolStrategy(min_size=cfg.min_actors, max_size=cfg.max_actors),
@@ -255,6 +264,10 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(EvaluateConfig, argv, prog="ecgvlm evaluate", doc=__doc__)
     # Predictor actors need not share the driver's working directory: local paths travel as absolute paths.
     cfg = launch.absolute_paths(cfg, "data", "out", "model", "adapter", "cache", outputs=("data", "out", "cache"))
+    if cfg.decoding == "smolvlm-study" and (endpoint_name(cfg.model) or cfg.engine != "hf"):
+        print("ecgvlm evaluate: --decoding smolvlm-study searches beams in-process: it needs --engine hf and a "
+              "model that is not openai:NAME", file=sys.stderr)
+        return 2
     if endpoint_name(cfg.model):
         try:  # a missing --api-base or key fails here, before any cluster starts
             endpoint_config(cfg), api_key(cfg)
