@@ -107,6 +107,29 @@ def test_a_turn_without_a_row_comes_from_the_history_of_a_later_one():
     assert text.index("Rhythm?") < text.index("GT AF") < text.index(judge.NO_RESPONSE) < text.index("Rate?")
 
 
+def test_hub_parquet_references_give_every_turn_as_prepare_names_it(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from metrics.inputs import read_references
+
+    convs = [[{"from": f, "value": v} for q, a in DIALOGUES[rid][0] for f, v in (("human", q), ("gpt", a))]
+             for rid in DIALOGUES]
+    pq.write_table(pa.table({"id": list(DIALOGUES), "conversations": convs}), tmp_path / "test-0.parquet")
+    refs = read_references(str(tmp_path / "test-0.parquet"), all_turns=True).set_index("id")
+    assert list(refs.index) == ["arena-0", "arena-0#t1", "arena-1", "arena-1#t1", "arena-1#t2", "arena-2",
+                                "arena-2#t1"]
+    assert refs.loc["arena-1#t2", "answer"] == "GT-1-3 compare with a previous ECG"
+    meta = json.loads(refs.loc["arena-1#t2", "meta"])
+    assert (meta["record_id"], meta["turn"], len(meta["history"])) == ("arena-1", 2, 4)
+    first = read_references(str(tmp_path / "test-0.parquet"))  # other tasks: the first turn, as before
+    assert list(first["id"]) == list(DIALOGUES) and first["answer"][0] == "GT-0-1 sinus bradycardia at 48 bpm"
+    pq.write_table(pa.table({"id": ["bad"], "conversations": [[{"from": "gpt", "value": "x"}]]}),
+                   tmp_path / "bad.parquet")
+    with pytest.raises(ValueError, match="record 'bad'.*turn 0"):
+        read_references(str(tmp_path / "bad.parquet"), all_turns=True)
+
+
 def test_arena_from_ecgbench_json_through_prepare_evaluate_and_judge(ray_cluster, tmp_path, capsys):
     path = make_arena(str(tmp_path / "bench"))
     data, out = str(tmp_path / "data"), str(tmp_path / "eval")
@@ -115,7 +138,8 @@ def test_arena_from_ecgbench_json_through_prepare_evaluate_and_judge(ray_cluster
     want = [rid if k == 0 else f"{rid}#t{k}" for rid, (turns, _) in DIALOGUES.items() for k in range(len(turns))]
     assert sorted(rows["id"]) == sorted(want) and set(rows["task"]) == {"arena"}
     last = json.loads(rows.set_index("id").loc["arena-1#t2", "meta"])
-    assert [t["text"] for t in last["history"]][1::2] == ["GT-1-1 wide QRS with rsR' in V1: RBBB", "GT-1-2 yes, normal axis"]
+    golds = [t["text"] for t in last["history"]][1::2]
+    assert golds == ["GT-1-1 wide QRS with rsR' in V1: RBBB", "GT-1-2 yes, normal axis"]
 
     assert cli.main(["evaluate", "--model", "tiny", "--data", data, "--out", out, "--batch-size", "4",
                      "--progress-s", "0", "--tracking", "none"]) == 0
