@@ -107,7 +107,7 @@ def judge_line(jd: dict) -> str:
             f"{jd['judged']} judged, {jd['failed']} failed)")
 
 
-def judge_rows(results: dict) -> list[list[str]]:
+def judge_record_rows(results: dict) -> list[list[str]]:
     """Per-record rows of the judged tasks that list their records (the arena): score, criteria, turns, error."""
     rows = []
     for name, r in results.items():
@@ -311,7 +311,7 @@ def write_report(results: dict, out_uri: str, samples=None, *, run: dict | None 
     if judged:
         sections.append(("LLM judge", ["task", "judge"], judged))
     if any((r.get("judge") or {}).get("records") for r in results.values()):
-        sections.append(("LLM judge, per record", JUDGE_HEADER, judge_rows(results)))
+        sections.append(("LLM judge, per record", JUDGE_HEADER, judge_record_rows(results)))
     if run:
         sections.insert(0, ("Run", RUN_HEADER, run_rows(run)))
     got = sample_rows(samples)
