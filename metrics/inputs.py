@@ -136,14 +136,39 @@ def _gold_texts(uri: str, ids, values) -> list:
     return out
 
 
+def _turn_text(uri: str, rid: str, k: int, item) -> str:
+    if isinstance(item, str):
+        return item
+    if isinstance(item, dict):
+        for key in ("response", "answer", "text"):
+            if isinstance(item.get(key), str):
+                return item[key]
+    raise ValueError(f"{uri}: record {rid!r} turn {k}: a response is neither text nor an object with "
+                     f"`response`, `answer` or `text`: {str(item)[:80]!r}")
+
+
+def _expand_turns(uri: str, ids: pd.Series, texts: pd.Series) -> pd.DataFrame:
+    """One prediction per turn from the reference's multi-turn output (the arena's: a list of responses per
+    record, ``[{"response": ...}, ...]``), ids as ``ecgvlm prepare`` names turns (``<id>``, ``<id>#t<k>``)."""
+    rows = []
+    for rid, value in zip(ids, texts):
+        items = list(value) if isinstance(value, (list, tuple, np.ndarray)) else [value]
+        rows += [{"id": rid if k == 0 else f"{rid}#t{k}", "prediction": _turn_text(uri, rid, k, item)}
+                 for k, item in enumerate(items)]
+    return pd.DataFrame(rows, columns=["id", "prediction"])
+
+
 def read_predictions(uri: str) -> pd.DataFrame:
-    """``id``, ``prediction`` (+ ``label_scores``, ``error``, ``question``, ``answer``, ``task`` where given)."""
+    """``id``, ``prediction`` (+ ``label_scores``, ``error``, ``question``, ``answer``, ``task`` where given).
+    A multi-turn output (a list of responses per line, as the reference's arena output) gives one row per turn."""
     raw = read_table(uri)
     ids = next((c for c in ("question_id", "id") if c in raw), None)
-    text = next((c for c in ("prediction", "text", "response") if c in raw), None)
+    text = next((c for c in ("prediction", "text", "response", "predict_convs") if c in raw), None)
     if ids is None or text is None:
         raise KeyError(f"{uri}: predictions need `question_id` or `id`, and `text`, `response` or `prediction`; "
                        f"have {sorted(raw.columns)}")
+    if raw[text].map(lambda v: isinstance(v, (list, tuple, np.ndarray))).any():
+        return _expand_turns(uri, raw[ids].astype(str), raw[text])
     out = pd.DataFrame({"id": raw[ids].astype(str), "prediction": raw[text]})
     if "prompt" in raw and "question" not in raw:  # the reference output keeps the question as `prompt`
         raw = raw.assign(question=raw["prompt"].map(lambda p: p.get("prompt") if isinstance(p, dict) else p))

@@ -185,3 +185,25 @@ def test_arena_from_ecgbench_json_through_prepare_evaluate_and_judge(ray_cluster
         assert again["score"] == jd["score"] and again["failed"] == 1
     finally:
         server.close()
+
+
+def test_the_reference_arena_output_gives_one_prediction_per_turn(tmp_path, capsys):
+    """PULSE's arena output (one line per record, a list of responses) against the ECGBench JSON; arena-1 lacks
+    its third response: a missing prediction, shown to the judge as no response."""
+    path = make_arena(str(tmp_path / "bench"))
+    lines = [{"question_id": rid, "response": [{"response": f"R-{rid}-{k}"} for k in range(len(turns))][:2]}
+             for rid, (turns, _) in DIALOGUES.items()]
+    (tmp_path / "arena.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    server = ArenaJudge()
+    try:
+        assert cli.main(["score", "--task", "ecg-arena", "--references", path, "--predictions",
+                         str(tmp_path / "arena.jsonl"), "--json", "--judge", "openai:j", "--judge-base", server.url]) == 0
+        result = json.loads(capsys.readouterr().out)
+    finally:
+        server.close()
+    assert result["input"]["missing_predictions"] == 1 and result["input"]["missing_examples"] == ["arena-1#t2"]
+    assert len(server.requests) == 3 and result["judge"]["score"] == 60.0
+    text = next(b["messages"][1]["content"] for b in server.requests if "GT-1-1" in b["messages"][1]["content"])
+    assert text.index("R-arena-1-0") < text.index("R-arena-1-1") < text.index("GT-1-3") < text.index(judge.NO_RESPONSE)
+    assert {r["id"]: r["answered_turns"] for r in result["judge"]["records"]} == {"arena-0": 2, "arena-1": 2,
+                                                                                  "arena-2": 2}
