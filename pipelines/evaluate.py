@@ -137,13 +137,6 @@ def endpoint_name(model: str) -> str | None:
     return model.split(":", 1)[1] if model.startswith("openai:") else None
 
 
-def decoding_options(decoding: str) -> dict:
-    """``num_beams`` and ``questions`` of a ``--decoding`` (``ecgtasks.registry.decoding_options``)."""
-    from ecgtasks.registry import decoding_options as options
-
-    return options(decoding)
-
-
 def tasks_budgets(cfg: EvaluateConfig) -> dict[str, int]:
     from metrics.tasks import budgets
 
@@ -217,6 +210,8 @@ def build_dataset(cfg: EvaluateConfig, done):
             fn_constructor_kwargs={"api_key": api_key(cfg), "budgets": budgets},
             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=1), batch_size=cfg.batch_size,
             batch_format="pandas", num_cpus=min(cfg.num_cpus, 0.25))
+    from ecgtasks.registry import decoding_options  # num_beams and questions of the --decoding
+
     options = {"adapter": cfg.adapter, "image_splitting": cfg.image_splitting, "longest_edge": cfg.longest_edge,
                "device": cfg.device, "dtype": cfg.dtype, "threads": cfg.threads, "budgets": budgets,
                "engine": cfg.engine, **decoding_options(cfg.decoding)}

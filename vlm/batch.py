@@ -56,7 +56,7 @@ def predict_rows(predictor, batch: pd.DataFrame, *, budgets: dict[str, int] | No
 
 
 def _predict_task(predictor, batch: pd.DataFrame, out: pd.DataFrame, task_name: str, positions: list[int],
-                  budgets: dict[str, int], num_beams: int = 1, questions: dict[str, str] | None = None) -> None:
+                  budgets: dict[str, int], num_beams: int, questions: dict[str, str]) -> None:
     start = time.perf_counter()
     try:
         task = get_task(task_name)
@@ -71,7 +71,7 @@ def _predict_task(predictor, batch: pd.DataFrame, out: pd.DataFrame, task_name: 
         try:
             image = _decode(row_id, batch["image"].iat[pos])
             history = row_history(batch["meta"].iat[pos]) if "meta" in batch else None
-            question = (questions or {}).get(task.name, batch["question"].iat[pos])
+            question = questions.get(task.name, batch["question"].iat[pos])
             out.at[pos, "question"] = question
             encoded.append(predictor.encode_one(image, question, max_new_tokens=budget, history=history))
             out.at[pos, "prompt_tokens"] = int(encoded[-1]["input_ids"].shape[1])
@@ -113,8 +113,8 @@ def _answers_and_scores(predictor, task, budget: int, encoded: list[dict], num_b
         from vlm.beam import beam_answers
 
         answers, cut = beam_answers(predictor, encoded, num_beams=num_beams, max_new_tokens=budget)
-        scores = predictor.run_encoded(encoded, max_new_tokens=budget, labels=labels, answers=answers)[1] \
-            if labels else None
+        scores = (predictor.run_encoded(encoded, max_new_tokens=budget, labels=labels, answers=answers)[1]
+                  if labels else None)
         return list(zip(answers, scores or [None] * len(answers), cut))
     # one call: the vision tower and the prompt run once per row, for the answer and the label scores alike
     answers, scores = predictor.run_encoded(encoded, max_new_tokens=budget, labels=labels)
