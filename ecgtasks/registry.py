@@ -216,7 +216,8 @@ ARENA = register(
         max_new_tokens=512,
         aliases=("ecg-arena",),
         metrics=("anls",),
-        description="ECG Arena multi-turn questions (LLM-judged in the paper; ANLS of the first answer here)",
+        description="ECG Arena multi-turn dialogues (each turn a row; ANLS per turn; the LLM judge of the paper "
+                    "with --judge, one judgment per dialogue)",
     )
 )
 
@@ -234,19 +235,29 @@ FREETEXT_TASK = register(
 
 # ---- decoding budgets ---------------------------------------------------------------------------------------
 PUBLISHED_MAX_NEW_TOKENS = 1024  # ECGBench (PULSE) decodes greedy with max_new_tokens 1024 for every task
-DECODINGS = ("ecgbench", "fast")
+STUDY_DECODING = "smolvlm-study"  # the prior SmolVLM study's evaluator: beam search, 4 beams, 32 new tokens
+STUDY_MAX_NEW_TOKENS, STUDY_NUM_BEAMS = 32, 4
+DECODINGS = ("ecgbench", "fast", STUDY_DECODING)
+# The study's evaluator asks each CODE-15 page its own prompt instead of ECGBench's question: the eight classes of
+# its scorer (metrics.study.LABELS) in its order and spelling (1dAVb written 1DAVB), answered comma-separated, no
+# explanation. The wording is ours; the classes, their order and spelling and the answer form are the study's.
+STUDY_QUESTION = ("<image>\nFrom this 12-lead ECG image, give the diagnoses that apply, choosing only among these "
+                  "labels: NORM, ABNORMAL, 1DAVB, RBBB, LBBB, SB, ST, AF.\nReply with the chosen labels only, "
+                  "separated by commas.")
 
 
 def budgets(decoding: str = "ecgbench", overrides: str | dict | None = None) -> dict[str, int]:
     """Max new tokens per task name: ``ecgbench`` gives every task the paper's 1024; ``fast`` each task's own
     short budget (``Task.max_new_tokens``: enough for its answer form, for smoke runs and models that do not stop);
-    ``overrides`` (``"code15=64,ecgqa=128"`` or a dict; names or aliases) win over either.
+    ``smolvlm-study`` the study's 32 for every task; ``overrides`` (``"code15=64,ecgqa=128"`` or a dict; names or
+    aliases) win over any of them.
 
     Example: ``budgets("fast", "code15-test=64")["code15"] == 64``; ``budgets()["mmmu"] == 1024``.
     """
     if decoding not in DECODINGS:
         raise ValueError(f"decoding must be one of {DECODINGS}, got {decoding!r}")
-    out = {t.name: (PUBLISHED_MAX_NEW_TOKENS if decoding == "ecgbench" else t.max_new_tokens) for t in all_tasks()}
+    fixed = {"ecgbench": PUBLISHED_MAX_NEW_TOKENS, STUDY_DECODING: STUDY_MAX_NEW_TOKENS}.get(decoding)
+    out = {t.name: fixed or t.max_new_tokens for t in all_tasks()}
     if isinstance(overrides, str):
         pairs = [p.strip() for p in overrides.split(",") if p.strip()]
         parsed = {}
@@ -259,3 +270,18 @@ def budgets(decoding: str = "ecgbench", overrides: str | dict | None = None) -> 
     for name, value in (overrides or {}).items():
         out[get_task(name).name] = int(value)  # an unknown task name raises, naming the known ones
     return out
+
+
+def decoding_options(decoding: str = "ecgbench") -> dict:
+    """What a decoding sets beside the budgets, as ``vlm.predict_rows`` takes it: ``num_beams`` (1: greedy, the
+    engine's batched path; more: beam search one row at a time, ``vlm.beam``) and ``questions`` (task -> the
+    question asked instead of the row's own). ``ecgbench`` and ``fast`` are greedy with the rows' questions;
+    ``smolvlm-study`` is the study's generation: 4 beams, and its prompt (:data:`STUDY_QUESTION`) for CODE-15.
+
+    Example: ``decoding_options("smolvlm-study") == {"num_beams": 4, "questions": {"code15": STUDY_QUESTION}}``.
+    """
+    if decoding not in DECODINGS:
+        raise ValueError(f"decoding must be one of {DECODINGS}, got {decoding!r}")
+    if decoding == STUDY_DECODING:
+        return {"num_beams": STUDY_NUM_BEAMS, "questions": {"code15": STUDY_QUESTION}}
+    return {"num_beams": 1, "questions": {}}

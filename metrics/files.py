@@ -17,10 +17,14 @@ def score_files(cfg, *, judge=None) -> dict:
     ``_samples`` (for the report)."""
     from metrics.inputs import join, only_task, prediction_lines, read_predictions, read_references
     from metrics.score import letter_stream, score_frame
+    from metrics.tasks import get_task
 
     rng = letter_stream(cfg.task, order=cfg.random_order, drawn_before=cfg.drawn_before)
-    # rows of other tasks (a mixed ECGInstruct split, a whole evaluation's predictions) are not this task's
-    refs, other_refs = only_task(read_references(cfg.references) if cfg.references else None, cfg.task)
+    # rows of other tasks (a mixed ECGInstruct split, a whole evaluation's predictions) are not this task's;
+    # a multi-turn task (the arena) scores every turn: turn k of record r is the row r#t<k>, as prepare writes it
+    multi = get_task(cfg.task).name == "arena"
+    refs, other_refs = only_task(read_references(cfg.references, all_turns=multi) if cfg.references else None,
+                                 cfg.task)
     preds, other_preds = only_task(read_predictions(cfg.predictions), cfg.task)
     frame, counts = join(refs, preds)
     counts.update(other_task_references=other_refs, other_task_predictions=other_preds)

@@ -75,19 +75,46 @@ def _turns(uri: str, ids, conversations, role: str) -> list:
         raise ValueError(f"{uri}: {e}") from None
 
 
-def read_references(uri: str) -> pd.DataFrame:
-    """``id``, ``question``, ``answer`` (and ``task`` where given) from ECGBench records or sample rows."""
+def _all_turns(uri: str, raw: pd.DataFrame) -> pd.DataFrame:
+    """One reference per (human, gpt) turn of every record, with the ids and ``meta`` that ``ecgvlm prepare``
+    gives its sample rows (``<id>``, ``<id>#t<k>``; ``record_id``, ``turn``, the earlier turns in ``history``)."""
+    from ecg.ecgbench import turn_pairs
+    from ecg.samples import RecordError
+
+    rows = []
+    for rid, conversations in zip(raw["id"].astype(str), raw["conversations"]):
+        try:
+            pairs = turn_pairs(conversations)
+        except RecordError as e:
+            raise ValueError(f"{uri}: record {rid!r}: {e}") from None
+        history: list[dict] = []
+        for k, (question, answer) in enumerate(pairs):
+            meta = {"record_id": rid, "turn": k, "history": list(history)}
+            rows.append({"id": rid if k == 0 else f"{rid}#t{k}", "question": question, "answer": answer,
+                         "meta": json.dumps(meta)})
+            history += [{"role": "user", "text": question}, {"role": "assistant", "text": answer}]
+    return pd.DataFrame(rows, columns=["id", "question", "answer", "meta"])
+
+
+def read_references(uri: str, *, all_turns: bool = False) -> pd.DataFrame:
+    """``id``, ``question``, ``answer`` (and ``task``, ``meta`` where given) from ECGBench records or sample rows.
+
+    ECGBench records give their first turn (the benchmark's question and gold), or with ``all_turns`` every
+    turn as its own row, ids and ``meta`` as ``ecgvlm prepare`` writes them (the arena's dialogues).
+    """
     raw = read_table(uri)
     if "id" not in raw and "No" in raw:  # the mmmu-ecg file keys its records by "No"
         raw = raw.rename(columns={"No": "id"})
     if "id" not in raw:
         raise KeyError(f"{uri}: references need an `id` column; have {sorted(raw.columns)}")
-    if "conversations" in raw:
+    if "conversations" in raw and all_turns:
+        out = _all_turns(uri, raw)
+    elif "conversations" in raw:
         ids = raw["id"].astype(str)
         out = pd.DataFrame({"id": ids, "question": _turns(uri, ids, raw["conversations"], "human"),
                             "answer": _turns(uri, ids, raw["conversations"], "gpt")})
     elif "answer" in raw:
-        out = raw[[c for c in ("id", "task", "question", "answer") if c in raw]].copy()
+        out = raw[[c for c in ("id", "task", "question", "answer", "meta") if c in raw]].copy()
         out["id"] = out["id"].astype(str)
     else:
         raise KeyError(f"{uri}: references need `conversations` (ECGBench) or `answer` (sample rows); "
@@ -107,14 +134,39 @@ def _gold_texts(uri: str, ids, values) -> list:
     return out
 
 
+def _turn_text(uri: str, rid: str, k: int, item) -> str:
+    if isinstance(item, str):
+        return item
+    if isinstance(item, dict):
+        for key in ("response", "answer", "text"):
+            if isinstance(item.get(key), str):
+                return item[key]
+    raise ValueError(f"{uri}: record {rid!r} turn {k}: a response is neither text nor an object with "
+                     f"`response`, `answer` or `text`: {str(item)[:80]!r}")
+
+
+def _expand_turns(uri: str, ids: pd.Series, texts: pd.Series) -> pd.DataFrame:
+    """One prediction per turn from the reference's multi-turn output (the arena's: a list of responses per
+    record, ``[{"response": ...}, ...]``), ids as ``ecgvlm prepare`` names turns (``<id>``, ``<id>#t<k>``)."""
+    rows = []
+    for rid, value in zip(ids, texts):
+        items = list(value) if isinstance(value, (list, tuple, np.ndarray)) else [value]
+        rows += [{"id": rid if k == 0 else f"{rid}#t{k}", "prediction": _turn_text(uri, rid, k, item)}
+                 for k, item in enumerate(items)]
+    return pd.DataFrame(rows, columns=["id", "prediction"])
+
+
 def read_predictions(uri: str) -> pd.DataFrame:
-    """``id``, ``prediction`` (+ ``label_scores``, ``error``, ``question``, ``answer``, ``task`` where given)."""
+    """``id``, ``prediction`` (+ ``label_scores``, ``error``, ``question``, ``answer``, ``task`` where given).
+    A multi-turn output (a list of responses per line, as the reference's arena output) gives one row per turn."""
     raw = read_table(uri)
     ids = next((c for c in ("question_id", "id") if c in raw), None)
-    text = next((c for c in ("prediction", "text", "response") if c in raw), None)
+    text = next((c for c in ("prediction", "text", "response", "predict_convs") if c in raw), None)
     if ids is None or text is None:
         raise KeyError(f"{uri}: predictions need `question_id` or `id`, and `text`, `response` or `prediction`; "
                        f"have {sorted(raw.columns)}")
+    if raw[text].map(lambda v: isinstance(v, (list, tuple, np.ndarray))).any():
+        return _expand_turns(uri, raw[ids].astype(str), raw[text])
     out = pd.DataFrame({"id": raw[ids].astype(str), "prediction": raw[text]})
     if "prompt" in raw and "question" not in raw:  # the reference output keeps the question as `prompt`
         raw = raw.assign(question=raw["prompt"].map(lambda p: p.get("prompt") if isinstance(p, dict) else p))

@@ -90,12 +90,34 @@ def format_table(results: dict) -> str:
                          f"HL {_f(sv['hamming_loss'])}, ANLS {_f(sv['anls'])}")
         jd = r.get("judge") or {}
         if jd:
-            parts.append(f"{name}: judge {jd['model']} (prompt {jd['prompt_version']}): score {_f(jd['score'])} "
-                         f"(Diagnosis {_f(jd['diagnosis'])}, Waveform {_f(jd['waveform'])}, Rhythm {_f(jd['rhythm'])}; "
-                         f"{jd['judged']} judged, {jd['failed']} failed)")
+            parts.append(f"{name}: {judge_line(jd)}")
         parts += [f"{name}: {w}" for w in r.get("warnings", [])]
         parts += [f"{name}: {n}" for n in (r.get("ecgbench") or {}).get("notes", [])]
     return "\n".join(parts)
+
+
+JUDGE_HEADER = ["record", "score", "criteria (0-10)", "turns", "error"]
+
+
+def judge_line(jd: dict) -> str:
+    """One line for a task's ``judge`` section: its judge, prompt version, score and the rubric's means."""
+    criteria = jd.get("criteria") or {"diagnosis": "Diagnosis", "waveform": "Waveform", "rhythm": "Rhythm"}
+    means = ", ".join(f"{label} {_f(jd.get(key))}" for key, label in criteria.items())
+    return (f"judge {jd['model']} (prompt {jd['prompt_version']}): score {_f(jd['score'])} ({means}; "
+            f"{jd['judged']} judged, {jd['failed']} failed)")
+
+
+def judge_record_rows(results: dict) -> list[list[str]]:
+    """Per-record rows of the judged tasks that list their records (the arena): score, criteria, turns, error."""
+    rows = []
+    for name, r in results.items():
+        jd = r.get("judge") or {}
+        labels = jd.get("criteria") or {}
+        for rec in jd.get("records") or []:
+            crit = ", ".join(f"{label} {_f(rec.get(key))}" for key, label in labels.items())
+            turns = f"{rec.get('answered_turns', '-')}/{rec.get('turns', '-')}" if "turns" in rec else "-"
+            rows.append([f"{name} {rec['id']}", _f(rec.get("score")), crit, turns, str(rec.get("error") or "")[:160]])
+    return rows
 
 
 def rerun_of(model: str | None) -> str | None:
@@ -285,6 +307,11 @@ def write_report(results: dict, out_uri: str, samples=None, *, run: dict | None 
                 ("CODE-15 by protocol, same predictions", PROTOCOL_HEADER, protocol_rows(results)),
                 ("CODE-15: published numbers beside ours", PUBLISHED_HEADER,
                  published_rows(results, model=(run or {}).get("model"), earlier=earlier))]
+    judged = [[name, judge_line(r["judge"])] for name, r in results.items() if r.get("judge")]
+    if judged:
+        sections.append(("LLM judge", ["task", "judge"], judged))
+    if any((r.get("judge") or {}).get("records") for r in results.values()):
+        sections.append(("LLM judge, per record", JUDGE_HEADER, judge_record_rows(results)))
     if run:
         sections.insert(0, ("Run", RUN_HEADER, run_rows(run)))
     got = sample_rows(samples)

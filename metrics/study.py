@@ -15,6 +15,18 @@ figures for the same predictions. Its rules (facts in ../shared/ECGBENCH.md, rea
 - "ANLS": difflib's SequenceMatcher ratio between the lower-cased printed label lists (``"['sb', 'st']"``), counted
   when at least 0.5 (else 0), averaged; a pair with an empty side is skipped, which never happens for printed lists.
 
+Reproducing the study end to end (its prompt, its decoding, its scorer)::
+
+    ecgvlm prepare  --source ecgbench --path ECGBench/code15-test --out data/code15
+    ecgvlm evaluate --model MODEL --data data/code15 --out eval/study --decoding smolvlm-study
+    ecgvlm score    --task code15 --predictions eval/study/predictions --protocol smolvlm-study
+
+``--decoding smolvlm-study`` is the study's generation (``ecgtasks.registry.decoding_options``): beam search with
+4 beams and 32 new tokens, one row at a time (``vlm.beam``), and each CODE-15 page asked the study's prompt
+(``ecgtasks.registry.STUDY_QUESTION``: its eight classes in its order and spelling, answered comma-separated; the
+wording is ours) instead of ECGBench's question. ``ecgvlm evaluate`` scores the same predictions by the three
+protocols, so the study's figures and the ECGBench ones for one model stand side by side.
+
 Example::
 
     study_labels("RBBB, SB")        # ['RBBB', 'SB']

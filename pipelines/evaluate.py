@@ -60,10 +60,12 @@ class EvaluateConfig(EndpointSettings):
                                               "or all (the three)")
     progress_s: float = Field(10.0, description="seconds between progress lines (a bar instead on a terminal)")
     # decoding (every model); OpenAI-compatible endpoints (--model openai:NAME) also take EndpointSettings' fields
-    decoding: Literal["ecgbench", "fast"] = Field(
-        "ecgbench", description="token budgets: ecgbench = the paper's 1024 per answer (a trained model stops at its "
-                                "end token, so it costs nothing); fast = each task's short budget (smoke runs, "
-                                "random-weight models, which never stop)")
+    decoding: Literal["ecgbench", "fast", "smolvlm-study"] = Field(
+        "ecgbench", description="ecgbench = greedy, the paper's 1024 tokens per answer (a trained model stops at its "
+                                "end token, so it costs nothing); fast = greedy, each task's short budget (smoke runs, "
+                                "random-weight models, which never stop); smolvlm-study = the prior study's "
+                                "generation: beam search, 4 beams, 32 tokens, one row at a time, its prompt for "
+                                "CODE-15 (in-process models, --engine hf)")
     max_new_tokens: str | None = Field(None, description="per-task budgets over --decoding, e.g. code15=64,ecgqa=128")
     api_base: str | None = Field(None, description="openai:NAME: base URL of the chat-completions API")
     api_key_env: str = Field("OPENAI_API_KEY", description="openai:NAME: environment variable holding the API key")
@@ -91,6 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(EvaluateConfig, argv, prog="ecgvlm evaluate", doc=__doc__)
     # Predictor actors need not share the driver's working directory: local paths travel as absolute paths.
     cfg = launch.absolute_paths(cfg, "data", "out", "model", "adapter", "cache", outputs=("data", "out", "cache"))
+    if cfg.decoding == "smolvlm-study" and (ev.endpoint_name(cfg.model) or cfg.engine != "hf"):
+        print("ecgvlm evaluate: --decoding smolvlm-study searches beams in-process: it needs --engine hf and a "
+              "model that is not openai:NAME", file=sys.stderr)
+        return 2
     if ev.endpoint_name(cfg.model):
         try:  # a missing --api-base or key fails here, before any cluster starts
             ev.endpoint_config(cfg), ev.api_key(cfg)

@@ -36,7 +36,8 @@ class ScoreConfig(BaseModel):
     json_out: bool = Field(False, description="print one JSON object instead of the table (also --json)")
     report: str | None = Field(None, description="folder (local or s3://) for report.md and report.html")
     seed: int = Field(0, description="bootstrap seed of the strict protocol's 95% intervals")
-    judge: str | None = Field(None, description="openai:NAME: an LLM judge scores free-text reports (ptbxl-report)")
+    judge: str | None = Field(None, description="openai:NAME: an LLM judge scores free-text reports (ptbxl-report) "
+                                                "or arena dialogues (arena), each task with its own rubric")
     judge_base: str | None = Field(None, description="base URL of the judge's chat-completions API")
     judge_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the judge's API key")
     judge_cache: str | None = Field(None, description="judge reply cache (folder or s3://; default "
@@ -72,13 +73,10 @@ def judge_frame(cfg: ScoreConfig, frame) -> dict:
     from urllib.parse import urlparse
 
     from ecg import storage
-    from metrics.judge import JUDGED_TASKS, summarize
-    from metrics.tasks import get_task
+    from metrics.judge import rubric, summarize
     from vlm.remote import judge_rows
 
-    task = get_task(cfg.task).name
-    if task not in JUDGED_TASKS:
-        raise ValueError(f"--judge scores {list(JUDGED_TASKS)} only (its rubric is the report rubric), not {task}")
+    rubric_ = rubric(cfg.task)  # ValueError for a task without a rubric
     if not cfg.judge.startswith("openai:") or not cfg.judge_base:
         raise ValueError("--judge takes openai:NAME and needs --judge-base URL")
     key = os.environ.get(cfg.judge_key_env, "")
@@ -88,9 +86,10 @@ def judge_frame(cfg: ScoreConfig, frame) -> dict:
                           else os.path.dirname(cfg.predictions) or ".")
     config = {"model": cfg.judge.split(":", 1)[1], "api_base": cfg.judge_base, "concurrency": cfg.judge_concurrency,
               "cache": cfg.judge_cache or storage.join(storage.absolute(base), "judge-cache")}
-    rows = judge_rows(frame, config, api_key=key or "unused")
-    out = summarize(rows.to_dict("records"), model=cfg.judge, api_base=cfg.judge_base)
-    out.update(requests=int(rows["requests"].sum()), cache_hits=int(rows["cache_hit"].sum()), cache=config["cache"])
+    rows = judge_rows(frame, config, api_key=key or "unused", task=rubric_.task)
+    out = summarize(rows.to_dict("records"), model=cfg.judge, api_base=cfg.judge_base, rubric=rubric_)
+    out.update(requests=int(rows["requests"].sum()) if len(rows) else 0,
+               cache_hits=int(rows["cache_hit"].sum()) if len(rows) else 0, cache=config["cache"])
     return out
 
 

@@ -21,7 +21,7 @@ class PredictorActor:
     """Loads ``vlm.Predictor`` once per actor; each call is ``vlm.predict_rows`` on a pandas batch."""
 
     def __init__(self, model: str, *, threads: int | None = None, engine: str = "hf", budgets: dict | None = None,
-                 **options):
+                 num_beams: int = 1, questions: dict | None = None, **options):
         if threads:
             import torch
 
@@ -38,10 +38,10 @@ class PredictorActor:
         else:
             self.predictor = vlm.Predictor(model, **options)
         self._predict = vlm.predict_rows
-        self.budgets = budgets
+        self.budgets, self.decoding = budgets, {"num_beams": num_beams, "questions": questions}
 
     def __call__(self, batch):
-        return self._predict(self.predictor, batch, budgets=self.budgets)
+        return self._predict(self.predictor, batch, budgets=self.budgets, **self.decoding)
 
 
 class EndpointActor:
@@ -130,9 +130,11 @@ def build_dataset(cfg, done):
             fn_constructor_kwargs={"api_key": api_key(cfg), "budgets": budgets},
             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=1), batch_size=cfg.batch_size,
             batch_format="pandas", num_cpus=min(cfg.num_cpus, 0.25))
+    from ecgtasks.registry import decoding_options  # num_beams and questions of the --decoding
+
     options = {"adapter": cfg.adapter, "image_splitting": cfg.image_splitting, "longest_edge": cfg.longest_edge,
                "device": cfg.device, "dtype": cfg.dtype, "threads": cfg.threads, "budgets": budgets,
-               "engine": cfg.engine}
+               "engine": cfg.engine, **decoding_options(cfg.decoding)}
     return ds.map_batches(
         PredictorActor, fn_constructor_args=(cfg.model,), fn_constructor_kwargs=options,
         compute=ray.data.ActorPoolStrategy(min_size=cfg.min_actors, max_size=cfg.max_actors),

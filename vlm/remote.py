@@ -278,38 +278,39 @@ class EndpointStage:
         return out
 
 
-def judge_rows(frame: pd.DataFrame, config: dict | EndpointConfig, *, api_key: str, max_tokens: int = 200,
-               sleep=time.sleep) -> pd.DataFrame:
-    """Scores of an LLM judge (metrics/judge.py's rubric) for rows with ``id``, ``question``, ``answer`` (the
-    reference report) and ``prediction``: one row per id with ``diagnosis``, ``waveform``, ``rhythm`` (0-10),
-    ``score`` (0-100), ``error``, ``requests``, ``cache_hit``. Temperature 0 and a JSON response format; every
-    reply is cached, so a rerun judges only the records not yet judged. An errored or empty prediction is not sent:
-    it scores 0 on every criterion (an empty report matches nothing).
+def judge_rows(frame: pd.DataFrame, config: dict | EndpointConfig, *, api_key: str, task: str = "ptbxl-report",
+               max_tokens: int | None = None, sleep=time.sleep) -> pd.DataFrame:
+    """Scores of an LLM judge (metrics/judge.py: the rubric of ``task``, ``ptbxl-report`` or ``arena``) for rows
+    with ``id``, ``question``, ``answer`` (the reference) and ``prediction`` (arena turn rows also ``meta``): one
+    row per judged record (a report; an arena dialogue) with the rubric's criteria (0-10), ``score`` (0-100),
+    ``error``, ``requests``, ``cache_hit``. Temperature 0 and a JSON response format; every reply is cached, so a
+    rerun judges only the records not yet judged. A record with nothing to judge (errored or empty predictions) is
+    not sent: it scores 0 on every criterion. A reply that is not the rubric's JSON is the record's ``error``.
     """
     from metrics import judge
 
+    rubric = judge.rubric(task)
     chat = ChatClient(config, api_key=api_key, sleep=sleep)
-    decoding = {"max_tokens": max_tokens, "temperature": 0.0, "response_format": {"type": "json_object"}}
+    decoding = {"max_tokens": max_tokens or rubric.max_tokens, "temperature": 0.0,
+                "response_format": {"type": "json_object"}}
 
-    def one(row: dict) -> dict:
-        out = {"id": str(row["id"]), "error": None, "requests": 0, "retries": 0, "cache_hit": False,
-               "sent_prompt_tokens": 0, "sent_completion_tokens": 0, **{c: 0.0 for c in judge.CRITERIA}, "score": 0.0}
-        text = row.get("prediction")
-        errored = isinstance(row.get("error"), str) and bool(row["error"])  # null or NaN: no error
-        if errored or not isinstance(text, str) or not text.strip():
+    def one(item: judge.Item) -> dict:
+        out = {"id": item.id, "error": None, "requests": 0, "retries": 0, "cache_hit": False,
+               "sent_prompt_tokens": 0, "sent_completion_tokens": 0, **{c: 0.0 for c in rubric.criteria},
+               "score": 0.0, **item.extra}
+        if item.messages is None:
             return out  # nothing to judge: every criterion 0
-        messages = judge.judge_messages(row.get("question") or "", reference=row.get("answer") or "", answer=text)
-        reply = chat.answer(out["id"], messages, messages, decoding, out)
+        reply = chat.answer(item.id, item.messages, item.messages, decoding, out)
         if reply is None:
             return out  # out["error"] names the cause
         try:
-            scores = judge.parse_reply(reply["content"])
+            scores = rubric.parse(reply["content"])
         except ValueError as err:
-            out["error"] = f"record {out['id']}: {err}"
+            out["error"] = f"record {item.id}: {err}"
             return out
-        out.update(scores, score=judge.record_score(scores))
+        out.update(scores, score=rubric.score(scores))
         return out
 
-    rows = frame.to_dict("records")
+    items = rubric.items(frame.to_dict("records"))
     with ThreadPoolExecutor(chat.cfg.concurrency, thread_name_prefix="judge") as pool:
-        return pd.DataFrame(list(pool.map(one, rows)))
+        return pd.DataFrame(list(pool.map(one, items)))
