@@ -161,7 +161,9 @@ def main(argv: list[str] | None = None) -> int:
         # both apps stay up and the measured windows alternate, so a change in the machine's load (other
         # processes) hits both modes alike; one predictor replica each, so the ratio measures batching alone
         for mode in urls:
-            cfg = {"model": args.model, "predictor": {"min_replicas": 1, "max_replicas": 1},
+            # all apps share the 2 CPUs: fractional shares that fit (one torch thread per replica alike)
+            share = {"num_cpus": round(1.5 / len(modes), 2), "min_replicas": 1, "max_replicas": 1}
+            cfg = {"model": args.model, "predictor": share, "ingress": {"num_cpus": 0.1},
                    "image_splitting": splitting,
                    "batching": {"enabled": mode == "on", "max_batch_size": args.max_batch_size,
                                 "batch_wait_timeout_s": args.batch_wait_s}}

@@ -86,7 +86,8 @@ def test_chat_completions_and_errors_are_shaped_as_the_hf_app(server):
     import requests
 
     uri = "data:image/png;base64," + base64.b64encode(page_png(9)).decode()
-    payload = {"model": "ecgvlm", "max_tokens": 5, "messages": [{"role": "user", "content": [
+    served = requests.get(f"{server}/v1/models", timeout=30).json()["data"][0]["id"]
+    payload = {"model": served, "max_tokens": 5, "messages": [{"role": "user", "content": [
         {"type": "text", "text": CODE15.question}, {"type": "image_url", "image_url": {"url": uri}}]}]}
     resp = requests.post(f"{server}/v1/chat/completions", json=payload, timeout=600)
     assert resp.status_code == 200, resp.text[:300]
