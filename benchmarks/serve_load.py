@@ -1,18 +1,22 @@
-"""Load test of the Serve app: N concurrent clients on 127.0.0.1, dynamic batching on vs off, in one run.
+"""Load test of the Serve app: N concurrent clients on 127.0.0.1, dynamic batching on vs off (and the vLLM
+engine's continuous batching with ``--modes on,off,vllm``), in one run.
 
-Starts a local Ray (2 CPUs) and Serve on a free port and deploys ``serving.app:build_app`` twice, batching
-on at /on and off at /off, one predictor replica each (no autoscaling: the ratio measures batching alone).
+Starts a local Ray (2 CPUs) and Serve on a free port and deploys ``serving.app:build_app`` once per mode,
+batching on at /on, off at /off and ``engine: vllm`` at /vllm (needs vLLM and a folder or ``random:DIR`` model),
+one predictor replica each (no autoscaling: the ratio measures batching alone).
 ``--clients`` threads each POST the same upload to /v1/diagnose back to back for ``--seconds``; the
 measured windows alternate between the two apps for ``--rounds`` rounds, so a busy machine's changing load
-hits both alike. Prints requests/s, p50/p99 latency, errors and the mean batch size per mode, then the
-throughput ratio.
+hits both alike. Prints requests/s, p50/p95/p99 latency, errors and the mean batch size per mode, then the
+throughput ratio of each mode to batching off.
 
     python benchmarks/serve_load.py --model tiny --clients 16 --seconds 10 --rounds 3
     python benchmarks/serve_load.py --payload csv      # signal upload: adds parsing + rendering per request
+    .venv-vllm/bin/python benchmarks/serve_load.py --model random:../shared/models/SmolVLM-256M-Instruct \
+        --modes on,off,vllm
 
 Example output (figures depend on the machine and its load)::
 
-    batching  clients  requests  req/s  p50_ms  p99_ms  errors  mean_batch
+    batching  clients  requests  req/s  p50_ms  p95_ms  p99_ms  errors  mean_batch
     on             16       ...
     off            16       ...
     batching on / off throughput: 3.2x
@@ -101,7 +105,7 @@ def summarize(runs: list[dict], clients: int) -> dict:
     elapsed = sum(r["elapsed"] for r in runs)
     return {"clients": clients, "seconds": round(elapsed, 1), "requests": len(lat),
             "rps": round(len(lat) / elapsed, 3), "p50_ms": round(percentile(lat, 50), 1),
-            "p99_ms": round(percentile(lat, 99), 1), "errors": len(errors),
+            "p95_ms": round(percentile(lat, 95), 1), "p99_ms": round(percentile(lat, 99), 1), "errors": len(errors),
             "mean_batch": round(sum(batches) / len(batches), 2) if batches else 0.0,
             "first_error": errors[0] if errors else None}
 
@@ -130,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-batch-size", type=int, default=16)
     p.add_argument("--batch-wait-s", type=float, default=0.01)
     p.add_argument("--payload", choices=("png", "csv"), default="png")
+    p.add_argument("--modes", default="on,off", help="comma list of on (@serve.batch), off, vllm (continuous)")
+    p.add_argument("--splitting", choices=("off", "on"), default=None, help="image splitting (default: as trained)")
     p.add_argument("--json", action="store_true", help="also print the results as one JSON line")
     args = p.parse_args(argv)
 
@@ -143,23 +149,33 @@ def main(argv: list[str] | None = None) -> int:
 
     files, fields = payload(args.payload)
     port = free_port()
-    urls = {mode: f"http://127.0.0.1:{port}/{mode}" for mode in ("on", "off")}
-    runs: dict[str, list[dict]] = {"on": [], "off": []}
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if "off" not in modes or set(modes) - {"on", "off", "vllm"}:
+        p.error(f"--modes {args.modes!r}: a comma list of on, off, vllm that includes off (the baseline)")
+    urls = {mode: f"http://127.0.0.1:{port}/{mode}" for mode in modes}
+    runs: dict[str, list[dict]] = {mode: [] for mode in modes}
+    splitting = None if args.splitting is None else args.splitting == "on"
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         # both apps stay up and the measured windows alternate, so a change in the machine's load (other
         # processes) hits both modes alike; one predictor replica each, so the ratio measures batching alone
         for mode in urls:
-            cfg = {"model": args.model, "predictor": {"min_replicas": 1, "max_replicas": 1},
+            # all apps share the 2 CPUs: fractional shares that fit (one torch thread per replica alike)
+            share = {"num_cpus": round(1.5 / len(modes), 2), "min_replicas": 1, "max_replicas": 1}
+            cfg = {"model": args.model, "predictor": share, "ingress": {"num_cpus": 0.1},
+                   "image_splitting": splitting,
                    "batching": {"enabled": mode == "on", "max_batch_size": args.max_batch_size,
                                 "batch_wait_timeout_s": args.batch_wait_s}}
+            if mode == "vllm":  # one engine, its running batch as large as the HF batch
+                cfg.update(engine="vllm", dtype="bfloat16", vllm={"max_num_seqs": args.max_batch_size,
+                                                                   "engine_kwargs": {"enforce_eager": True}})
             serve.run(build_app(cfg), name=f"ecgvlm-{mode}", route_prefix=f"/{mode}")
         for mode, url in urls.items():
             wait_healthy(url)
             drive(url, args.clients, args.warmup, files, fields)
         for i in range(args.rounds):
-            for mode in (("on", "off") if i % 2 == 0 else ("off", "on")):
+            for mode in (modes if i % 2 == 0 else modes[::-1]):
                 runs[mode].append(drive(urls[mode], args.clients, args.seconds, files, fields))
                 r = summarize(runs[mode][-1:], args.clients)
                 print(f"round {i} batching {mode}: {r}", file=sys.stderr, flush=True)
@@ -168,17 +184,19 @@ def main(argv: list[str] | None = None) -> int:
         ray.shutdown()
 
     results = {mode: summarize(r, args.clients) for mode, r in runs.items()}
-    cols = ("clients", "seconds", "requests", "rps", "p50_ms", "p99_ms", "errors", "mean_batch")
+    cols = ("clients", "seconds", "requests", "rps", "p50_ms", "p95_ms", "p99_ms", "errors", "mean_batch")
     print(f"model={args.model} payload={args.payload} rounds={args.rounds}x{args.seconds}s "
           f"max_batch_size={args.max_batch_size} batch_wait_s={args.batch_wait_s} cpus={os.cpu_count()} "
           f"load_avg_1min={os.getloadavg()[0]:.1f}")
     print("batching  " + "  ".join(f"{c:>10}" for c in cols))
     for mode, r in results.items():
         print(f"{mode:<8}  " + "  ".join(f"{r[c]:>10}" for c in cols))
-    ratio = results["on"]["rps"] / results["off"]["rps"] if results["off"]["rps"] else float("inf")
-    print(f"batching on / off throughput: {ratio:.2f}x")
+    off = results["off"]["rps"]
+    ratios = {m: (results[m]["rps"] / off if off else float("inf")) for m in modes if m != "off"}
+    for mode, ratio in ratios.items():
+        print(f"{'batching on' if mode == 'on' else 'vllm continuous'} / off throughput: {ratio:.2f}x")
     if args.json:
-        print(json.dumps({"results": results, "ratio": ratio}))
+        print(json.dumps({"results": results, "ratios": ratios}))
     return 0 if all(r["errors"] == 0 for r in results.values()) else 1
 
 

@@ -232,6 +232,7 @@ class Ingress:
             "label_scores": json.loads(scores) if isinstance(scores, str) else scores,
             "input": {"kind": upload.kind, **upload.meta},
             "batch_size": int(out.get("batch_size", 1)),
+            "label_scoring": out.get("label_scoring", "label probabilities" if scores is not None else "off"),
             "prompt_tokens": int(out["prompt_tokens"]) if out.get("prompt_tokens") is not None else None,
             "model_latency_ms": _float(out.get("latency_ms")),
             "latency_ms": round((time.perf_counter() - start) * 1000, 2),
@@ -269,10 +270,16 @@ def build_app(args: dict | AppConfig | None = None):
     """The application ``serve run serving/config.yaml`` (and ``ecgvlm serve``) deploys, from its ``args``."""
     cfg = args if isinstance(args, AppConfig) else AppConfig.model_validate(args or {})
     scale = cfg.predictor
-    predictor = Predictor.options(
+    if cfg.engine == "vllm":  # vLLM is imported in the replica only: this module imports without it
+        from serving.vllm_replica import VLLMReplica
+
+        deployment, ongoing = VLLMReplica, max(scale.max_ongoing_requests, cfg.vllm.max_num_seqs)
+    else:
+        deployment, ongoing = Predictor, max(scale.max_ongoing_requests, cfg.batching.max_batch_size)
+    predictor = deployment.options(
         ray_actor_options={"num_cpus": scale.num_cpus, "num_gpus": scale.num_gpus},
         autoscaling_config=scale.autoscaling(),
-        max_ongoing_requests=max(scale.max_ongoing_requests, cfg.batching.max_batch_size),
+        max_ongoing_requests=ongoing,
     ).bind(cfg.model_dump())
     return Ingress.options(
         ray_actor_options={"num_cpus": cfg.ingress.num_cpus},

@@ -10,6 +10,7 @@ Example::
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -28,6 +29,18 @@ class Batching(BaseModel):
     def effective(self) -> tuple[int, float]:
         """(max_batch_size, batch_wait_timeout_s) as applied: (1, 0.0) when batching is off."""
         return (self.max_batch_size, self.batch_wait_timeout_s) if self.enabled else (1, 0.0)
+
+
+class VLLMOptions(BaseModel):
+    """The vLLM engine (``engine: vllm``): continuous batching in vLLM's async engine, no ``@serve.batch``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_num_seqs: int = Field(64, ge=1, description="most sequences vLLM decodes at once (its running batch)")
+    max_model_len: int = Field(4096, ge=64, description="context length vLLM reserves per sequence")
+    label_scores: bool = Field(True, description="label scores from prompt log-probabilities (off: null)")
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="more vllm.AsyncEngineArgs fields, "
+                                          "e.g. enforce_eager, gpu_memory_utilization, hf_overrides")
 
 
 class PredictorScaling(BaseModel):
@@ -77,6 +90,8 @@ class AppConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str = Field("tiny", description='"tiny", a Hugging Face id, an export folder, or "random:PATH"')
+    engine: Literal["hf", "vllm"] = Field("hf", description='"hf": transformers with @serve.batch dynamic '
+                                          'batching; "vllm": vLLM\'s async engine, continuous batching')
     adapter: str | None = Field(None, description="LoRA adapter folder applied on top of the model")
     device: str = Field("auto", description='"auto", "cpu", "cuda"')
     dtype: str = Field("auto")
@@ -87,6 +102,7 @@ class AppConfig(BaseModel):
                                  "default: the predictor's name")
     default_task: str = Field("code15", description="task of /v1/diagnose and chat when none is given")
     batching: Batching = Field(default_factory=Batching)
+    vllm: VLLMOptions = Field(default_factory=VLLMOptions)
     predictor: PredictorScaling = Field(default_factory=PredictorScaling)
     ingress: IngressScaling = Field(default_factory=IngressScaling)
     limits: Limits = Field(default_factory=Limits)
@@ -100,6 +116,16 @@ class AppConfig(BaseModel):
             return get_task(name).name
         except KeyError as err:
             raise ValueError(err.args[0]) from None
+
+    @model_validator(mode="after")
+    def _engine_fits(self):
+        if self.engine == "vllm":
+            if self.model == "tiny":
+                raise ValueError("engine vllm loads a folder, a HF id or random:DIR; the tiny preset exists only "
+                                 "in memory: export it first (vlm.export) and pass the export folder")
+            if self.adapter is not None:
+                raise ValueError("engine vllm serves merged models: merge the adapter into an export first")
+        return self
 
 
 def load_serve_yaml(path: str | Path) -> tuple[dict, AppConfig]:

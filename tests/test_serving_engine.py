@@ -1,0 +1,64 @@
+"""The serving app's engine choice without vLLM installed: config validation of ``engine`` and its options, the
+vLLM app graph built without importing vLLM, and the vLLM replica's clear error when vLLM is missing (the engine
+itself runs in tests/test_serving_vllm.py, in make test-vllm's environment)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+
+import pytest
+from pydantic import ValidationError
+
+from serving.config import AppConfig
+
+HAVE_VLLM = importlib.util.find_spec("vllm") is not None
+
+
+def test_the_hf_engine_stays_the_default():
+    cfg = AppConfig.model_validate({})
+    assert cfg.engine == "hf" and cfg.vllm.label_scores and cfg.vllm.max_num_seqs == 64
+
+
+def test_engine_names_and_vllm_options_are_validated(smolvlm_dir):
+    with pytest.raises(ValidationError, match="engine"):
+        AppConfig.model_validate({"engine": "tgi"})
+    with pytest.raises(ValidationError, match="export it first"):
+        AppConfig.model_validate({"engine": "vllm"})  # the default model is the in-memory tiny preset
+    with pytest.raises(ValidationError, match="merge the adapter"):
+        AppConfig.model_validate({"engine": "vllm", "model": f"random:{smolvlm_dir}", "adapter": "/runs/lora"})
+    with pytest.raises(ValidationError, match="max_num_seqs"):
+        AppConfig.model_validate({"engine": "vllm", "model": f"random:{smolvlm_dir}", "vllm": {"max_num_seqs": 0}})
+    with pytest.raises(ValidationError, match="max_num_sequences"):  # a misspelt option is refused, not ignored
+        AppConfig.model_validate({"model": f"random:{smolvlm_dir}", "vllm": {"max_num_sequences": 8}})
+    cfg = AppConfig.model_validate({"engine": "vllm", "model": f"random:{smolvlm_dir}",
+                                    "vllm": {"label_scores": False, "engine_kwargs": {"enforce_eager": True}}})
+    assert cfg.vllm.engine_kwargs == {"enforce_eager": True} and not cfg.vllm.label_scores
+
+
+def test_the_cli_takes_the_engine_as_a_flag(smolvlm_dir):
+    from pipelines.serve import parse_args
+
+    job = parse_args(["--model", f"random:{smolvlm_dir}", "--app.engine", "vllm", "--app.vllm.max-num-seqs", "8"])
+    assert job.app.engine == "vllm" and job.app.vllm.max_num_seqs == 8
+
+
+def test_the_vllm_app_builds_without_importing_vllm(smolvlm_dir):
+    from serving.app import build_app
+
+    app = build_app({"engine": "vllm", "model": f"random:{smolvlm_dir}", "vllm": {"max_num_seqs": 96}})
+    predictor = app._bound_deployment.init_args[0]  # Ingress(predictor, config)
+    assert predictor._bound_deployment.name == "Predictor"
+    assert predictor._bound_deployment.func_or_class.__name__ == "VLLMReplica"
+    assert predictor._bound_deployment.max_ongoing_requests == 96  # the whole running batch can be in flight
+    hf = build_app({"model": "tiny"})._bound_deployment.init_args[0]._bound_deployment
+    assert hf.func_or_class.__name__ == "Predictor"
+    assert HAVE_VLLM or "vllm" not in sys.modules
+
+
+@pytest.mark.skipif(HAVE_VLLM, reason="vLLM is installed here")
+def test_without_vllm_the_replica_says_how_to_install_it(smolvlm_dir):
+    from serving.vllm_replica import VLLMReplica
+
+    with pytest.raises(ImportError, match=r"pip install 'ecgvlm\[vllm\]'"):
+        VLLMReplica.func_or_class({"engine": "vllm", "model": f"random:{smolvlm_dir}"})
