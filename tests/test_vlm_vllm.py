@@ -106,6 +106,10 @@ def test_vllm_engine_answers_and_scores_the_real_architecture(smolvlm_dir, split
     assert len(answers) == 2 and all(a for a in answers)  # dummy weights: some text, 6 tokens long
     assert all(list(s) == LABELS and all(0.0 <= v <= 1.0 for v in s.values()) for s in scores)
     frame = pd.DataFrame({"id": ["a", "b"], "task": ["code15"] * 2, "image": [to_bytes(p) for p in pages],
-                          "question": [QUESTION] * 2, "answer": [""] * 2})  # fmt: skip
+                          "question": [QUESTION] * 2, "answer": [""] * 2,
+                          "meta": ["{}", json.dumps({"history": [{"role": "user", "text": "<image>\\nRate?"},
+                                                                 {"role": "assistant", "text": "60 bpm"}]})]})
     out = vlm.predict_rows(predictor, frame)
-    assert out["error"].isna().all() and out["label_scores"].notna().all()
+    assert out["error"].isna().all() and out["label_scores"].notna().all(), out["error"].tolist()
+    assert (out["prompt_tokens"] > 0).all()
+    assert out["prompt_tokens"].iat[1] > out["prompt_tokens"].iat[0]  # the earlier turns are in the prompt

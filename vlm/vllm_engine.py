@@ -44,9 +44,10 @@ def engine_args(model: str, *, image_splitting: bool, dtype: str = "auto", max_n
             "enable_prefix_caching": True, **extra}  # fmt: skip
 
 
-def build_request(processor, page, question: str) -> dict:
-    """One vLLM prompt: the chat-formatted question (the image placeholder first, as the HF engine) and the page."""
-    return {"prompt": chat_prompt(processor, question), "multi_modal_data": {"image": page}}
+def build_request(processor, page, question: str, history=None) -> dict:
+    """One vLLM prompt: the chat-formatted question after a multi-turn record's earlier turns ``history`` (the
+    image placeholder first, as the HF engine) and the page."""
+    return {"prompt": chat_prompt(processor, question, history), "multi_modal_data": {"image": page}}
 
 
 def continuation_request(request: dict, text: str) -> dict:
@@ -93,14 +94,18 @@ class VLLMPredictor:
         tok = self.tokenizer
         self.stop_ids = sorted({i for i in (eou, tok.eos_token_id) if i is not None and i != tok.unk_token_id})
 
-    def encode_one(self, image, question: str, *, max_new_tokens: int = 0) -> dict:
+    def encode_one(self, image, question: str, *, max_new_tokens: int = 0, history=None) -> dict:
         """One request; ValueError if the text prompt alone leaves no room for the answer."""
         page = image if image.mode == "RGB" else image.convert("RGB")
-        request = build_request(self.processor, page, question)
+        request = build_request(self.processor, page, question, history)
         n = len(self.tokenizer(request["prompt"], add_special_tokens=False)["input_ids"])
         if n + max_new_tokens > self.max_positions:
             raise ValueError(f"prompt too long: {n} text tokens + {max_new_tokens} > {self.max_positions}")
         return request
+
+    def prompt_tokens(self, request: dict) -> int:
+        """Text tokens of a request's prompt (the image placeholder counted once: vLLM expands it itself)."""
+        return len(self.tokenizer(request["prompt"], add_special_tokens=False)["input_ids"])
 
     def _continuation(self, prefix: str, label: str) -> tuple[list[int], int]:
         tok = self.tokenizer
