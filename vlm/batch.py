@@ -74,9 +74,7 @@ def _predict_task(predictor, batch: pd.DataFrame, out: pd.DataFrame, task_name: 
             question = questions.get(task.name, batch["question"].iat[pos])
             out.at[pos, "question"] = question
             encoded.append(predictor.encode_one(image, question, max_new_tokens=budget, history=history))
-            enc = encoded[-1]  # the HF engine's processor output, or a vLLM request (vlm.vllm_engine)
-            out.at[pos, "prompt_tokens"] = (int(enc["input_ids"].shape[1]) if "input_ids" in enc
-                                            else predictor.prompt_tokens(enc))
+            out.at[pos, "prompt_tokens"] = predictor.prompt_tokens(encoded[-1])
             good.append(pos)
         except Exception as exc:
             msg = str(exc) if row_id in str(exc) else f"record {row_id}: {exc}"

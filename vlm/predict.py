@@ -121,6 +121,11 @@ class Predictor:
             raise ValueError(f"prompt too long: {n} tokens > limit {limit} (max positions {self.max_positions})")
         return dict(batch)
 
+    @staticmethod
+    def prompt_tokens(encoded: dict) -> int:
+        """Prompt tokens of a row from :meth:`encode_one`, image tokens included."""
+        return int(encoded["input_ids"].shape[1])
+
     # ---- generation and label scoring: one vision pass per image, one prompt pass per row ---------------
     @torch.inference_mode()
     def run_encoded(self, rows: list[dict], *, max_new_tokens: int, labels: list[str] | None = None,
