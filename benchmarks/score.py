@@ -70,8 +70,9 @@ def generate(n: int, seed: int, scores: bool) -> pa.Table:
     else:
         cols["label_scores"] = pa.nulls(n, pa.string())
     cols.update(model=pa.array(["bench"] * n), error=pa.nulls(n, pa.string()), latency_ms=pa.array(np.zeros(n)),
-                truncated=pa.nulls(n, pa.bool_()))
-    return pa.table(cols).cast(PREDICTION_SCHEMA)
+                prompt_tokens=pa.nulls(n, pa.int64()), truncated=pa.nulls(n, pa.bool_()))
+    # by name, in the schema's order: a column the schema gains later fails here naming it, not as a mismatch
+    return pa.table([cols[f.name] for f in PREDICTION_SCHEMA], schema=PREDICTION_SCHEMA)
 
 
 def reference_loop(gold: list[str], texts: list[str]) -> tuple[float, float, float]:

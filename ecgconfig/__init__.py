@@ -19,8 +19,10 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import os
 import re
 import sys
+import textwrap
 import types
 import typing
 from typing import Any, Callable
@@ -29,7 +31,8 @@ from pydantic import BaseModel, ValidationError
 
 BOOL_WORDS = {"true", "false", "yes", "no", "on", "off", "1", "0", "null", "none"}
 EPILOG = ("--config FILE.yaml gives any of these fields; flags override it. Nested fields: --a.b value. "
-          "Booleans: --flag, --no-flag or --flag true|false. Dicts and lists: JSON or YAML flow, e.g. '{k: 1}'.")
+          "Booleans: --flag, --no-flag or --flag true|false. Dicts and lists: JSON or YAML flow, e.g. '{k: 1}'. "
+          "-v (--verbose) shows Ray's own log lines, quiet by default.")
 
 
 def kebab(name: str) -> str:
@@ -179,13 +182,100 @@ def _error_lines(err: ValidationError, kinds: dict, config: str | None) -> list[
     return lines
 
 
+def _usage(doc: str) -> str:
+    """The user's part of a job's docstring: its first line and its example commands, without RST marks."""
+    paragraphs = [p for p in doc.strip().split("\n\n") if p.strip()]
+    keep = paragraphs[:1] + [p for p in paragraphs[1:2] if p.startswith("    ")]
+    return "\n\n".join(keep).replace("``", "")
+
+
+def _metavar(annotation, kind: str) -> str:
+    if kind == "bool":
+        return " [true|false]"
+    if kind in ("dict", "list", "model"):
+        return " JSON"
+    args = [a for a in typing.get_args(annotation) if a is not type(None)] or [annotation]
+    if typing.get_origin(annotation) is typing.Literal or typing.get_origin(args[0]) is typing.Literal:
+        values = typing.get_args(annotation if typing.get_origin(annotation) is typing.Literal else args[0])
+        return " {" + ",".join(str(v) for v in values) + "}"
+    return {int: " INT", float: " NUMBER"}.get(args[0], " TEXT")
+
+
+def _default(field) -> str:
+    """`` (default: X)`` once: nothing where the description already says it, for None, or for an empty dict."""
+    desc = (field.description or "").lower()
+    if field.is_required():
+        return " (required)"
+    value = field.get_default(call_default_factory=True)
+    if value is None or value in ({}, [], "") or isinstance(value, BaseModel) or "default" in desc:
+        return ""
+    if isinstance(value, bool):
+        value = str(value).lower()
+    return f" (default: {value})"
+
+
+def _fields(model: type[BaseModel], prefix: str = ""):
+    """``(flag, field, kind, declared on)`` for every field, nested models' fields after their own flag."""
+    for name, field in model.model_fields.items():
+        flag, kind = prefix + kebab(name), _kind(field.annotation)
+        owner = next((c for c in reversed(model.__mro__) if name in getattr(c, "__annotations__", {})), model)
+        yield flag, field, kind, owner
+        if kind == "model":
+            inner = next(a for a in (field.annotation, *typing.get_args(field.annotation))
+                         if isinstance(a, type) and issubclass(a, BaseModel))
+            yield from _fields(inner, flag + ".")
+
+
+def help_text(model: type[BaseModel], *, prog: str, doc: str = "", main: tuple[str, ...] = (),
+              endpoint: tuple[str, ...] = ()) -> str:
+    """``--help`` for users: the job's examples, then its main flags (``main``, in that order), then the others,
+    then the ones for OpenAI-compatible endpoints only (``endpoint``, and every field a class named ``Endpoint*``
+    declares); each flag's description with its default once.
+
+    Example: ``help_text(PrepareConfig, prog="ecgvlm prepare", main=("source", "out"))``.
+    """
+    sections: dict[str, list[str]] = {"main options": [], "other options": [], "endpoint options": []}
+    rows = {}
+    for flag, field, kind, owner in _fields(model):
+        desc = " ".join((field.description or "").split())
+        line = f"  --{flag}{_metavar(field.annotation, kind)}"
+        text = f"{desc}{_default(field)}".strip()
+        text = ("\n" + " " * 35).join(textwrap.wrap(text, 84))
+        line = f"{line:<34} {text}" if len(line) < 34 else f"{line}\n{'':<34} {text}"
+        only = flag in map(kebab, endpoint) or (owner is not model and owner.__name__.startswith("Endpoint"))
+        rows[flag] = (line, "endpoint options" if only else "other options")
+    for flag in main:
+        if kebab(flag) in rows:
+            sections["main options"].append(rows.pop(kebab(flag))[0])
+    for line, section in rows.values():
+        sections[section].append(line)
+    titles = {"main options": "main options", "other options": "other options",
+              "endpoint options": "options for --model openai:NAME (an OpenAI-compatible endpoint) only"}
+    out = [f"usage: {prog} [--config FILE.yaml] [options]", "", _usage(doc) if doc else "", "",
+           f"  {'--config FILE':<32} YAML file with any of the fields below; flags override it"]
+    for key, lines in sections.items():
+        if lines:
+            out += ["", f"{titles[key]}:"] + lines
+    return "\n".join(out + ["", EPILOG])
+
+
 def load_config(model: type[BaseModel], argv: list[str] | None, *, prog: str, doc: str = "",
-                aliases: dict[str, str] | None = None, read_yaml: Callable[[str], dict] | None = None):
+                aliases: dict[str, str] | None = None, read_yaml: Callable[[str], dict] | None = None,
+                main: tuple[str, ...] = (), endpoint: tuple[str, ...] = ()):
     """The job's config from ``--config FILE`` (``read_yaml``: its fields, by default the YAML mapping itself)
-    and flags (``aliases``: old flag -> field flag, both kebab without ``--``, e.g. ``{"json": "json-out"}``)."""
+    and flags (``aliases``: old flag -> field flag, both kebab without ``--``, e.g. ``{"json": "json-out"}``).
+    ``--help`` prints :func:`help_text` (``main``: the fields listed first; ``endpoint``: fields for
+    ``--model openai:NAME`` only) and exits 0; ``-v`` sets
+    ``ECGVLM_VERBOSE=1`` (the jobs then leave Ray's own log lines on)."""
     from pydantic_settings import BaseSettings, CliSettingsSource, SettingsConfigDict, SettingsError
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in argv):
+        print(help_text(model, prog=prog, doc=doc, main=main, endpoint=endpoint))
+        raise SystemExit(0)
+    if any(a in ("-v", "--verbose") for a in argv):  # every job's: Ray's own log lines back (pipelines.launch)
+        os.environ["ECGVLM_VERBOSE"] = "1"
+        argv = [a for a in argv if a not in ("-v", "--verbose")]
     kinds = flag_kinds(model)
     config, flags, direct = split_argv(argv, kinds, aliases or {})
     parser = _Parser(prog=prog, description=doc, epilog=EPILOG, allow_abbrev=False,

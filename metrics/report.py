@@ -76,6 +76,15 @@ def _text_table(header, rows) -> str:
     return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
 
+def headline(results: dict) -> str:
+    """The task table alone, one row per task: n, errors, the ECGBench F1 / AUC / HL / accuracy / ANLS and the strict
+    figures with their 95% intervals (x100): what ``ecgvlm evaluate`` prints when it ends.
+
+    Example: ``print(headline({"code15": score_frame("code15", frame)}))``.
+    """
+    return _text_table(TASK_HEADER, task_rows(results))
+
+
 def format_table(results: dict) -> str:
     """A readable plain-text summary: the task table, per-class rows, warnings."""
     parts = ["ECGBench protocol (published rules; x100, one decimal) and strict protocol (95% bootstrap CI)",

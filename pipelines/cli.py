@@ -6,6 +6,7 @@
     ecgvlm score    --task code15 --references R --predictions P
     ecgvlm serve    --model tiny --port 8000
     ecgvlm demo
+    ecgvlm --version
 
 Each subcommand is also ``python -m pipelines.<name>`` (for ``ray job submit``).
 Heavy imports happen inside each job's ``main``, so ``ecgvlm --help`` is instant.
@@ -26,12 +27,29 @@ COMMANDS = {
 }
 
 
+def version() -> str:
+    """The installed package's version, e.g. ``"0.1.0"`` (``"unknown"`` when run from a tree never installed)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("ecgvlm")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] in (["--version"], ["-V"]):
+        print(f"ecgvlm {version()}")
+        return 0
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         width = max(map(len, COMMANDS))
         lines = [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
-        print("usage: ecgvlm <command> [options]\n\ncommands:\n" + "\n".join(lines))
+        print("usage: ecgvlm <command> [options]\n\ncommands:\n" + "\n".join(lines)
+              + "\n\n`ecgvlm <command> --help` lists its options, the main ones first; -v shows Ray's own log lines; "
+              "--version prints the version.")
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"ecgvlm: unknown command {argv[0]!r}", file=sys.stderr)
         return 0 if argv[:1] in ([], ["-h"], ["--help"]) else 2
     module = importlib.import_module(COMMANDS[argv[0]][0])
     return int(module.main(argv[1:]) or 0)

@@ -38,7 +38,7 @@ class DemoConfig(BaseModel):
 def parse_args(argv) -> DemoConfig:
     from ecgconfig import load_config
 
-    return load_config(DemoConfig, argv, prog="ecgvlm demo", doc=__doc__)
+    return load_config(DemoConfig, argv, prog="ecgvlm demo", doc=__doc__, main=("workdir", "n", "max_minutes"))
 
 
 def _stage(title: str) -> float:

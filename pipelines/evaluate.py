@@ -86,13 +86,21 @@ class EvaluateConfig(EndpointSettings):
         return [actor] * self.min_actors + [{"CPU": 0.1}]
 
 
+# the flags --help lists first
+MAIN = ("model", "data", "split", "out", "decoding", "tasks", "limit", "engine", "batch_size", "num_gpus",
+        "max_actors")
+
+
 def main(argv: list[str] | None = None) -> int:
     from pipelines import launch
     from vlm import evaluation as ev
 
-    cfg = load_config(EvaluateConfig, argv, prog="ecgvlm evaluate", doc=__doc__)
+    cfg = load_config(EvaluateConfig, argv, prog="ecgvlm evaluate", doc=__doc__, main=MAIN,
+                      endpoint=("api_base", "api_key_env", "price_input_per_mtok", "price_output_per_mtok"))
     # Predictor actors need not share the driver's working directory: local paths travel as absolute paths.
     cfg = launch.absolute_paths(cfg, "data", "out", "model", "adapter", "cache", outputs=("data", "out", "cache"))
+    launch.check_paths("ecgvlm evaluate", model=cfg.model, adapter=cfg.adapter, data=cfg.data, split=cfg.split,
+                       out=cfg.out)
     if cfg.decoding == "smolvlm-study" and (ev.endpoint_name(cfg.model) or cfg.engine != "hf"):
         print("ecgvlm evaluate: --decoding smolvlm-study searches beams in-process: it needs --engine hf and a "
               "model that is not openai:NAME", file=sys.stderr)
@@ -107,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from ecg import shards, storage
     from metrics import tracking
-    from metrics.report import earlier_runs, write_report
+    from metrics.report import earlier_runs, headline, write_report
 
     earlier = earlier_runs(cfg.compare)  # read first: a wrong folder fails now, not after the predictions
     start = time.perf_counter()
@@ -143,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"evaluate: {run['new_rows']} new rows ({run['new_errors']} errors), {len(done)} already done, "
           f"{totals['rows']} predictions in all ({totals['errors']} errors), {run['wall_s']:.1f} s -> {cfg.out}",
           flush=True)
+    print(f"\n{headline(results)}\n\nreport: {storage.join(cfg.out, 'report.html')}", flush=True)
     return error_exit("evaluate", totals["errors"], totals["rows"], cfg.max_error_rate)
 
 

@@ -29,6 +29,8 @@ def start(bundles: list[dict] | None = None, *, what: str = "ecgvlm", hint: str 
     request it could never hold ends the job here, before anything starts, naming ``hint`` (the config fields
     that decide the request) instead of waiting forever.
     """
+    if not os.environ.get("ECGVLM_VERBOSE"):
+        init_kwargs = {**quiet_ray(), **init_kwargs}
     import ray
 
     if not ray.is_initialized() and not os.environ.get("RAY_ADDRESS"):
@@ -38,9 +40,25 @@ def start(bundles: list[dict] | None = None, *, what: str = "ecgvlm", hint: str 
         return True
     started = not ray.is_initialized()
     if started:
-        ray.init(address=os.environ["RAY_ADDRESS"])
+        ray.init(address=os.environ["RAY_ADDRESS"], **{k: v for k, v in init_kwargs.items() if k == "logging_level"})
     _check(bundles, cluster_nodes(), what, hint, fatal=False)
     return started
+
+
+def quiet_ray() -> dict:
+    """Keep Ray's own Python log lines (its INFO start-up lines, Ray Data's execution plans and warnings, Train's
+    and Serve's INFO lines) out of a job's output; returns the ``ray.init`` arguments that do so. A job's ``-v``
+    (``ECGVLM_VERBOSE=1``) skips this. Errors still surface: a failed task raises in the driver. (The C++ core's
+    own lines are left alone: ``RAY_BACKEND_LOG_LEVEL`` would add a line of its own from every Ray process.)
+
+    Example: ``ray.init(num_cpus=2, **quiet_ray())``.
+    """
+    import logging
+
+    os.environ.setdefault("RAY_DATA_LOG_LEVEL", "ERROR")  # read again whenever ray.data configures its logger
+    for name in ("ray.data", "ray.train", "ray.serve", "ray.tune"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    return {"logging_level": logging.ERROR}
 
 
 def _check(bundles, nodes, what: str, hint: str, *, fatal: bool) -> None:
@@ -71,6 +89,65 @@ def absolute_paths(cfg, *fields: str, outputs: tuple[str, ...] = ("data", "out")
         elif name in outputs or os.path.exists(value):
             update[name] = storage.absolute(value)
     return cfg.model_copy(update=update)
+
+
+def check_paths(prog: str, *, model: str | None = None, adapter: str | None = None, data: str | None = None,
+                split: str | None = None, out: str | None = None, path: str | None = None) -> None:
+    """End the job with one line and exit status 2, before Ray starts, when a path it was given cannot be used:
+    ``model`` / ``adapter`` (``vlm.load.check_model``), ``data`` (and its ``split`` folder, naming the splits that
+    exist), ``path`` (a dataset to read) and ``out`` (not a file; a local one under a writable folder).
+
+    Example: ``check_paths("ecgvlm evaluate", data="/wrong", out="./eval")`` prints
+    ``ecgvlm evaluate: --data /wrong: no such folder`` and exits 2.
+    """
+    from ecg import storage
+    from ecgconfig import fail
+
+    try:
+        if model is not None:
+            from vlm.load import check_model
+
+            check_model(model, adapter)
+        for flag, uri in (("--path", path), ("--data", data)):
+            if uri and not storage.exists(uri):
+                raise ValueError(f"{flag} {uri}: no such {'bucket prefix' if storage.is_s3(uri) else 'file or folder'}")
+        if data and split and not storage.exists(storage.join(data, split)):
+            have = splits_in(data)
+            raise ValueError(f"--split {split}: {data} has no such split; it has "
+                             f"{', '.join(have) if have else 'none (run ecgvlm prepare into it first)'}")
+        shards = storage.join(data, split) if data and split else data
+        if shards and not storage.list_files(shards, ".parquet"):
+            raise ValueError(f"--data {data}: no sample shards (*.parquet) under {shards} (ecgvlm prepare writes them)")
+        if out:
+            _check_out(out)
+    except (ValueError, OSError) as err:
+        fail(prog, str(err).splitlines()[0])
+
+
+def splits_in(data: str) -> list[str]:
+    """The split folders of a prepared dataset (``["test", "train", "val"]``); side files (``_*``) left out."""
+    from ecg import storage
+
+    fs, root = storage.resolve(data)
+    from pyarrow import fs as pafs
+
+    infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+    return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory and i.base_name[:1] not in ("_", "."))
+
+
+def _check_out(out: str) -> None:
+    from ecg import storage
+
+    if storage.is_s3(out):
+        return  # created on write; credentials and the bucket are checked by the first request
+    target = os.path.abspath(os.path.expanduser(out))
+    if os.path.isfile(target):
+        raise ValueError(f"--out {out}: is a file; give a folder")
+    parent = target
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+        raise ValueError(f"--out {out}: cannot create it: {parent} is not a writable folder")
 
 
 def local_nodes(num_cpus: float | None = None) -> list[dict]:

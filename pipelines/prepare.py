@@ -110,7 +110,14 @@ def _conversation_plan(cfg: PrepareConfig, common: dict):
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = load_config(PrepareConfig, argv, prog="ecgvlm prepare", doc=__doc__)
+    cfg = load_config(PrepareConfig, argv, prog="ecgvlm prepare", doc=__doc__,
+                      main=("source", "path", "out", "n", "split", "task", "seed"))
+    from pipelines import launch
+
+    if cfg.source != "synthetic" and not cfg.path:
+        print(f"ecgvlm prepare: --source {cfg.source} needs --path (the dataset's file or folder)", file=sys.stderr)
+        return 2
+    launch.check_paths("ecgvlm prepare", path=cfg.path if cfg.source != "synthetic" else None, out=cfg.out)
     from ecg import manifest as manifests
     from ecg import samples, storage
 
@@ -118,8 +125,6 @@ def main(argv: list[str] | None = None) -> int:
     default = {"ecgbench": "test=1", "ecginstruct": "train=0.99,val=0.01"}.get(cfg.source)
     splits = samples.parse_splits(cfg.split or default)
     manifests.clear_output(cfg.out, cfg.overwrite)
-    from pipelines import launch
-
     from ecg.progress import attached
 
     started = launch.start([{"CPU": cfg.num_cpus}], what="ecgvlm prepare", hint="num_cpus")
@@ -144,6 +149,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"prepare: {manifest['rows']} rows ({per_split}) from {manifest['records']} records, "
           f"{manifest['failed']} failed{f' ({kinds})' if kinds else ''}, {manifest['wall_s']:.1f} s -> {cfg.out}",
           flush=True)
+    for split in splits:
+        if not manifest["counts"]["splits"].get(split):
+            print(f"prepare: warning: split {split!r} is empty: no record fell into it (splits go by patient); "
+                  f"give more records (--n) or change --split", file=sys.stderr)
     for failure in manifest["failures"][:20]:
         print(f"  failed {failure['id']}: {failure['error']}", file=sys.stderr)
     return error_exit("prepare", manifest["failed"], manifest["n"], cfg.max_error_rate)

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 class ScoreConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    task: str = Field(..., description="task name or ECGBench alias (ecgtasks registry), e.g. code15-test")
+    task: str = Field(..., description="task name or ECGBench config name, e.g. code15 or code15-test")
     references: str | None = Field(None, description="references file/folder (local or s3://); None: use the "
                                                      "predictions' own `answer` column")
     predictions: str = Field(..., description="predictions file/folder (local or s3://)")
@@ -57,7 +57,8 @@ def parse_args(argv) -> ScoreConfig:
     """``--config FILE.yaml`` then flags (``ecgconfig``); ``--json`` is ``--json-out``."""
     from ecgconfig import load_config
 
-    return load_config(ScoreConfig, argv, prog="ecgvlm score", doc=__doc__, aliases={"json": "json-out"})
+    return load_config(ScoreConfig, argv, prog="ecgvlm score", doc=__doc__, aliases={"json": "json-out"},
+                       main=("task", "references", "predictions", "protocol", "json_out", "report"))
 
 
 def score_files(cfg: ScoreConfig) -> dict:

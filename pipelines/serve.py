@@ -1,4 +1,4 @@
-"""``ecgvlm serve``: start a local Ray, deploy serving.app on 127.0.0.1:PORT, serve until Ctrl-C or SIGTERM.
+"""``ecgvlm serve``: serve a model over HTTP with Ray Serve on 127.0.0.1:PORT until Ctrl-C or SIGTERM.
 
     ecgvlm serve --model tiny --host 127.0.0.1 --port 8000
     ecgvlm serve --config serving/config.yaml --model ./runs/tiny/export --no-batching
@@ -31,7 +31,7 @@ class ServeJob(BaseModel):
     num_cpus: float = Field(2, gt=0, description="CPUs of the local Ray started for serving (ignored when "
                             "RAY_ADDRESS names a cluster)")
     app: AppConfig = Field(default_factory=AppConfig, description="the application: model, batching, "
-                           "replicas, limits (serving.config.AppConfig)")
+                           "replicas, limits (each also a flag of its own below)")
 
     def bundles(self) -> list[dict]:
         """The minimum predictor replicas and the ingress replicas."""
@@ -60,17 +60,19 @@ def parse_args(argv: list[str] | None) -> ServeJob:
     (``--model``, ``--no-batching``, ``--max-batch-size``, ...)."""
     from ecgconfig import load_config
 
-    return load_config(ServeJob, argv, prog="ecgvlm serve", doc=__doc__, aliases=ALIASES, read_yaml=_serve_yaml)
+    return load_config(ServeJob, argv, prog="ecgvlm serve", doc=__doc__, aliases=ALIASES, read_yaml=_serve_yaml,
+                       main=("app.model", "app.adapter", "host", "port", "app.engine", "app.batching.enabled"))
 
 
 def main(argv: list[str] | None = None) -> int:
     job = parse_args(argv)
+    from pipelines import launch
+
+    launch.check_paths("ecgvlm serve", model=job.app.model, adapter=job.app.adapter)
     import ray
     from ray import serve
 
     from serving.app import build_app
-
-    from pipelines import launch
 
     stop = threading.Event()
     launch.start(job.bundles(), what="ecgvlm serve", num_cpus=job.num_cpus,

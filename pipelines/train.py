@@ -32,12 +32,12 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field("tiny", description="'tiny', a Hugging Face id, a local folder or 'random:PATH' (vlm.load)")
+    model: str = Field("tiny", description="tiny, tiny:FAMILY, a Hugging Face id, a local folder or random:PATH")
     data: str = Field(..., description="sample shards (local folder or s3://) with train/ and val/ Parquet")
     out: str = Field(..., description="run folder (local or s3://): checkpoints/, export/, train_summary.json")
     task: str = Field("code15", description="headline task of validation (each val row is scored with its own)")
     name: str = Field("train", description="run name under <out>/checkpoints; the same name resumes")
-    tiny: dict[str, Any] = Field(default_factory=dict, description="vlm.tiny.TinySpec overrides (model 'tiny' only)")
+    tiny: dict[str, Any] = Field(default_factory=dict, description="overrides of the tiny model's size (image_size, patch_size, ...; --model tiny only)")
     config_overrides: dict[str, Any] = Field(default_factory=dict, description="nested config fields for a "
                                              "random:PATH model, e.g. {text_config: {num_hidden_layers: 2}}")
     image_splitting: bool | None = Field(None, description="processor image splitting (None: the model's own; "
@@ -101,7 +101,9 @@ def parse_config(argv: list[str] | None) -> TrainConfig:
     from ecgconfig import load_config
 
     # Ray Train runs each worker in its own run folder: local paths travel as absolute paths.
-    cfg = load_config(TrainConfig, argv, prog="ecgvlm train", doc=__doc__)
+    cfg = load_config(TrainConfig, argv, prog="ecgvlm train", doc=__doc__,
+                      main=("model", "data", "out", "task", "finetune", "max_steps", "epochs", "max_minutes",
+                            "batch_size", "lr", "num_workers", "use_gpu"))
     return launch.absolute_paths(cfg, "data", "out", "model")
 
 
@@ -151,7 +153,10 @@ def run(cfg: TrainConfig) -> dict:
 def main(argv: list[str] | None = None) -> int:
     from ecgconfig import error_exit
 
+    from pipelines import launch
+
     cfg = parse_config(argv)
+    launch.check_paths("ecgvlm train", model=cfg.model, data=cfg.data, split="train", out=cfg.out)
     summary = run(cfg)
     return error_exit("train", summary.get("failed_rows", 0), summary.get("train_rows", 0), cfg.max_error_rate)
 

@@ -393,3 +393,39 @@ def load(
         net = PeftModel.from_pretrained(net, adapter)
     net = net.to(device=dev, dtype=dt).eval()
     return Loaded(net, processor, name, dev, dt, prep, src.spec, adapter, images_from, family.name)
+
+
+def check_model(model: str, adapter: str | None = None) -> None:
+    """Raise ``ValueError`` (one line) when ``model`` or ``adapter`` can be seen to be unusable without loading
+    anything: an unknown ``tiny:FAMILY``, a folder that does not exist or holds no ``config.json``, a hub id that is
+    not in the local cache while ``HF_HUB_OFFLINE`` is set. ``openai:NAME`` is not checked here.
+
+    Example: ``check_model("/wrong")`` -> ``ValueError("--model /wrong: no such folder; ...")``.
+    """
+    import os
+
+    from ecg import storage
+
+    if model.startswith("openai:") or model == "tiny":
+        pass
+    elif model.startswith("tiny:"):
+        _source(model, None, None)  # names the tiny families
+    elif storage.is_s3(model) or model.startswith("random:"):
+        folder = model[len("random:"):] if model.startswith("random:") else model
+        if not storage.exists(storage.join(folder, "config.json")):
+            raise ValueError(f"--model {model}: no config.json in {folder}")
+    elif Path(model).expanduser().is_dir():
+        if not (Path(model).expanduser() / "config.json").exists():
+            raise ValueError(f"--model {model}: a folder without config.json (give an export of ecgvlm train, a saved "
+                             "model, or random:FOLDER for a config folder)")
+    elif model.startswith((".", "/", "~")) or model.count("/") != 1:
+        raise ValueError(f"--model {model}: no such folder; a model is tiny, tiny:FAMILY, a Hugging Face id, "
+                         "a folder, random:FOLDER or openai:NAME")
+    elif os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(model, "config.json"), str):
+            raise ValueError(f"--model {model}: not in the local Hugging Face cache, and HF_HUB_OFFLINE is set "
+                             "(unset it to download, or give a folder)")
+    if adapter and not storage.exists(adapter):
+        raise ValueError(f"--adapter {adapter}: no such folder")
