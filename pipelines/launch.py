@@ -12,7 +12,11 @@ or task that must run at the same time. :func:`fits` places them first-fit on no
 
 from __future__ import annotations
 
+import atexit
 import os
+import re
+import sys
+import threading
 from typing import Iterable
 
 RESOURCES = ("CPU", "GPU", "memory")
@@ -37,10 +41,12 @@ def start(bundles: list[dict] | None = None, *, what: str = "ecgvlm", hint: str 
         _check(bundles, local_nodes(num_cpus), what, hint, fatal=True)
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         ray.init(num_cpus=int(num_cpus) if num_cpus else None, include_dashboard=False, **init_kwargs)
+        _quiet_core_lines()
         return True
     started = not ray.is_initialized()
     if started:
         ray.init(address=os.environ["RAY_ADDRESS"], **{k: v for k, v in init_kwargs.items() if k == "logging_level"})
+        _quiet_core_lines()
     _check(bundles, cluster_nodes(), what, hint, fatal=False)
     return started
 
@@ -59,6 +65,45 @@ def quiet_ray() -> dict:
     for name in ("ray.data", "ray.train", "ray.serve", "ray.tune"):
         logging.getLogger(name).setLevel(logging.ERROR)
     return {"logging_level": logging.ERROR}
+
+
+# A line of Ray's C++ core ("[2026-12-06 03:40:43,291 E 13483 13483] core_worker.cc:2465: ..."), alone or as a
+# worker's line forwarded to the driver ("(TrainController pid=28431) [...] ..."), colour codes included.
+_CORE_LINE = re.compile(rb"^(\x1b\[\d+m)?(\([^)]*\))?(\x1b\[0m)? ?\[\d{4}-\d\d-\d\d [\d:,]+ [IWE] \d+ \d+\] \S+:\d+: ")
+
+
+def _quiet_core_lines() -> None:
+    """Leave the C++ core's log lines (``core_worker.cc`` E lines on benign actor restarts, shutdown lines) out of
+    this process's stderr, after ``ray.init`` (whose own processes keep the real stderr): fd 2 becomes a pipe that a
+    thread copies to the real stderr, line by line, without those lines. Undone at exit, once the pipe is drained;
+    a job's ``-v`` never installs it."""
+    if os.environ.get("ECGVLM_VERBOSE") or getattr(_quiet_core_lines, "installed", False):
+        return
+    _quiet_core_lines.installed = True
+    sys.stderr.flush()
+    real, (read, write) = os.dup(2), os.pipe()
+    os.dup2(write, 2)
+    os.close(write)
+
+    def pump() -> None:
+        pending = b""
+        while chunk := os.read(read, 65536):
+            *lines, pending = (pending + chunk).split(b"\n")
+            kept = [line + b"\n" for line in lines if not _CORE_LINE.match(line)]
+            if kept:
+                os.write(real, b"".join(kept))
+        if pending:
+            os.write(real, pending)
+
+    thread = threading.Thread(target=pump, name="ecgvlm-stderr", daemon=True)
+    thread.start()
+
+    def restore() -> None:
+        sys.stderr.flush()
+        os.dup2(real, 2)  # the pipe's last writer closes: the thread reads to its end, then stops
+        thread.join(timeout=5)
+
+    atexit.register(restore)
 
 
 def _check(bundles, nodes, what: str, hint: str, *, fatal: bool) -> None:
