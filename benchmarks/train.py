@@ -1,7 +1,7 @@
 """Training throughput: the same loop (vlm.finetune.train_loop) in a plain process, under Ray Train with one
 worker, and under Ray Train with two DDP workers (gloo), in one run; prints samples/s, peak memory and the ratios.
 
-    python benchmarks/train.py [--rows 96] [--steps 30] [--batch 8] [--config configs/tiny-code15.yaml]
+    python benchmarks/train.py [--rows 96] [--steps 30] [--batch 8] [--workers 1,2] [--config configs/tiny-code15.yaml]
     # the full-size SmolVLM-256M architecture (random weights), LoRA as the cluster config trains it:
     python benchmarks/train.py --smolvlm ../shared/models/SmolVLM-256M-Instruct --rows 8 --steps 4 --warm 1 --batch 2
 
@@ -95,6 +95,7 @@ if __name__ == "__main__":
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--warm", type=int, default=5, help="steps left out of the timing")
     ap.add_argument("--batch", type=int, default=8, help="global batch (split across Ray workers)")
+    ap.add_argument("--workers", default="1,2", help="Ray Train worker counts to run, comma-separated")
     ap.add_argument("--config", default=str(REPO / "configs" / "tiny-code15.yaml"))
     ap.add_argument("--smolvlm", help="a SmolVLM config folder: the real architecture with random weights, LoRA "
                     "with configs/train-ecginstruct-lora-cluster.yaml (overrides --config)")
@@ -121,7 +122,7 @@ if __name__ == "__main__":
         print(f"plain process: {results['plain process']['samples_per_s']:.2f} samples/s", flush=True)
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
         try:
-            for workers in (1, 2):
+            for workers in [int(w) for w in args.workers.split(",")]:
                 name = f"Ray Train, {workers} worker(s)"
                 results[name] = ray_train(cfg, data, f"{tmp}/run{workers}", args.steps, args.warm, workers)
                 print(f"{name}: {results[name]['samples_per_s']:.2f} samples/s", flush=True)

@@ -24,7 +24,7 @@ SMALLEST = {
     "stages.py": (["--model", "tiny", "--dtypes", "float32", "--rows", "2", "--batch-size", "2", "--distinct", "2",
                    "--new-tokens", "2", "--rounds", "1"], "ours"),
     "evaluate.py": (["--models", "tiny", "--rows", "8", "--batch-size", "4"], "ratio"),
-    "train.py": (["--rows", "16", "--steps", "3", "--warm", "1", "--batch", "4"], "samples/s"),
+    "train.py": (["--rows", "16", "--steps", "3", "--warm", "1", "--batch", "4", "--workers", "1"], "vs plain"),
     "endpoint.py": (["--rows", "8", "--batch-size", "4", "--concurrency", "2"], "ratio endpoint / in-process"),
     "serve_load.py": (["--clients", "2", "--seconds", "2", "--rounds", "1", "--warmup", "1"], "on / off"),
 }

@@ -60,10 +60,14 @@ def test_getting_started_commands_run_as_written(tmp_path):
     proc = subprocess.Popen(["bash", "-e", "-c", script], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
-        out, _ = proc.communicate(timeout=420)
+        out, _ = proc.communicate(timeout=600)
+    except subprocess.TimeoutExpired as err:
+        out = (err.output or b"").decode() if isinstance(err.output, bytes) else (err.output or "")
+        pytest.fail("the getting-started commands ran over 600 s; their output so far:\n" + out[-4000:])
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+            os.killpg(proc.pid, signal.SIGKILL)  # the server and the Ray it started, if a command failed
+            proc.wait()
     assert proc.returncode == 0, out[-4000:]
     assert re.search(r"prepare: 300 rows \(train \d+, val \d+, test \d+\)", out), out[-4000:]
     assert "report: " in out and (tmp_path / "first-hour" / "eval" / "report.html").exists()
