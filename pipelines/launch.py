@@ -13,6 +13,7 @@ or task that must run at the same time. :func:`fits` places them first-fit on no
 from __future__ import annotations
 
 import atexit
+import io
 import os
 import re
 import sys
@@ -68,22 +69,48 @@ def quiet_ray() -> dict:
 
 
 # A line of Ray's C++ core ("[2026-12-06 03:40:43,291 E 13483 13483] core_worker.cc:2465: ..."), alone or as a
-# worker's line forwarded to the driver ("(TrainController pid=28431) [...] ..."), colour codes included.
-_CORE_LINE = re.compile(rb"^(\x1b\[\d+m)?(\([^)]*\))?(\x1b\[0m)? ?\[\d{4}-\d\d-\d\d [\d:,]+ [IWE] \d+ \d+\] \S+:\d+: ")
+# worker's line forwarded to the driver ("(TrainController pid=28431) [...] ..."), colour codes included; and the
+# raylet's "Task ServeController.graceful_shutdown failed" that every clean Serve shutdown prints.
+_CORE_LINE = re.compile(rb"^(\x1b\[\d+m)?(\([^)]*\))?(\x1b\[0m)? ?(\[\d{4}-\d\d-\d\d [\d:,]+ [IWE] \d+ \d+\] \S+:\d+: "
+                        rb"|Task \S+\.graceful_shutdown failed)")  # Serve's controller, killed at shutdown as meant
 
 
 def _quiet_core_lines() -> None:
-    """Leave the C++ core's log lines (``core_worker.cc`` E lines on benign actor restarts, shutdown lines) out of
-    this process's stderr, after ``ray.init`` (whose own processes keep the real stderr): fd 2 becomes a pipe that a
-    thread copies to the real stderr, line by line, without those lines. Undone at exit, once the pipe is drained;
-    a job's ``-v`` never installs it."""
+    """Leave Ray's core log lines (``core_worker.cc`` E lines on benign actor restarts, Serve's shutdown line) out of
+    this process's output, after ``ray.init`` (whose own processes keep the real stderr). Workers' lines forwarded
+    to the driver are filtered where Ray prints them; the driver's own C++ lines go to fd 2, which becomes a pipe
+    that a thread copies to the real stderr without them, while Python's ``sys.stderr`` writes to the real one
+    directly (a terminal stays a terminal for progress bars). Undone at exit; a job's ``-v`` never installs it, nor
+    does a process whose stderr is not the interpreter's own (a test runner capturing it)."""
     if os.environ.get("ECGVLM_VERBOSE") or getattr(_quiet_core_lines, "installed", False):
         return
     _quiet_core_lines.installed = True
+    try:  # Ray's own printer of forwarded lines (a private hook: a Ray that moves it only loses the filtering)
+        from ray._private import ray_logging
+
+        def kept(data: dict) -> dict:
+            return {**data, "lines": [line for line in data.get("lines", []) if not _CORE_LINE.match(line.encode())]}
+
+        def keep(handler):
+            return lambda data: handler(kept(data)) if kept(data)["lines"] else None
+
+        def keep_flushed(flush):  # the lines a deduplicator still holds are printed at shutdown, not through a handler
+            return lambda: [b for b in map(kept, flush()) if b["lines"]]
+
+        dispatcher = ray_logging.global_worker_stdstream_dispatcher
+        dispatcher.handlers = [(name, keep(h) if name == "ray_print_logs" else h) for name, h in dispatcher.handlers]
+        for dedup in (ray_logging.stdout_deduplicator, ray_logging.stderr_deduplicator):
+            dedup.flush = keep_flushed(dedup.flush)
+    except (ImportError, AttributeError):
+        pass
+    if sys.stderr is not sys.__stderr__ or sys.stderr is None:
+        return
     sys.stderr.flush()
     real, (read, write) = os.dup(2), os.pipe()
     os.dup2(write, 2)
     os.close(write)
+    sys.stderr = io.TextIOWrapper(io.FileIO(os.dup(real), "w"), encoding=sys.__stderr__.encoding,
+                                  errors="backslashreplace", line_buffering=True)
 
     def pump() -> None:
         pending = b""
@@ -100,6 +127,7 @@ def _quiet_core_lines() -> None:
 
     def restore() -> None:
         sys.stderr.flush()
+        sys.stderr = sys.__stderr__
         os.dup2(real, 2)  # the pipe's last writer closes: the thread reads to its end, then stops
         thread.join(timeout=5)
 

@@ -12,6 +12,7 @@ application is a flag (``--app.batching.max-batch-size 4``); the short forms ``-
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -80,8 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     # after ray.init, which installs its own handler: SIGTERM (a process manager) stops as cleanly as Ctrl-C
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        serve.start(http_options={"host": job.host, "port": job.port})
-        serve.run(build_app(job.app), name="ecgvlm", route_prefix="/")
+        quiet = None if os.environ.get("ECGVLM_VERBOSE") else {"log_level": "WARNING"}  # no INFO / access lines
+        serve.start(http_options={"host": job.host, "port": job.port}, logging_config=quiet)
+        serve.run(build_app(job.app), name="ecgvlm", route_prefix="/", logging_config=quiet)
         print(f"ecgvlm serving {job.app.model} at http://{job.host}:{job.port} "
               f"(POST /v1/diagnose, /v1/chat/completions; GET /healthz, /v1/models, /v1/tasks); Ctrl-C stops",
               flush=True)
