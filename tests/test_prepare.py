@@ -66,7 +66,7 @@ def _read_like_anyone(out: str, splits: list[str], rows: int) -> None:
         pass
 
 
-def test_synthetic_through_the_cli(ray_cluster, tmp_path):
+def test_synthetic_through_the_cli(ray_cluster, tmp_path, capsys):
     out = str(tmp_path / "synth")
     manifest = _prepare("--source", "synthetic", "--n", "60", "--seed", "4", "--chunk", "20", "--out", out)
     assert manifest["rows"] == 60 and manifest["failed"] == 0 and manifest["failures"] == []
@@ -86,6 +86,11 @@ def test_synthetic_through_the_cli(ray_cluster, tmp_path):
     _read_like_anyone(out, ["train", "val", "test"], 60)
     with pytest.raises(FileExistsError):  # never mixes two runs in one folder unless asked to
         cli.main(["prepare", "--source", "synthetic", "--n", "3", "--out", out])
+    capsys.readouterr()
+    tiny = _prepare("--source", "synthetic", "--n", "3", "--out", str(tmp_path / "three"))  # one patient
+    empty = {s for s in ("train", "val", "test") if not tiny["counts"]["splits"].get(s)}
+    warned = [line for line in capsys.readouterr().err.splitlines() if "is empty" in line]
+    assert empty and len(warned) == len(empty) and all(any(f"'{s}'" in w for w in warned) for s in empty), warned
 
 
 def test_ptbxl_and_code15_with_bad_files(ray_cluster, tmp_path):
@@ -202,13 +207,13 @@ def test_old_manifest_name_still_loads(tmp_path):
 
 
 def _readme_prepare(source: str) -> list[str]:
-    """The README data table's ``ecgvlm prepare --source SOURCE ...`` command, as arguments."""
-    with open(os.path.join(REPO, "README.md")) as f:
+    """The ``ecgvlm prepare --source SOURCE ...`` command of the data page (docs/data.md), as arguments."""
+    with open(os.path.join(REPO, "docs", "data.md")) as f:
         for line in f:
-            found = re.search(rf"`ecgvlm prepare (--source {source} [^`]*)`", line)
+            found = re.match(rf"\s*ecgvlm prepare (--source {source} .*?)\s*$", line)
             if found:
                 return shlex.split(found.group(1))
-    raise AssertionError(f"README has no `ecgvlm prepare --source {source}` command")
+    raise AssertionError(f"docs/data.md has no `ecgvlm prepare --source {source}` command")
 
 
 def _with(args: list[str], **values: str) -> list[str]:
@@ -219,8 +224,8 @@ def _with(args: list[str], **values: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_readme_prepare_commands_run_as_written(ray_cluster, tmp_path):
-    """The README's ECGInstruct and ECGBench commands, with only --path and --out pointing at local copies."""
+def test_docs_prepare_commands_run_as_written(ray_cluster, tmp_path):
+    """The data page's ECGInstruct and ECGBench commands, with only --path and --out pointing at local copies."""
     instruct = _readme_prepare("ecginstruct")
     assert instruct[instruct.index("--path") + 1] == "ECGInstruct.json"
     path = make_ecginstruct(str(tmp_path / "ecginstruct"))
