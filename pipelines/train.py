@@ -37,7 +37,8 @@ class TrainConfig(BaseModel):
     out: str = Field(..., description="run folder (local or s3://): checkpoints/, export/, train_summary.json")
     task: str = Field("code15", description="headline task of validation (each val row is scored with its own)")
     name: str = Field("train", description="run name under <out>/checkpoints; the same name resumes")
-    tiny: dict[str, Any] = Field(default_factory=dict, description="overrides of the tiny model's size (image_size, patch_size, ...; --model tiny only)")
+    tiny: dict[str, Any] = Field(default_factory=dict, description="overrides of the tiny model's size "
+                                 "(image_size, patch_size, ...; --model tiny only)")
     config_overrides: dict[str, Any] = Field(default_factory=dict, description="nested config fields for a "
                                              "random:PATH model, e.g. {text_config: {num_hidden_layers: 2}}")
     image_splitting: bool | None = Field(None, description="processor image splitting (None: the model's own; "
