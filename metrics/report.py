@@ -254,6 +254,27 @@ def _png(fig) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
+def class_f1_figure(per: list[dict], ecgbench_per_class: dict):
+    """Bars of per-class F1 (strict beside ecgbench), one pair per class, labels readable (never overlapping)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: files only
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.75 * len(per) + 2), 3.4))
+    x = range(len(per))
+    ax.bar([i - 0.2 for i in x], [c["f1"] for c in per], 0.4, label="strict")
+    ax.bar([i + 0.2 for i in x], [(ecgbench_per_class.get(c["label"]) or {}).get("f1") or 0 for c in per], 0.4,
+           label="ecgbench")
+    # labels such as NORM and ABNORMAL are long for a bar: slanted, right-aligned under their bars
+    ax.set_xticks(list(x), [c["label"] for c in per], rotation=35, ha="right", rotation_mode="anchor")
+    ax.set_ylabel("F1 (x100)")
+    ax.set_ylim(0, 100)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
 def plots(results: dict) -> list[tuple[str, str]]:
     """``[(title, base64 PNG)]``: per-class F1 bars per multi-label task; ROC curves where scores exist."""
     import matplotlib
@@ -266,16 +287,7 @@ def plots(results: dict) -> list[tuple[str, str]]:
         per = [c for c in (r.get("strict") or {}).get("per_class") or [] if c["f1"] is not None]
         eb = (r.get("ecgbench") or {}).get("per_class") or {}
         if per:
-            fig, ax = plt.subplots(figsize=(7, 3))
-            x = range(len(per))
-            ax.bar([i - 0.2 for i in x], [c["f1"] for c in per], 0.4, label="strict")
-            ax.bar([i + 0.2 for i in x], [(eb.get(c["label"]) or {}).get("f1") or 0 for c in per], 0.4,
-                   label="ecgbench")
-            ax.set_xticks(list(x), [c["label"] for c in per])
-            ax.set_ylabel("F1 (x100)")
-            ax.set_ylim(0, 100)
-            ax.legend()
-            out.append((f"{name}: per-class F1", _png(fig)))
+            out.append((f"{name}: per-class F1", _png(class_f1_figure(per, eb))))
         roc = (r.get("strict") or {}).get("roc") or {}
         if roc:
             fig, ax = plt.subplots(figsize=(4.5, 4.5))

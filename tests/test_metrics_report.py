@@ -34,3 +34,17 @@ def test_s3_report(s3_server):
     s3 = boto3.client("s3", endpoint_url=s3_server)
     body = s3.get_object(Bucket="ecg", Key="runs/r1/report.html")["Body"].read().decode()
     assert "published, not rerun here" in body
+
+
+def test_per_class_bar_labels_do_not_overlap():
+    """Eight classes of code15 (NORM and ABNORMAL among them): every tick label clear of its neighbours."""
+    from metrics.report import class_f1_figure
+
+    labels = ["1dAVb", "RBBB", "LBBB", "SB", "ST", "AF", "NORM", "ABNORMAL"]
+    fig = class_f1_figure([{"label": lab, "f1": 50.0} for lab in labels], {lab: {"f1": 40.0} for lab in labels})
+    fig.canvas.draw()
+    ticks = fig.axes[0].get_xticklabels()
+    assert [t.get_text() for t in ticks] == labels
+    boxes = [t.get_window_extent() for t in ticks]
+    for a, b in zip(boxes, boxes[1:]):
+        assert not a.overlaps(b), (a, b)
