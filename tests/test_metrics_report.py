@@ -4,6 +4,7 @@ import json
 
 import boto3
 import pandas as pd
+import pytest
 
 from metrics.report import format_table, published_table, write_report
 from metrics.score import score_frame
@@ -36,11 +37,15 @@ def test_s3_report(s3_server):
     assert "published, not rerun here" in body
 
 
-def test_per_class_bar_labels_do_not_overlap():
-    """Eight classes of code15 (NORM and ABNORMAL among them): every tick label clear of its neighbours."""
+@pytest.mark.parametrize("labels", [
+    ["1dAVb", "RBBB", "LBBB", "SB", "ST", "AF", "NORM", "ABNORMAL"],  # code15
+    ["1dAVb", "RBBB", "LBBB", "SB", "ST", "AF", "NORM", "ABNORMAL", "I-AVB", "PAC", "PVC", "STD", "STE", "MI",
+     "STTC", "CD", "HYP"],  # a run over several label spaces
+])
+def test_per_class_bar_labels_do_not_overlap(labels):
+    """Every tick label clear of its neighbours, however many classes."""
     from metrics.report import class_f1_figure
 
-    labels = ["1dAVb", "RBBB", "LBBB", "SB", "ST", "AF", "NORM", "ABNORMAL"]
     fig = class_f1_figure([{"label": lab, "f1": 50.0} for lab in labels], {lab: {"f1": 40.0} for lab in labels})
     fig.canvas.draw()
     ticks = fig.axes[0].get_xticklabels()
