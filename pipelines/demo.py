@@ -127,7 +127,8 @@ def real_check(export: str) -> None:
     for name, pages in sets:
         if pages:
             r = score_pages(predictor, pages)
-            print(f"  {name:48s} n={len(pages):3d}  F1 {r['f1']:5.1f}  AUC {r['auc']:5.1f}  HL {r['hamming_loss']:5.1f}")
+            f = {k: "-" if r.get(k) is None else f"{r[k]:.1f}" for k in ("f1", "auc", "hamming_loss")}
+            print(f"  {name:48s} n={len(pages):3d}  F1 {f['f1']:>5s}  AUC {f['auc']:>5s}  HL {f['hamming_loss']:>5s}")
 
 
 if __name__ == "__main__":
