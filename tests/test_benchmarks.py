@@ -51,8 +51,12 @@ def _run(cmd: list[str], timeout: int, env: dict | None = None) -> tuple[int, st
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the script's finally blocks stop what it started elsewhere
+        try:
+            out, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, err = proc.communicate()
         return -9, out, f"ran over {timeout} s\n{err}"
     return proc.returncode, out, err
 
