@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         return rc
 
     results = json.loads(storage.read_text(storage.join(out, "metrics.json")))
-    print("\n" + published_table(results, ours_label="ecgvlm tiny, this run (synthetic test split)"))
+    print("\n" + published_table(results, ours_label="ecgvlm tiny, this run"))
     print(f"\nreport:     {storage.join(out, 'report.html')}  (and report.md)")
     print(f"checkpoint: {storage.join(run, 'checkpoints')}")
     print(f"export:     {export}")
