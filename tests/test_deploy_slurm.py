@@ -45,14 +45,17 @@ fi
 exec "$@" "${extra[@]}"
 """
 
-# ECGVLM for the run: first asks the cluster for its status without the token (refused), then runs ecgvlm
+# ECGVLM for the run: ecgvlm itself, while a client without the token asks the same cluster for its status
 ECGVLM = """#!/bin/bash
-if env -u RAY_AUTH_TOKEN RAY_AUTH_MODE=disabled "$BIN/ray" status --address="$RAY_ADDRESS" >/dev/null 2>&1; then
+(if env -u RAY_AUTH_TOKEN RAY_AUTH_MODE=disabled "$BIN/ray" status --address="$RAY_ADDRESS" >/dev/null 2>&1; then
     echo "without the token: accepted"
-else
+ else
     echo "without the token: refused"
-fi
-exec "$BIN/ecgvlm" "$@"
+ fi) &
+status=0
+"$BIN/ecgvlm" "$@" || status=$?
+wait
+exit $status
 """
 
 
@@ -111,9 +114,17 @@ def test_the_default_allocation_holds_the_cluster_configs():
         assert ok, f"{name}: {why}"
 
 
-def test_without_a_job_it_prints_its_usage_and_exits_2():
+def test_without_a_job_or_an_allocation_it_says_so_in_one_line_and_exits_2():
     out = subprocess.run(["bash", str(SCRIPT)], capture_output=True, text=True)
     assert out.returncode == 2 and "usage: sbatch deploy/slurm/ecgvlm.sbatch JOB" in out.stderr
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    out = subprocess.run(["bash", str(SCRIPT), "score"], capture_output=True, text=True,
+                         env={**env, "ECGVLM": str(BIN / "ecgvlm")})
+    assert out.returncode == 2 and out.stderr.strip().splitlines() == [
+        "ecgvlm.sbatch: no Slurm allocation (SLURM_JOB_NODELIST is unset): submit it with sbatch"]
+    out = subprocess.run(["bash", str(SCRIPT), "score"], capture_output=True, text=True,
+                         env={**env, "ECGVLM": "/nonexistent/ecgvlm"})
+    assert out.returncode == 2 and "no ecgvlm command (/nonexistent/ecgvlm)" in out.stderr
 
 
 @pytest.mark.slow
