@@ -170,12 +170,14 @@ def test_the_rayservice_app_parses_and_its_replicas_fit_at_their_largest(tmp_pat
     assert gpu[0]["minReplicas"] >= app.predictor.min_replicas and gpu[0]["maxReplicas"] >= app.predictor.max_replicas
 
 
-def test_the_rayservice_reads_its_api_key_from_a_secret_in_every_pod():
+def test_the_rayservice_reads_its_api_key_from_a_secret_in_every_pod(tmp_path):
     from serving.config import AppConfig
 
-    field = AppConfig.model_fields.get("api_key_env")
-    name = field.default if field is not None else "ECGVLM_API_KEY"
     doc = _ray("RayService")[0]
+    _, app = _serve_app(doc, tmp_path)
+    name = getattr(app, "api_key_env", "ECGVLM_API_KEY")  # the app's setting, where the app has one
+    if "require_api_key" in AppConfig.model_fields:  # the app can refuse to start without a key: it must, here
+        assert app.require_api_key, "serveConfigV2: set require_api_key: true"
     for where, template in _templates(doc).items():
         env = {e["name"]: e for c in template["spec"]["containers"] for e in c.get("env", [])}
         assert name in env, where
