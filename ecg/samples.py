@@ -313,23 +313,36 @@ def code15_references(root: str) -> list[dict]:
     return refs
 
 
+def wfdb_references(root: str) -> list[dict]:
+    """One reference per WFDB header under ``root`` (Challenge form: labels from its ``# Dx:`` line when read)."""
+    from ecg import challenge
+
+    return [{"kind": "wfdb", "id": challenge.record_id(p, root), "path": p, "index": -1, "patient_id": None,
+             "labels": [], "fold": None, "row": "{}", "error": ""} for p in challenge.find_records(root)]
+
+
 def signal_references(source: str, root: str) -> list[dict]:
-    """References of a signal dataset: ``source`` is ``"ptbxl"`` or ``"code15"``."""
+    """References of a signal dataset: ``source`` is ``"ptbxl"``, ``"code15"`` or ``"wfdb"``."""
     if source == "ptbxl":
         return ptbxl_references(root)
     if source == "code15":
         return code15_references(root)
+    if source == "wfdb":
+        return wfdb_references(root)
     raise ValueError(f"unknown signal source {source!r}")
 
 
-def load_reference(ref: dict):
-    """Read the record a reference points to (``ecg.readers``), labelled and keyed as the reference says."""
+def load_reference(ref: dict, task: str = "code15"):
+    """Read the record a reference points to (``ecg.readers``), labelled and keyed as the reference says
+    (a ``wfdb`` reference: labelled for ``task`` from its SNOMED-CT codes)."""
     import pandas as pd
 
-    from ecg import readers
+    from ecg import challenge, readers
 
     if ref.get("error"):
         raise ValueError(ref["error"])
+    if ref["kind"] == "wfdb":
+        return challenge.read_record(ref["path"], task=task, rid=ref["id"])
     if ref["kind"] == "ptbxl":
         record = readers.read_wfdb(ref["path"])
         record.labels, record.patient_id = tuple(ref["labels"]), ref["patient_id"]
@@ -361,7 +374,7 @@ def signal_batch(batch, *, task: str | None = None, seed: int = 0, splits=None, 
         task_ = get_task(task or ("ptbxl-super" if ref["kind"] == "ptbxl" else "code15"))
 
         def make(ref=ref, task_=task_):
-            record = load_reference(ref)
+            record = load_reference(ref, task_.name)
             split = (fold_split(ref["fold"], splits) if folds and ref["kind"] == "ptbxl" else None) \
                 or assign_split(record.patient_id or record.id, splits, seed)
             return record_row(record, task=task_, source=ref["kind"], split=split, options=options, seed=seed)

@@ -3,6 +3,7 @@
     ecgvlm prepare --source synthetic --n 2000 --seed 0 --out ./data/synth
     ecgvlm prepare --source ptbxl --path ./ptb-xl --out s3://ecg/ptbxl
     ecgvlm prepare --source code15 --path ./code15 --out ./data/code15 --split train=0.9,test=0.1
+    ecgvlm prepare --source wfdb --task cpsc --path ./cpsc2018 --out ./data/cpsc   # Challenge WFDB, # Dx: SNOMED-CT
     ecgvlm prepare --source ecgbench --path ./ECGBench/code15-test --out ./data/bench
     ecgvlm prepare --source ecginstruct --path ./ECGInstruct.json --out ./data/ecginstruct --split train=0.99,val=0.01
 
@@ -27,10 +28,10 @@ from ecgconfig import error_exit, load_config
 class PrepareConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    source: Literal["synthetic", "ptbxl", "code15", "ecgbench", "ecginstruct"] = Field(
+    source: Literal["synthetic", "ptbxl", "code15", "wfdb", "ecgbench", "ecginstruct"] = Field(
         "synthetic", description="where records come from (ecginstruct: one JSON of many tasks, each row its own)")
     out: str = Field("./data/synth", description="output folder or s3:// URI")
-    path: str | None = Field(None, description="dataset folder (ptbxl, code15) or ECGBench / ECGInstruct file or folder")
+    path: str | None = Field(None, description="dataset folder (ptbxl, code15, wfdb) or ECGBench / ECGInstruct file or folder")
     image_root: str | None = Field(None, description="ecgbench/ecginstruct: folder image paths are relative to "
                                    "(default: the JSON's folder); paths leaving it are refused")
     n: int = Field(2000, ge=1, description="synthetic: number of records")
@@ -71,7 +72,12 @@ def plan(cfg: PrepareConfig, splits: dict):
         return ray.data.from_items(refs, override_num_blocks=len(refs)), samples.synthetic_batch, kwargs, 1
     if not cfg.path:
         raise ValueError(f"--source {cfg.source} needs --path")
-    if cfg.source in ("ptbxl", "code15"):
+    if cfg.source == "wfdb":
+        from ecg import snomed
+        from ecgtasks import get_task
+
+        snomed.labels_for([], get_task(cfg.task or "code15").name)  # a task without a SNOMED-CT table: one line now
+    if cfg.source in ("ptbxl", "code15", "wfdb"):
         refs = samples.signal_references(cfg.source, cfg.path)
         kwargs = {**common, "task": cfg.task, "options": options, "folds": cfg.ptbxl_folds}
         blocks = max(1, min(len(refs) // cfg.chunk + 1, 1000))
