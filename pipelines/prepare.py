@@ -4,6 +4,9 @@
     ecgvlm prepare --source ptbxl --path ./ptb-xl --out s3://ecg/ptbxl
     ecgvlm prepare --source code15 --path ./code15 --out ./data/code15 --split train=0.9,test=0.1
     ecgvlm prepare --source wfdb --task cpsc --path ./cpsc2018 --out ./data/cpsc   # Challenge WFDB, # Dx: SNOMED-CT
+    ecgvlm prepare --source clinical --path ./exports --labels ./labels.csv --out ./data/clinical
+    ecgvlm prepare --source images --path ./pages --out ./data/pages
+    ecgvlm prepare --source mimic-ecg --path ./mimic-iv-ecg --out ./data/mimic
     ecgvlm prepare --source ecgbench --path ./ECGBench/code15-test --out ./data/bench
     ecgvlm prepare --source ecginstruct --path ./ECGInstruct.json --out ./data/ecginstruct --split train=0.99,val=0.01
 
@@ -28,10 +31,14 @@ from ecgconfig import error_exit, load_config
 class PrepareConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    source: Literal["synthetic", "ptbxl", "code15", "wfdb", "ecgbench", "ecginstruct"] = Field(
-        "synthetic", description="where records come from (ecginstruct: one JSON of many tasks, each row its own)")
+    source: Literal["synthetic", "ptbxl", "code15", "wfdb", "mimic-ecg", "clinical", "images", "ecgbench",
+                    "ecginstruct"] = Field(
+        "synthetic", description="where records come from (wfdb: Challenge WFDB with # Dx: SNOMED-CT codes; clinical: "
+        "DICOM, MUSE, CardioSoft, aECG, Sierra exports; images: page images; ecginstruct: one JSON of many tasks)")
     out: str = Field("./data/synth", description="output folder or s3:// URI")
     path: str | None = Field(None, description="dataset folder (ptbxl, code15, wfdb) or ECGBench / ECGInstruct file or folder")
+    labels: str | None = Field(None, description="clinical, images: CSV of gold labels by file (columns file, labels; "
+                               "labels separated by ';')")
     image_root: str | None = Field(None, description="ecgbench/ecginstruct: folder image paths are relative to "
                                    "(default: the JSON's folder); paths leaving it are refused")
     n: int = Field(2000, ge=1, description="synthetic: number of records")
@@ -72,6 +79,8 @@ def plan(cfg: PrepareConfig, splits: dict):
         return ray.data.from_items(refs, override_num_blocks=len(refs)), samples.synthetic_batch, kwargs, 1
     if not cfg.path:
         raise ValueError(f"--source {cfg.source} needs --path")
+    if cfg.source in ("clinical", "images", "mimic-ecg"):
+        return _folder_plan(cfg, common, options)
     if cfg.source == "wfdb":
         from ecg import snomed
         from ecgtasks import get_task
@@ -83,6 +92,27 @@ def plan(cfg: PrepareConfig, splits: dict):
         blocks = max(1, min(len(refs) // cfg.chunk + 1, 1000))
         return ray.data.from_items(refs, override_num_blocks=blocks), samples.signal_batch, kwargs, cfg.chunk
     return _conversation_plan(cfg, common)
+
+
+def _folder_plan(cfg: PrepareConfig, common: dict, options):
+    """Clinical exports, page images (one reference per file) or MIMIC-IV-ECG (one per record_list.csv row)."""
+    import ray
+
+    from ecg import sources, storage
+
+    path = storage.absolute(cfg.path)
+    if cfg.source == "mimic-ecg":
+        refs, fn = sources.mimic_references(path), sources.mimic_batch
+        kwargs = {**common, "task": cfg.task or "ptbxl-report", "options": options}
+    else:
+        labels = storage.absolute(cfg.labels) if cfg.labels else None
+        suffixes = sources.IMAGE_SUFFIXES if cfg.source == "images" else ()
+        refs = sources.file_references(path, labels_csv=labels, suffixes=suffixes)
+        fn = sources.image_batch if cfg.source == "images" else sources.clinical_batch
+        kwargs = {**common, "task": cfg.task or "code15"}
+        kwargs.update({} if cfg.source == "images" else {"options": options})
+    blocks = max(1, min(len(refs) // cfg.chunk + 1, 1000))
+    return ray.data.from_items(refs, override_num_blocks=blocks), fn, kwargs, cfg.chunk
 
 
 def _conversation_plan(cfg: PrepareConfig, common: dict):
@@ -121,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     from ecg import samples, storage
 
     start = time.perf_counter()
-    default = {"ecgbench": "test=1", "ecginstruct": "train=0.99,val=0.01"}.get(cfg.source)
+    default = {"ecgbench": "test=1", "ecginstruct": "train=0.99,val=0.01", "clinical": "test=1",
+               "images": "test=1"}.get(cfg.source)
     splits = samples.parse_splits(cfg.split or default)
     manifests.clear_output(cfg.out, cfg.overwrite)
     from pipelines import launch
