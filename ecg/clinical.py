@@ -10,7 +10,8 @@ Formats (the kind :func:`detect` returns):
 
 Every XML is parsed with ``defusedxml`` (no entity expansion, no external references, nothing fetched). Where only
 I, II and V1-V6 are stored, III, aVR, aVL and aVF are derived (Einthoven / Goldberger: III = II - I, aVR = -(I+II)/2,
-aVL = I - II/2, aVF = II - I/2) and named in ``meta["derived_leads"]``. The device's interpretation statements
+aVL = I - II/2, aVF = II - I/2) and named in ``meta["derived_leads"]``; a tail equal in every lead (Sierra's
+calibration pulse and padding) is cut (:func:`trim_tail`, ``meta["trimmed_tail"]`` samples). The device's interpretation statements
 go into ``meta["statements"]`` and never into the model's input; ``meta["format"]`` and ``meta["device"]`` say
 what wrote the file. A file that is none of these raises :class:`~ecg.readers.ECGReadError` naming it.
 
@@ -90,12 +91,13 @@ def read_clinical_bytes(data: bytes, rid: str, *, source: str = "") -> Record:
         else:
             leads, fs, meta = {"muse": _muse, "cardiosoft": _cardiosoft, "aecg": _aecg}[kind](_parse_xml(data, rid))
         signal, names, derived = complete_leads(leads)
+        signal, trimmed = trim_tail(signal)
     except ECGReadError:
         raise
     except Exception as exc:  # noqa: BLE001 - a malformed export fails in many ways; each becomes a named error
         raise ECGReadError(f"{rid}: cannot read {kind} export: {type(exc).__name__}: {exc}") from exc
     _check_finite(signal, rid)
-    meta = {"source": source or rid, "format": kind, "derived_leads": derived, **meta}
+    meta = {"source": source or rid, "format": kind, "derived_leads": derived, "trimmed_tail": trimmed, **meta}
     return Record(signal=signal, fs=fs, leads=names, id=rid, meta=meta)
 
 
@@ -119,6 +121,21 @@ def complete_leads(leads: dict[str, np.ndarray]) -> tuple[np.ndarray, tuple[str,
     if missing:
         raise ValueError(f"leads {missing} missing (stored: {sorted(leads)})")
     return np.stack([leads[name] for name in STANDARD_LEADS]), STANDARD_LEADS, derived  # (12, n), mV
+
+
+def trim_tail(signal: np.ndarray) -> tuple[np.ndarray, int]:
+    """``signal`` without a tail where every lead holds the same value: the 1 mV calibration pulse and zero padding
+    that Philips Sierra exports append after the recording (no real 12-lead ECG is equal in all leads).
+
+    Returns ``(signal, samples removed)``. Example: SPxml's (12, 5500) Sierra strip -> ``((12, 5264), 236)``.
+    """
+    same = np.all(signal == signal[:1], axis=0)  # (samples,): every lead equal at this sample
+    n = signal.shape[1]
+    while n > 0 and same[n - 1]:
+        n -= 1
+    if n < signal.shape[1] // 2:
+        return signal, 0  # mostly flat: leave it whole, the checks downstream name it
+    return signal[:, :n], signal.shape[1] - n
 
 
 # ---- DICOM ----------------------------------------------------------------------------------------------

@@ -210,3 +210,26 @@ def mimic_batch(batch, *, task: str = "ptbxl-report", seed: int = 0, splits=None
         rows.append(_guard(ref["id"], make, task=task_.name, source="mimic-ecg"))
     return to_table(rows)
 
+
+
+# ---- any one record file (ecgvlm render) -------------------------------------------------------------------
+
+
+def read_any(path: str, *, fs: float | None = None, index: int = 0, leads=None):
+    """One record from a file of any readable kind: WFDB (``.hea``/``.dat``/``.mat``), CODE-15 HDF5 (row ``index``),
+    CSV or ``.npy`` (at ``fs`` Hz), or a clinical export (DICOM, MUSE, CardioSoft, aECG, Sierra: by content).
+
+    Example: ``read_any("A0001.hea").signal.shape`` -> ``(12, 5000)``; ``read_any("ecg.csv", fs=500)``.
+    """
+    from ecg import clinical, readers
+
+    lower = str(path).lower()
+    if lower.endswith((".hea", ".dat", ".mat")):
+        return readers.read_wfdb(path)
+    if lower.endswith((".hdf5", ".h5")):
+        return readers.read_code15_hdf5(path, index)
+    if lower.endswith((".csv", ".npy")):
+        if fs is None:
+            raise ValueError(f"{path}: a {lower.rsplit('.', 1)[1]} file needs its sampling rate (--fs, Hz)")
+        return (readers.read_csv if lower.endswith(".csv") else readers.read_npy)(path, fs=fs, leads=leads)
+    return clinical.read_clinical(path)
