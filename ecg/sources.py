@@ -212,6 +212,24 @@ def mimic_batch(batch, *, task: str = "ptbxl-report", seed: int = 0, splits=None
 
 
 
+def folder_stage(source: str, path: str, *, labels: str | None = None, task: str | None = None, options=None):
+    """``(references, stage function, its keyword arguments)`` of a ``clinical``, ``images`` or ``mimic-ecg`` folder
+    (paths made absolute: Ray workers do not share the driver's working directory).
+
+    Example: ``folder_stage("images", "./pages")[1] is image_batch``.
+    """
+    path = storage.absolute(path)
+    if source == "mimic-ecg":
+        return mimic_references(path), mimic_batch, {"task": task or "ptbxl-report", "options": options}
+    labels = storage.absolute(labels) if labels else None
+    if source == "images":
+        return file_references(path, labels_csv=labels, suffixes=IMAGE_SUFFIXES), image_batch, {"task": task or "code15"}
+    if source == "clinical":
+        refs = file_references(path, labels_csv=labels)
+        return refs, clinical_batch, {"task": task or "code15", "options": options}
+    raise ValueError(f"unknown folder source {source!r}; use clinical, images or mimic-ecg")
+
+
 # ---- any one record file (ecgvlm render) -------------------------------------------------------------------
 
 

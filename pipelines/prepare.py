@@ -89,40 +89,18 @@ def plan(cfg: PrepareConfig, splits: dict):
         return ray.data.from_items(refs, override_num_blocks=len(refs)), samples.synthetic_batch, kwargs, 1
     if not cfg.path:
         raise ValueError(f"--source {cfg.source} needs --path")
-    if cfg.source in ("clinical", "images", "mimic-ecg"):
-        return _folder_plan(cfg, common, options)
-    if cfg.source == "wfdb":
-        from ecg import snomed
-        from ecgtasks import get_task
+    if cfg.source in ("ptbxl", "code15", "wfdb", "clinical", "images", "mimic-ecg"):
+        from ecg import sources
 
-        snomed.labels_for([], get_task(cfg.task or "code15").name)  # a task without a SNOMED-CT table: one line now
-    if cfg.source in ("ptbxl", "code15", "wfdb"):
-        refs = samples.signal_references(cfg.source, cfg.path)
-        kwargs = {**common, "task": cfg.task, "options": options, "folds": cfg.ptbxl_folds}
+        if cfg.source in ("ptbxl", "code15", "wfdb"):
+            refs, fn = samples.signal_references(cfg.source, cfg.path, task=cfg.task), samples.signal_batch
+            kwargs = {"task": cfg.task, "options": options, "folds": cfg.ptbxl_folds}
+        else:
+            refs, fn, kwargs = sources.folder_stage(cfg.source, cfg.path, labels=cfg.labels, task=cfg.task,
+                                                    options=options)
         blocks = max(1, min(len(refs) // cfg.chunk + 1, 1000))
-        return ray.data.from_items(refs, override_num_blocks=blocks), samples.signal_batch, kwargs, cfg.chunk
+        return ray.data.from_items(refs, override_num_blocks=blocks), fn, {**common, **kwargs}, cfg.chunk
     return _conversation_plan(cfg, common)
-
-
-def _folder_plan(cfg: PrepareConfig, common: dict, options):
-    """Clinical exports, page images (one reference per file) or MIMIC-IV-ECG (one per record_list.csv row)."""
-    import ray
-
-    from ecg import sources, storage
-
-    path = storage.absolute(cfg.path)
-    if cfg.source == "mimic-ecg":
-        refs, fn = sources.mimic_references(path), sources.mimic_batch
-        kwargs = {**common, "task": cfg.task or "ptbxl-report", "options": options}
-    else:
-        labels = storage.absolute(cfg.labels) if cfg.labels else None
-        suffixes = sources.IMAGE_SUFFIXES if cfg.source == "images" else ()
-        refs = sources.file_references(path, labels_csv=labels, suffixes=suffixes)
-        fn = sources.image_batch if cfg.source == "images" else sources.clinical_batch
-        kwargs = {**common, "task": cfg.task or "code15"}
-        kwargs.update({} if cfg.source == "images" else {"options": options})
-    blocks = max(1, min(len(refs) // cfg.chunk + 1, 1000))
-    return ray.data.from_items(refs, override_num_blocks=blocks), fn, kwargs, cfg.chunk
 
 
 def _conversation_plan(cfg: PrepareConfig, common: dict):
@@ -173,7 +151,11 @@ def main(argv: list[str] | None = None) -> int:
     ray_data = __import__("ray").data.DataContext.get_current()
     ray_data.enable_progress_bars = ray_data.enable_operator_progress_bars = attached()  # plain logs otherwise
     try:
-        ds, fn, kwargs, batch_size = plan(cfg, splits)
+        try:
+            ds, fn, kwargs, batch_size = plan(cfg, splits)
+        except (ValueError, FileNotFoundError) as exc:  # no records, a missing table, a task with no labels here
+            print(f"ecgvlm prepare: {exc}", file=sys.stderr)
+            return 2
         rows = ds.map_batches(fn, fn_kwargs=kwargs, batch_size=batch_size, num_cpus=cfg.num_cpus)
         fs, path = storage.resolve(cfg.out)
         # Directory partitioning: <out>/<split>/*.parquet (the split column lives in the folder name).
