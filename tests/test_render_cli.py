@@ -39,3 +39,21 @@ def test_render_bad_input_is_one_line(tmp_path, capsys):
     assert cli.main(["render", hea, "--pages", "sepia", "--out", str(tmp_path / "p.png")]) == 2
     assert "unknown page preset 'sepia'; choose from clean, varied, photo" in capsys.readouterr().err
     assert not (tmp_path / "p.png").exists()
+
+
+def test_docs_render_commands_run_as_written(real_ecgs, tmp_path, capsys):
+    """Every `ecgvlm render` line of docs/data-real.md that names a real file runs (outputs go to a temp folder)."""
+    import os
+    import shlex
+
+    from conftest import REPO
+
+    text = (REPO / "docs" / "data-real.md").read_text()
+    lines = [ln.split("#")[0].strip() for ln in text.splitlines() if ln.startswith("ecgvlm render .cache/")]
+    assert len(lines) == 3
+    for line in lines:
+        argv = [a.replace(".cache/real-ecgs", str(real_ecgs)) for a in shlex.split(line)[1:]]
+        out = argv.index("--out") + 1
+        argv[out] = os.path.join(tmp_path, argv[out])
+        assert cli.main(argv) == 0, line
+        assert os.path.getsize(argv[out]) > 10_000
