@@ -32,6 +32,19 @@ def find_records(root: str) -> list[str]:
     return found
 
 
+def references(root: str, task: str | None = None) -> list[dict]:
+    """One ``ecg.samples`` reference per WFDB header under ``root`` (kind ``wfdb``; labels read with the record);
+    a ``task`` without a SNOMED-CT label table is refused here, in one line, before any record is read.
+
+    Example: ``references("cpsc2018", "cpsc")[0]["id"]`` -> ``"wfdb-g1/A0001"``.
+    """
+    from ecgtasks import get_task
+
+    snomed.labels_for([], get_task(task or "code15").name)
+    return [{"kind": "wfdb", "id": record_id(p, root), "path": p, "index": -1, "patient_id": None, "labels": [],
+             "fold": None, "row": "{}", "error": ""} for p in find_records(root)]
+
+
 def record_id(path: str, root: str) -> str:
     """A record's id: its path under ``root`` without extension, ``/`` as separator (``g1/A0001``), prefixed
     ``wfdb-`` so ids never collide with other sources' (``wfdb-g1/A0001``)."""

@@ -333,18 +333,6 @@ def code15_references(root: str) -> list[dict]:
     return refs
 
 
-def wfdb_references(root: str, task: str | None = None) -> list[dict]:
-    """One reference per WFDB header under ``root`` (Challenge form: labels from its ``# Dx:`` line when read);
-    a ``task`` without a SNOMED-CT label table is refused here, in one line, before any record is read."""
-    from ecg import challenge, snomed
-    from ecgtasks import get_task
-
-    snomed.labels_for([], get_task(task or "code15").name)
-
-    return [{"kind": "wfdb", "id": challenge.record_id(p, root), "path": p, "index": -1, "patient_id": None,
-             "labels": [], "fold": None, "row": "{}", "error": ""} for p in challenge.find_records(root)]
-
-
 def signal_references(source: str, root: str, task: str | None = None) -> list[dict]:
     """References of a signal dataset: ``source`` is ``"ptbxl"``, ``"code15"`` or ``"wfdb"`` (labelled for ``task``)."""
     if source == "ptbxl":
@@ -352,7 +340,9 @@ def signal_references(source: str, root: str, task: str | None = None) -> list[d
     if source == "code15":
         return code15_references(root)
     if source == "wfdb":
-        return wfdb_references(root, task)
+        from ecg.challenge import references
+
+        return references(root, task)
     raise ValueError(f"unknown signal source {source!r}")
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from ecg import challenge, snomed
 from ecg.readers import ECGReadError
-from ecg.samples import signal_batch, wfdb_references
+from ecg.samples import signal_batch
 
 LEADS = ["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"]
 
@@ -137,7 +137,7 @@ def test_read_record_labels_and_meta(challenge_tree):
 
 def test_wfdb_stage_rows_and_failures(challenge_tree):
     """The prepare stage: one row per record, cpsc answers, the two bad records as named failure rows."""
-    refs = wfdb_references(str(challenge_tree))
+    refs = challenge.references(str(challenge_tree), "cpsc")
     batch = {k: [r[k] for r in refs] for k in refs[0]}
     rows = signal_batch(batch, task="cpsc", splits="test=1").to_pylist()
     ok = {r["id"]: r for r in rows if r["split"] == "test"}
