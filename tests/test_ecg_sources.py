@@ -61,9 +61,9 @@ def test_clinical_folder(real_ecgs, tmp_path):
 def make_image_folder(real_ecgs, root) -> str:
     """pmecg's five PTB-XL pages, ecg2dcm's DICOM-viewer screenshot, one page as TIFF, a truncated PNG, labels."""
     os.makedirs(root, exist_ok=True)
-    pages = sorted((real_ecgs / "pmecg-0.3.0").glob("*.png"))
-    for page in pages:
-        shutil.copy(page, root)
+    pages = [real_ecgs / "pmecg-0.3.0" / str(i) / "4x3.png" for i in range(1, 6)]
+    for i, page in enumerate(pages, 1):
+        shutil.copy(page, os.path.join(root, f"ptbxl-{i}-4x3.png"))
     shutil.copy(real_ecgs / "ecg2dcm-1.3.1" / "ecg_dicom.png", os.path.join(root, "viewer.png"))
     Image.open(pages[0]).convert("RGB").save(os.path.join(root, "scan.tif"))
     with open(os.path.join(root, "torn.png"), "wb") as f:
@@ -81,7 +81,7 @@ def test_image_folder(real_ecgs, tmp_path):
                                            splits="test=1"))
     assert len(ok) == 7 and list(failed) == ["torn"] and failed["torn"]["kind"] == "unreadable_image"
     assert ok["ptbxl-2-4x3"]["answer"] == "SB" and ok["ptbxl-3-4x3"]["labels"] == []
-    assert ok["ptbxl-1-4x3"]["image"] == (real_ecgs / "pmecg-0.3.0" / "ptbxl-1-4x3.png").read_bytes()  # as it was
+    assert ok["ptbxl-1-4x3"]["image"] == (real_ecgs / "pmecg-0.3.0" / "1" / "4x3.png").read_bytes()  # as it was
     scan = ok["scan"]
     assert scan["image"][:4] == b"\x89PNG" and json.loads(scan["meta"])["format"] == "TIFF"
     assert Image.open(io.BytesIO(scan["image"])).size == (1280, 593)
