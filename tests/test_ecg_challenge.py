@@ -1,5 +1,6 @@
 """ecg.snomed and ecg.challenge: the SNOMED-CT table against the Challenge's own (as two packages ship it), and
-Challenge-form WFDB records that wfdb writes from a real 12-lead ECG (pydicom's Mortara recording)."""
+Challenge-form WFDB records (the Challenge's .mat layout, and wfdb's .dat) holding a real 12-lead ECG
+(pydicom's Mortara recording)."""
 
 from __future__ import annotations
 
@@ -82,23 +83,24 @@ def _mortara_mv():
 
 
 def write_challenge(folder, name: str, signal_mv, comments, *, mat: bool = True) -> str:
-    """A Challenge-form record written by wfdb: ``.hea`` + ``.mat`` (wfdb_to_mat) or ``.dat``."""
+    """A record in the Challenge's own layout: ``<name>.mat`` a MATLAB v4 file holding ``val`` (leads, samples) int16
+    at 1000/mV (scipy writes it, so the samples start at byte 24: the header's ``16+24``) and ``<name>.hea`` in the
+    form of the Challenge's headers; ``mat=False``: a plain WFDB ``.dat`` record written by ``wfdb.wrsamp``."""
+    import scipy.io
     import wfdb
-    from wfdb.io.convert.matlab import wfdb_to_mat
 
     os.makedirs(folder, exist_ok=True)
-    cwd = os.getcwd()
-    os.chdir(folder)  # wfdb_to_mat writes beside the working directory
-    try:
-        wfdb.wrsamp(name + ("_" if mat else ""), fs=500, units=["mV"] * 12, sig_name=LEADS, p_signal=signal_mv,
-                    fmt=["16"] * 12, adc_gain=[1000.0] * 12, baseline=[0] * 12, comments=comments)
-        if mat:
-            wfdb_to_mat(name + "_")  # -> <name>_m.mat / .hea, the Challenge's layout
-            for ext in (".hea", ".dat"):
-                os.remove(name + "_" + ext)
-    finally:
-        os.chdir(cwd)
-    return os.path.join(folder, name + ("_m" if mat else "") + ".hea")
+    if not mat:
+        wfdb.wrsamp(name, fs=500, units=["mV"] * 12, sig_name=LEADS, p_signal=signal_mv, fmt=["16"] * 12,
+                    adc_gain=[1000.0] * 12, baseline=[0] * 12, comments=comments, write_dir=str(folder))
+        return os.path.join(folder, name + ".hea")
+    val = np.round(np.asarray(signal_mv).T * 1000).astype(np.int16)  # (leads, samples), 1 µV steps
+    scipy.io.savemat(os.path.join(folder, name + ".mat"), {"val": val}, format="4")
+    lines = [f"{name} 12 500 {val.shape[1]} 05-May-2020 14:50:55"]
+    lines += [f"{name}.mat 16+24 1000/mV 16 0 {val[k, 0]} 0 0 {lead}" for k, lead in enumerate(LEADS)]
+    with open(os.path.join(folder, name + ".hea"), "w") as f:
+        f.write("\n".join(lines + [f"# {c}" for c in comments]) + "\n")
+    return os.path.join(folder, name + ".hea")
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +121,7 @@ def challenge_tree(tmp_path_factory):
 def test_read_record_labels_and_meta(challenge_tree):
     paths = challenge.find_records(challenge_tree)
     assert [challenge.record_id(p, challenge_tree) for p in paths] == [
-        "wfdb-g1/A0001_m", "wfdb-g1/A0002", "wfdb-g2/A0003_m", "wfdb-g2/A0004_m", "wfdb-g2/A0005_m"]
+        "wfdb-g1/A0001", "wfdb-g1/A0002", "wfdb-g2/A0003", "wfdb-g2/A0004", "wfdb-g2/A0005"]
     rec = challenge.read_record(paths[0], task="code15")
     assert rec.labels == ("NORM",) and rec.fs == 500.0 and rec.signal.shape == (12, 5000)
     assert rec.leads == tuple(LEADS) and rec.meta["age"] == 60.0 and rec.meta["sex"] == "Male"
@@ -129,9 +131,9 @@ def test_read_record_labels_and_meta(challenge_tree):
     assert rec.labels == ("1dAVb", "RBBB") and rec.meta["dx"] == ["CRBBB", "IAVB"] and rec.meta["age"] is None
     assert challenge.read_record(paths[1], task="cpsc").labels == ("I-AVB", "RBBB")
     assert challenge.read_record(paths[2], task="cpsc").labels == ("PAC", "PVC")
-    with pytest.raises(ECGReadError, match=r"A0004_m: Dx '1dAVb': \['1dAVb'\] are not SNOMED-CT codes"):
+    with pytest.raises(ECGReadError, match=r"A0004: Dx '1dAVb': \['1dAVb'\] are not SNOMED-CT codes"):
         challenge.read_record(paths[3])
-    with pytest.raises(ECGReadError, match="A0005_m"):
+    with pytest.raises(ECGReadError, match="A0005: cannot read WFDB record"):
         challenge.read_record(paths[4])
 
 
@@ -142,10 +144,10 @@ def test_wfdb_stage_rows_and_failures(challenge_tree):
     rows = signal_batch(batch, task="cpsc", splits="test=1").to_pylist()
     ok = {r["id"]: r for r in rows if r["split"] == "test"}
     failed = {r["id"]: r for r in rows if r["split"] == "_failed"}
-    assert ok["wfdb-g1/A0001_m"]["answer"] == "NORM" and ok["wfdb-g1/A0002"]["labels"] == ["I-AVB", "RBBB"]
-    assert ok["wfdb-g2/A0003_m"]["question"].startswith("<image>\nWhich of the following diagnoses")
-    assert ok["wfdb-g2/A0003_m"]["image"][:4] == b"\x89PNG"
-    assert sorted(failed) == ["wfdb-g2/A0004_m", "wfdb-g2/A0005_m"]
+    assert ok["wfdb-g1/A0001"]["answer"] == "NORM" and ok["wfdb-g1/A0002"]["labels"] == ["I-AVB", "RBBB"]
+    assert ok["wfdb-g2/A0003"]["question"].startswith("<image>\nWhich of the following diagnoses")
+    assert ok["wfdb-g2/A0003"]["image"][:4] == b"\x89PNG"
+    assert sorted(failed) == ["wfdb-g2/A0004", "wfdb-g2/A0005"]
     assert all(r["id"] in r["meta"] for r in failed.values())
 
 

@@ -247,7 +247,7 @@ def test_real_sources_through_the_cli(ray_cluster, real_ecgs, tmp_path):
     manifest = _prepare("--source", "wfdb", "--task", "cpsc", "--path", str(tree), "--out", str(tmp_path / "w"),
                         "--split", "test=1", "--max-error-rate", "0.5")
     assert manifest["counts"]["labels"] == {"AF": {"test": 1}, "NORM": {"test": 1}, "RBBB": {"test": 1}}
-    assert manifest["counts"]["failures"] == {"unreadable_record": 1} and manifest["failures"][0]["id"] == "wfdb-g1/A0003_m"
+    assert manifest["counts"]["failures"] == {"unreadable_record": 1} and manifest["failures"][0]["id"] == "wfdb-g1/A0003"
 
     root = make_clinical_folder(real_ecgs, tmp_path / "exports")
     manifest = _prepare("--source", "clinical", "--path", root, "--labels", os.path.join(root, "labels.csv"),
