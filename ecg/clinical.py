@@ -233,9 +233,13 @@ def _aecg(root):
     if not series:
         raise ValueError("no <component><series> (the rhythm waveforms)")
     fs, leads = None, {}
-    for seq in series[0].iter():
-        if _local(seq.tag) != "sequence":
-            continue
+    # series/component/sequenceSet/component/sequence: the rhythm itself, not series/derivation/derivedSeries
+    # (median beats), which iter() would also reach
+    sequences = [seq for comp in series[0] if _local(comp.tag) == "component"
+                 for seq_set in comp if _local(seq_set.tag) == "sequenceSet"
+                 for comp2 in seq_set if _local(comp2.tag) == "component"
+                 for seq in comp2 if _local(seq.tag) == "sequence"]
+    for seq in sequences:
         code = next(c for c in seq if _local(c.tag) == "code").get("code", "")
         value = next(c for c in seq if _local(c.tag) == "value")
         parts = {_local(c.tag): c for c in value}

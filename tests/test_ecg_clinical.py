@@ -51,7 +51,8 @@ def test_muse_xml_equals_the_dicom_made_of_it(real_ecgs):
 
 def aecg_xml(signal_uv: np.ndarray, fs: float, statements=()) -> bytes:
     """An HL7 v3 annotated ECG in the shape of the standard's published example (a rhythm series, a time sequence
-    and one SLIST_PQ sequence per lead, interpretation annotations), holding ``signal_uv`` (leads, samples) µV."""
+    and one SLIST_PQ sequence per lead, a derived representative beat, interpretation annotations), holding
+    ``signal_uv`` (leads, samples) µV."""
     codes = ["I", "II", "III", "AVR", "AVL", "AVF", "V1", "V2", "V3", "V4", "V5", "V6"]
     leads = "".join(
         f'<component><sequence><code code="MDC_ECG_LEAD_{c}" codeSystem="2.16.840.1.113883.6.24"/>'
@@ -71,6 +72,12 @@ def aecg_xml(signal_uv: np.ndarray, fs: float, statements=()) -> bytes:
         '<component><sequenceSet><component><sequence><code code="TIME_ABSOLUTE" codeSystem="2.16.840.1.113883.5.4"/>'
         f'<value xsi:type="GLIST_TS"><head value="20021122091000.000"/><increment value="{1 / fs:g}" unit="s"/>'
         f'</value></sequence></component>{leads}</sequenceSet></component>'
+        '<derivation><derivedSeries><code code="REPRESENTATIVE_BEAT" codeSystem="2.16.840.1.113883.5.4"/>'
+        '<component><sequenceSet><component><sequence><code code="TIME_RELATIVE" codeSystem="2.16.840.1.113883.5.4"/>'
+        '<value xsi:type="GLIST_PQ"><head value="0" unit="s"/><increment value="0.004" unit="s"/></value></sequence>'
+        '</component><component><sequence><code code="MDC_ECG_LEAD_I" codeSystem="2.16.840.1.113883.6.24"/>'
+        '<value xsi:type="SLIST_PQ"><origin value="0" unit="uV"/><scale value="5" unit="uV"/><digits>1 2 3</digits>'
+        '</value></sequence></component></sequenceSet></component></derivedSeries></derivation>'
         '<subjectOf><annotationSet><activityTime value="20021122091010"/>'
         f'<component><annotation><code code="MDC_ECG_INTERPRETATION" codeSystem=""/>{notes}</annotation></component>'
         '</annotationSet></subjectOf></series></component></AnnotatedECG>').encode()
