@@ -21,6 +21,7 @@ Example::
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import pyarrow as pa
 
@@ -72,6 +73,9 @@ def file_references(root: str, *, labels_csv: str | None = None, suffixes: tuple
                      "labels": json.dumps(gold)})
     if not refs:
         raise ValueError(f"{root}: no files to read under this folder")
+    stems = Counter(r["id"] for r in refs)
+    for r in refs:  # a.dcm beside a.xml: both keep their extension, so ids stay unique
+        r["id"] = r["file"] if stems[r["id"]] > 1 else r["id"]
     return refs
 
 

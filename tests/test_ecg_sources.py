@@ -87,6 +87,12 @@ def test_image_folder(real_ecgs, tmp_path):
     assert Image.open(io.BytesIO(scan["image"])).size == (1280, 593)
 
 
+def test_file_ids_stay_unique(tmp_path):
+    for name in ("a.dcm", "a.xml", "b.xml"):
+        (tmp_path / name).write_bytes(b"x")
+    assert [r["id"] for r in sources.file_references(str(tmp_path))] == ["a.dcm", "a.xml", "b"]
+
+
 def test_labels_csv_needs_its_columns(tmp_path):
     (tmp_path / "l.csv").write_text("name,dx\na.png,AF\n")
     with pytest.raises(ValueError, match="needs columns 'file' and 'labels'"):
