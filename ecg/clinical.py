@@ -13,7 +13,8 @@ I, II and V1-V6 are stored, III, aVR, aVL and aVF are derived (Einthoven / Goldb
 aVL = I - II/2, aVF = II - I/2) and named in ``meta["derived_leads"]``; a tail equal in every lead (Sierra's
 calibration pulse and padding) is cut (:func:`trim_tail`, ``meta["trimmed_tail"]`` samples). The device's interpretation statements
 go into ``meta["statements"]`` and never into the model's input; ``meta["format"]`` and ``meta["device"]`` say
-what wrote the file. A file that is none of these raises :class:`~ecg.readers.ECGReadError` naming it.
+what wrote the file. A file that is none of these raises :class:`UnknownFormat`, a broken one
+:class:`~ecg.readers.ECGReadError`; both name it.
 
 Example::
 
@@ -55,21 +56,30 @@ def _parse_xml(data: bytes, rid: str):
         raise ECGReadError(f"{rid}: not well-formed or unsafe XML: {type(exc).__name__}: {exc}") from exc
 
 
+class UnknownFormat(ECGReadError):
+    """Bytes that are no ECG export read here (a note, an invoice XML, ...): counted apart from broken exports."""
+
+
+def _sniff(data: bytes, rid: str):
+    """``(format, parsed XML root or None)``; the XML is parsed once, here, with defusedxml."""
+    if data[128:132] == b"DICM":
+        return "dicom", None
+    if data[:512].lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"<"):
+        root = _parse_xml(data, rid)
+        if _local(root.tag) in _XML_ROOTS:
+            return _XML_ROOTS[_local(root.tag)], root
+        raise UnknownFormat(f"{rid}: XML root <{_local(root.tag)}> is none of MUSE <RestingECG>, CardioSoft "
+                            "<CardiologyXML>, HL7 <AnnotatedECG> or Philips Sierra <restingecgdata>")
+    raise UnknownFormat(f"{rid}: neither a DICOM waveform (no 'DICM' at byte 128) nor an XML export")
+
+
 def detect(data: bytes, rid: str = "file") -> str:
-    """The format of an export from its bytes: one of :data:`FORMATS`; :class:`ECGReadError` otherwise.
+    """The format of an export from its bytes: one of :data:`FORMATS`; :class:`UnknownFormat` (an
+    :class:`ECGReadError`) otherwise, or an ECGReadError for XML that is malformed or unsafe.
 
     Example: ``detect(open("x.dcm", "rb").read()) == "dicom"``.
     """
-    if data[128:132] == b"DICM":
-        return "dicom"
-    head = data[:512].lstrip(b"\xef\xbb\xbf \t\r\n")
-    if head.startswith(b"<"):
-        root = _local(_parse_xml(data, rid).tag)
-        if root in _XML_ROOTS:
-            return _XML_ROOTS[root]
-        raise ECGReadError(f"{rid}: XML root <{root}> is none of MUSE <RestingECG>, CardioSoft <CardiologyXML>, "
-                           "HL7 <AnnotatedECG> or Philips Sierra <restingecgdata>")
-    raise ECGReadError(f"{rid}: neither a DICOM waveform (no 'DICM' at byte 128) nor an XML export")
+    return _sniff(data, rid)[0]
 
 
 def read_clinical(path: str) -> Record:
@@ -82,14 +92,14 @@ def read_clinical(path: str) -> Record:
 
 def read_clinical_bytes(data: bytes, rid: str, *, source: str = "") -> Record:
     """The export in ``data`` as a Record with id ``rid``; every failure is an :class:`ECGReadError` naming ``rid``."""
-    kind = detect(data, rid)
+    kind, root = _sniff(data, rid)
     try:
         if kind == "dicom":
             leads, fs, meta = _dicom(data)
         elif kind == "sierra":
-            leads, fs, meta = _sierra(data, _parse_xml(data, rid))
+            leads, fs, meta = _sierra(data, root)
         else:
-            leads, fs, meta = {"muse": _muse, "cardiosoft": _cardiosoft, "aecg": _aecg}[kind](_parse_xml(data, rid))
+            leads, fs, meta = {"muse": _muse, "cardiosoft": _cardiosoft, "aecg": _aecg}[kind](root)
         signal, names, derived = complete_leads(leads)
         signal, trimmed = trim_tail(signal)
     except ECGReadError:

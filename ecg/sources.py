@@ -94,7 +94,6 @@ def clinical_batch(batch, *, task: str = "code15", seed: int = 0, splits=None,
                    options: RenderOptions | None = None) -> pa.Table:
     """Read and draw clinical exports (references of :func:`file_references`); one row or failure row each."""
     from ecg import clinical
-    from ecg.readers import ECGReadError
     from ecgtasks import get_task
 
     task_, splits, options = get_task(task), parse_splits(splits), options or RenderOptions()
@@ -103,12 +102,10 @@ def clinical_batch(batch, *, task: str = "code15", seed: int = 0, splits=None,
         ref = {k: v[i] for k, v in cols.items()}
 
         def make(ref=ref):
-            data = storage.read_bytes(ref["path"])
             try:
-                clinical.detect(data, ref["id"])
-            except ECGReadError as exc:
+                record = clinical.read_clinical_bytes(storage.read_bytes(ref["path"]), ref["id"], source=ref["path"])
+            except clinical.UnknownFormat as exc:
                 raise RecordError(str(exc), UNKNOWN_FORMAT) from None
-            record = clinical.read_clinical_bytes(data, ref["id"], source=ref["path"])
             record.labels = _gold(ref, task_)
             record.meta["file"] = ref["file"]
             split = assign_split(record.id, splits, seed)
