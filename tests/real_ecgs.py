@@ -82,15 +82,19 @@ def fetch(cache: str) -> list[str]:
 
     Example: ``fetch(".cache/real-ecgs")`` -> ``[".cache/real-ecgs/ecgprocess-1.2.0", ...]``.
     """
-    folders = []
-    for name, version, sdist, members in PACKAGES:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(name, version, sdist, members) -> str:
         out = os.path.join(cache, f"{name}-{version}")
-        folders.append(out)
         if os.path.isdir(out) and sum(len(files) for _, _, files in os.walk(out)) == len(members):
-            continue
+            return out
         os.makedirs(out, exist_ok=True)
         with tempfile.TemporaryDirectory() as tmp:
             _extract(_download(name, version, sdist, tmp), members, out)
+        return out
+
+    with ThreadPoolExecutor(len(PACKAGES)) as pool:  # the downloads wait on the network, not on the CPU
+        folders = list(pool.map(lambda p: one(*p), PACKAGES))
     import pydicom
     from pydicom.data import get_testdata_file
 
