@@ -50,7 +50,7 @@ $(VLLM_VENV)/.installed:
 test-vllm: $(VLLM_VENV)/.installed
 	VLLM_ENABLE_V1_MULTIPROCESSING=0 VLLM_CPU_KVCACHE_SPACE=2 PYTHONPATH=. $(VLLM_VENV)/bin/python -m pytest -q tests/test_vlm_vllm.py tests/test_serving_vllm.py
 
-bench: install
+bench: install real-ecgs
 	for b in benchmarks/*.py; do $(BIN)/python $$b || exit 1; done
 
 clean:
