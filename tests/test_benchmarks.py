@@ -30,6 +30,7 @@ SMALLEST = {
     "endpoint.py": (["--rows", "8", "--batch-size", "4", "--concurrency", "2"], "ratio endpoint / in-process"),
     "serve_load.py": (["--clients", "2", "--seconds", "2", "--rounds", "1", "--warmup", "1"], "on / off"),
     "sim2real.py": (["--smoke"], "synthetic"),
+    "readers.py": (["--n", "2"], "ours/base"),  # the real exports of make real-ecgs ($ECGVLM_REAL_ECGS)
 }
 
 # rough seconds of each smallest run on an idle 2-core machine: the longest start first, so the pool ends together
