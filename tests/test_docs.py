@@ -71,7 +71,7 @@ def test_getting_started_commands_run_as_written(tmp_path):
     assert proc.returncode == 0, out[-4000:]
     assert re.search(r"prepare: 300 rows \(train \d+, val \d+, test \d+\)", out), out[-4000:]
     assert "report: " in out and (tmp_path / "first-hour" / "eval" / "report.html").exists()
-    assert re.search(r"^code15\s+\d+\s+0\s", out, re.M), "evaluate's headline table: " + out[-4000:]
+    assert re.search(r"^task\s.*\bF1\b.*\n-+.*\ncode15\s", out, re.M), "evaluate's headline table: " + out[-4000:]
     assert '"answer"' in out and '"label_scores"' in out, "the /v1/diagnose reply: " + out[-3000:]
     assert "Traceback" not in out
     shutil.rmtree(tmp_path / "first-hour", ignore_errors=True)
