@@ -23,7 +23,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
+if sys.path[1:2] == [str(REPO / "benchmarks")]:  # python benchmarks/evaluate.py: benchmarks/stages.py would hide
+    del sys.path[1]                                 # the stages package (the Ray stages) from this script
 DEFAULT_SMOLVLM = os.environ.get("ECGVLM_SMOLVLM_DIR", str(REPO.parent / "shared" / "models" / "SmolVLM-256M-Instruct"))
 
 
@@ -83,7 +84,12 @@ def ray_job(model: str, data: str, n: int, batch_size: int, threads: int) -> tup
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if "--stages" in argv:  # vision tower / prefill / decode / label scoring per image, engines side by side
-        from stages import main as stages_main
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("stages_benchmark", REPO / "benchmarks" / "stages.py")
+        stages_benchmark = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(stages_benchmark)
+        stages_main = stages_benchmark.main
 
         return stages_main([a for a in argv if a != "--stages"])
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

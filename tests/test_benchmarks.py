@@ -27,7 +27,7 @@ SMALLEST = {
     "train.py": (["--rows", "16", "--steps", "3", "--warm", "1", "--batch", "4", "--workers", "1"], "vs plain"),
     "endpoint.py": (["--rows", "8", "--batch-size", "4", "--concurrency", "2"], "ratio endpoint / in-process"),
     "serve_load.py": (["--clients", "2", "--seconds", "2", "--rounds", "1", "--warmup", "1"], "on / off"),
-    "sim2real.py": (["--smoke"], "synthetic"),
+    "sim2real.py": (["--smoke"], "pages/s"),
     "readers.py": (["--n", "2"], "ours/base"),  # the real exports of make real-ecgs ($ECGVLM_REAL_ECGS)
 }
 
