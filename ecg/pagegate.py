@@ -133,5 +133,5 @@ def check_page(image, threshold: float = THRESHOLD) -> PageCheck:
     # trace at all is blank paper, a chart or a photo of a fence, not an ECG
     score = float(min(1.0, 0.5 * min(1.0, grid / 0.4) + 0.5 * min(1.0, traces / 2.0)))
     if grid < 0.2:
-        score = min(score, 0.6 * min(1.0, traces / 4.0) + 0.5 * min(1.0, grid / 0.2))
+        score = min(1.0, 0.6 * min(1.0, traces / 4.0) + 0.5 * min(1.0, grid / 0.2))
     return PageCheck(score >= threshold, round(score, 4), round(grid, 4), int(traces), angle)
