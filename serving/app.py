@@ -182,6 +182,15 @@ def _history(fields: dict) -> list | None:
         raise InputError(str(err), status=400, field="history") from None
 
 
+async def _relay(chunks, events):
+    """The stream to the client; when the client goes away, the replica's generator is cancelled with it."""
+    try:
+        async for text in chunks:
+            yield text
+    finally:
+        events.cancel()  # defined before Ingress: Serve pickles the ingress class with the globals it sees
+
+
 @serve.deployment(name="Ingress")
 @serve.ingress(api)
 class Ingress:
@@ -286,15 +295,6 @@ class Ingress:
             return _error(InputError(f"the model could not read this request: {out['error']}", status=400,
                                      field="messages"))
         return out
-
-
-async def _relay(chunks, events):
-    """The stream to the client; when the client goes away, the replica's generator is cancelled with it."""
-    try:
-        async for text in chunks:
-            yield text
-    finally:
-        events.cancel()
 
 
 def build_app(args: dict | AppConfig | None = None):
