@@ -19,7 +19,7 @@ import sys
 import time
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ecgconfig import error_exit, load_config
 
@@ -44,13 +44,23 @@ class PrepareConfig(BaseModel):
     num_cpus: float = Field(1.0, gt=0, description="CPUs per rendering task")
     width: int = Field(1100, description="page width, px")
     height: int = Field(850, description="page height, px")
-    layout: str = Field("3x4", description="page layout: 3x4, 6x2 or 12x1")
-    augment: float = Field(0.0, ge=0, le=1, description="fraction of pages augmented (seeded per record)")
+    pages: str = Field("clean", description="page preset: clean, varied (layouts, speeds, gains, headers, fonts, "
+                       "grids), photo (varied + scan/phone artifacts), or a mix such as clean=0.3,varied=0.4,photo=0.3")
+    layout: str = Field("3x4", description="clean pages' layout: 3x4 (= 3x4+1), 3x4+0, 3x4+3, 6x2, 2x6 or 12x1")
+    augment: float = Field(0.0, ge=0, le=1, description="fraction of clean pages lightly augmented (seeded per record)")
     image_format: Literal["PNG", "JPEG"] = Field("PNG", description="image encoding")
     quality: int = Field(90, description="JPEG quality")
     overwrite: bool = Field(False, description="replace shards already under --out")
     max_error_rate: float = Field(0.5, ge=0, le=1, description="exit non-zero (after writing everything) when more "
                                   "than this fraction of the records failed")
+
+    @field_validator("pages")
+    @classmethod
+    def _known_pages(cls, value: str) -> str:
+        from ecg.pages import presets_mix
+
+        presets_mix(value)  # raises a one-line ValueError naming the presets
+        return value
 
 
 # ---- the job --------------------------------------------------------------------------------------------
@@ -63,7 +73,7 @@ def plan(cfg: PrepareConfig, splits: dict):
     from ecg import samples
 
     options = samples.RenderOptions(width=cfg.width, height=cfg.height, layout=cfg.layout, augment=cfg.augment,
-                                    image_format=cfg.image_format, quality=cfg.quality)
+                                    pages=cfg.pages, image_format=cfg.image_format, quality=cfg.quality)
     common = {"seed": cfg.seed, "splits": splits}
     if cfg.source == "synthetic":
         refs = samples.synthetic_references(cfg.n, cfg.chunk)
