@@ -54,18 +54,18 @@ def _shrink(image) -> tuple[np.ndarray, np.ndarray]:
     return dark, sat
 
 
-def _peaky(profile: np.ndarray) -> float:
+def _peaky(profile: np.ndarray) -> tuple[float, int]:
     """How strongly a 1-D profile repeats: its strongest spectral line at 4 or more periods per profile, over the
     power just beside that line (a repeated line pattern gives a narrow peak, hundreds of times its neighbours;
-    a single edge, a bar or noise give a smooth spectrum, a ratio near 1)."""
+    a single edge, a bar or noise give a smooth spectrum, a ratio near 1), and that line's periods per profile."""
     x = profile - np.convolve(profile, np.ones(9) / 9, mode="same")  # remove shading
     spec = np.abs(np.fft.rfft(x * np.hanning(len(x)))) ** 2
     lo, hi = 4, len(spec) - 1
     if hi <= lo or float(spec[lo:hi].max()) < 1e-6:
-        return 0.0
+        return 0.0, 0
     k = lo + int(np.argmax(spec[lo:hi]))
     beside = np.r_[spec[max(1, k - 6): max(1, k - 1)], spec[k + 2: k + 7]]
-    return float(spec[k] / (np.median(beside) + 1e-9)) if beside.size else 0.0
+    return (float(spec[k] / (np.median(beside) + 1e-9)) if beside.size else 0.0), k
 
 
 def _grid_fraction(channel: np.ndarray) -> float:
@@ -78,7 +78,9 @@ def _grid_fraction(channel: np.ndarray) -> float:
             if float(tile.std()) < 0.01:
                 continue  # flat: margin or blank paper
             total += 1
-            hits += min(_peaky(tile.mean(axis=0)), _peaky(tile.mean(axis=1))) > 9
+            (across, k1), (down, k2) = _peaky(tile.mean(axis=0)), _peaky(tile.mean(axis=1))
+            # both ways, at one pitch: ECG paper is ruled in squares (text lines repeat one way only)
+            hits += min(across, down) > 9 and abs(k1 - k2) <= max(1, 0.15 * max(k1, k2))
     return hits / total if total else 0.0
 
 
@@ -95,10 +97,16 @@ def _rotate(channel: np.ndarray, angle: float) -> np.ndarray:
 def _trace_rows(dark: np.ndarray, sat: np.ndarray) -> int:
     """Rows of the page crossed by a long dark line with spikes: an ECG trace (a chart's line is smooth, text
     is broken into words)."""
-    paper, darkest = float(np.median(dark)), float(np.percentile(dark, 99.7))
-    if darkest - paper < 0.2:
-        return 0  # no ink darker than the paper
-    ink = (dark > paper + 0.5 * (darkest - paper)) & (sat < 0.35)  # the darkest strokes, not a coloured grid
+    from PIL import Image, ImageFilter
+
+    # darkness over the local paper (uneven light in a photo shifts the paper, not the ink's contrast over it)
+    local = Image.fromarray(np.uint8(np.clip(dark, 0, 1) * 255)).filter(ImageFilter.GaussianBlur(8))
+    above = dark - np.asarray(local, dtype=np.float32) / 255.0
+    darkest = float(np.percentile(above, 99.7))
+    if darkest < 0.15:
+        return 0  # no ink darker than the paper around it
+    # the darkest strokes, clearly darker than the paper (a noisy photo's speckles are not ink); not a coloured grid
+    ink = (above > max(0.2, 0.5 * darkest)) & (sat < 0.35)
     h, w = ink.shape
     band = max(8, h // 12)
     found = 0
@@ -111,7 +119,7 @@ def _trace_rows(dark: np.ndarray, sat: np.ndarray) -> int:
             continue
         extent = rows.sum(axis=0)[cols]  # (covered columns,) ink pixels per column
         thin = float(np.median(extent)) if extent.size else 99.0  # px: a trace is a line, not a blob
-        if thin <= 3 and np.percentile(extent, 98) >= 4 * max(1.0, thin):
+        if thin <= 5 and np.percentile(extent, 98) >= 3 * max(1.0, thin):
             found += 1
     return found // 2 if found > 1 else found  # overlapping bands see each trace about twice
 

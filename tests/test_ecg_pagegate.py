@@ -15,14 +15,17 @@ def ecg_pages(n=6):
     """Our rendered pages, each preset ecg.render offers, photographed and blurred, and matplotlib-drawn pages."""
     from ecg import render, synth
     out = {}
-    presets = getattr(render, "PRESETS", None)
+    from ecg import pages as page_presets  # every preset the renderer offers (clean, varied, photo, ...)
+
+    presets = page_presets.PRESETS
     for i in range(n):
         rec = synth.record(i, seed=7)
         out[f"default-{i}"] = render.render(rec, layout=("3x4", "6x2", "12x1")[i % 3])
         out[f"augment-{i}"] = render.render(rec, augment=True, seed=i)
         if presets:
             for name in presets:
-                out[f"{name}-{i}"] = render.render(rec, preset=name, seed=i)
+                data, _ = page_presets.page_bytes(rec, name, seed=i)
+                out[f"{name}-{i}"] = Image.open(io.BytesIO(data)).convert("RGB")
         out[f"small-{i}"] = render.render(rec, width=550, height=425)
         out[f"photo-{i}"] = photo(render.render(rec, augment=True, seed=100 + i), np.random.default_rng(i))
         out[f"jpeg-blur-{i}"] = Image.open(io.BytesIO(render.to_bytes(render.render(rec).filter(ImageFilter.GaussianBlur(1.2)), "JPEG", 40)))
@@ -85,7 +88,7 @@ def not_pages(n=6):
         for y in range(40, 1060, 22 + 2 * i):
             d.text((40, y), " ".join(rng.choice(words, 12)), fill="black", font=font)
         out[f"text-{i}"] = page
-        out[f"blank-{i}"] = Image.new("RGB", (1100, 850), [(255, 255, 255), (250, 245, 230), (30, 30, 30), (200, 220, 255), (255, 240, 240), (128, 128, 128)][i])
+        out[f"blank-{i}"] = Image.new("RGB", (1100, 850), [(255, 255, 255), (250, 245, 230), (30, 30, 30), (200, 220, 255), (255, 240, 240), (128, 128, 128)][i % 6])
         graph = Image.new("RGB", (1100, 850), "white"); d = ImageDraw.Draw(graph)
         for x in range(0, 1100, 20 + 5 * i): d.line([(x, 0), (x, 850)], fill=(180, 200, 230))
         for y in range(0, 850, 20 + 5 * i): d.line([(0, y), (1100, y)], fill=(180, 200, 230))
