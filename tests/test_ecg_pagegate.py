@@ -27,7 +27,7 @@ def ecg_pages(n=6):
                 data, _ = page_presets.page_bytes(rec, name, seed=i)
                 out[f"{name}-{i}"] = Image.open(io.BytesIO(data)).convert("RGB")
         out[f"small-{i}"] = render.render(rec, width=550, height=425)
-        out[f"photo-{i}"] = photo(render.render(rec, augment=True, seed=100 + i), np.random.default_rng(i))
+        out[f"photographed-{i}"] = photo(render.render(rec, augment=True, seed=100 + i), np.random.default_rng(i))
         out[f"jpeg-blur-{i}"] = Image.open(io.BytesIO(render.to_bytes(render.render(rec).filter(ImageFilter.GaussianBlur(1.2)), "JPEG", 40)))
         out[f"matplotlib-{i}"] = mpl_ecg(rec, i)
     return out
@@ -121,7 +121,7 @@ def test_gate_error_rates_on_pages_and_non_pages(samples):
           f"{missed}; {len(passed)}/{len(others)} non-ECG images passed ({100 * len(passed) / len(others):.1f}%): "
           f"{passed}")
     assert len(missed) <= 0.1 * len(pages) and len(passed) <= 0.1 * len(others)
-    for kind in ("default", "small", "jpeg-blur"):  # our own clean pages: every one
+    for kind in ("default", "clean", "small", "jpeg-blur"):  # our own clean pages: every one
         assert not [k for k in missed if k.startswith(kind)], missed
     for kind in ("blank", "noise-white", "text", "graph-paper"):  # no trace at all: never a page
         assert not [k for k in passed if k.startswith(kind)], passed
