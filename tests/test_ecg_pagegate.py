@@ -110,7 +110,7 @@ def pink_noise(rng, shape):
 
 @pytest.fixture(scope="module")
 def samples():
-    return ecg_pages(4), not_pages(6)
+    return ecg_pages(3), not_pages(6)
 
 
 def test_gate_error_rates_on_pages_and_non_pages(samples):
