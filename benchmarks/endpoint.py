@@ -4,7 +4,7 @@ model, in one run, plus the requests a cached rerun sends.
     python benchmarks/endpoint.py                  # 64 rows, batch 8, concurrency 8
     python benchmarks/endpoint.py --rows 128 --concurrency 16
 
-Both paths are the evaluate job's own dataset (``vlm.evaluation.build_dataset``) on a local Ray with 2 CPUs,
+Both paths are the evaluate job's own dataset (``stages.evaluation.build_dataset``) on a local Ray with 2 CPUs,
 the same rows (synthetic 1100 x 850 pages), ``--decoding fast`` (the code15 budget). The in-process path runs
 ``vlm.predict_rows`` (greedy answers plus label scores for multi-label tasks) on one actor; the endpoint path sends
 one chat request per row from one actor's threads to ``ecgvlm serve`` (its own Ray, one batching replica), which
@@ -73,7 +73,7 @@ def stop_server(proc: subprocess.Popen) -> None:
 def timed(cfg) -> dict:
     """Run the evaluate dataset of ``cfg``: rows/s cold and warm, and the endpoint requests its rows report."""
     from ecg.rows import add_usage
-    from vlm.evaluation import build_dataset
+    from stages.evaluation import build_dataset
 
     start = time.perf_counter()
     first_at, first_rows, rows, usage = None, 0, 0, {}

@@ -7,7 +7,7 @@
 
 Both paths run the same model (``vlm.Predictor``, image splitting off), the same rows (synthetic 1100 x 850
 pages) and the same per-batch function (``vlm.predict_rows``) with the same torch thread count. The Ray path
-is the job's own dataset (``vlm.evaluation.build_dataset``: read_parquet -> actor pool of one). Printed:
+is the job's own dataset (``stages.evaluation.build_dataset``: read_parquet -> actor pool of one). Printed:
 images/s of the loop (after a warm-up batch; timed before and after the Ray job, averaged), of the Ray job from submission (actor start-up included) and
 after its first output batch (warm), and the ratios. Timings on a shared machine vary: run it twice.
 """
@@ -64,7 +64,7 @@ class PlainLoop:
 def ray_job(model: str, data: str, n: int, batch_size: int, threads: int) -> tuple[float, float]:
     """``(images/s from submission, images/s after the first output batch)`` of the evaluate dataset."""
     from pipelines.evaluate import EvaluateConfig
-    from vlm.evaluation import build_dataset
+    from stages.evaluation import build_dataset
 
     cfg = EvaluateConfig(model=model, data=data, out=data, batch_size=batch_size, threads=threads,
                          min_actors=1, max_actors=1, num_cpus=0.5, decoding="fast")  # the loop's task budgets

@@ -7,8 +7,8 @@
 The sets (each row of the table names its data):
 - synthetic held-out: the test split of the synthetic data the model was trained beside (ecg.synth).
 - real records, our pages: the labelled real 12-lead recordings of ``ecg/data/real_ecgs.csv`` (clinical exports
-  that PyPI packages ship: DICOM, GE MUSE, GE CardioSoft, Philips Sierra; read by ecg.clinical, found by ecg.examples), drawn by ecg.pages
-  in each preset (clean, varied, photo), ``--pages-per-record`` pages each.
+  that PyPI packages ship: DICOM, GE MUSE, GE CardioSoft, Philips Sierra; read by ecg.clinical, found by
+  ecg.examples), drawn by ecg.pages in each preset (clean, varied, photo), ``--pages-per-record`` pages each.
 - real records, other software: the same recordings drawn by ecg_plot and pmecg in six layouts
   (benchmarks/other_pages.py).
 - pages other software drew: pmecg's own example pages of PTB-XL records 1-5, as its sdist ships them (six layouts
@@ -116,7 +116,7 @@ def main(argv=None) -> int:
         r = score_pages(predictor, pages)
         rate = len(pages) / (time.perf_counter() - start)
         fmt = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
-        answers = ", ".join(f"{k!r} x{v}" for k, v in list(r["answers"].items())[:3])
+        answers = ", ".join(f"{k[:30]!r} x{v}" for k, v in list(r["answers"].items())[:3])
         print(f"{name:38s} {len(pages):5d} {fmt(r.get('f1')):>6s} {fmt(r.get('auc')):>6s} "
               f"{fmt(r.get('hamming_loss')):>6s} {rate:8.1f}  {what}; {answers}", flush=True)
     return 0

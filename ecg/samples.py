@@ -333,23 +333,30 @@ def code15_references(root: str) -> list[dict]:
     return refs
 
 
-def signal_references(source: str, root: str) -> list[dict]:
-    """References of a signal dataset: ``source`` is ``"ptbxl"`` or ``"code15"``."""
+def signal_references(source: str, root: str, task: str | None = None) -> list[dict]:
+    """References of a signal dataset: ``source`` is ``"ptbxl"``, ``"code15"`` or ``"wfdb"`` (labelled for ``task``)."""
     if source == "ptbxl":
         return ptbxl_references(root)
     if source == "code15":
         return code15_references(root)
+    if source == "wfdb":
+        from ecg.challenge import references
+
+        return references(root, task)
     raise ValueError(f"unknown signal source {source!r}")
 
 
-def load_reference(ref: dict):
-    """Read the record a reference points to (``ecg.readers``), labelled and keyed as the reference says."""
+def load_reference(ref: dict, task: str = "code15"):
+    """Read the record a reference points to (``ecg.readers``), labelled and keyed as the reference says
+    (a ``wfdb`` reference: labelled for ``task`` from its SNOMED-CT codes)."""
     import pandas as pd
 
-    from ecg import readers
+    from ecg import challenge, readers
 
     if ref.get("error"):
         raise ValueError(ref["error"])
+    if ref["kind"] == "wfdb":
+        return challenge.read_record(ref["path"], task=task, rid=ref["id"])
     if ref["kind"] == "ptbxl":
         record = readers.read_wfdb(ref["path"])
         record.labels, record.patient_id = tuple(ref["labels"]), ref["patient_id"]
@@ -381,7 +388,7 @@ def signal_batch(batch, *, task: str | None = None, seed: int = 0, splits=None, 
         task_ = get_task(task or ("ptbxl-super" if ref["kind"] == "ptbxl" else "code15"))
 
         def make(ref=ref, task_=task_):
-            record = load_reference(ref)
+            record = load_reference(ref, task_.name)
             split = (fold_split(ref["fold"], splits) if folds and ref["kind"] == "ptbxl" else None) \
                 or assign_split(record.patient_id or record.id, splits, seed)
             return record_row(record, task=task_, source=ref["kind"], split=split, options=options, seed=seed)

@@ -41,6 +41,8 @@ import re
 
 import numpy as np
 
+from metrics.rates import binary_auc, f1_from, pct1
+
 NAME = "smolvlm-study"
 LABELS = ("NORM", "ABNORMAL", "1DAVB", "RBBB", "LBBB", "SB", "ST", "AF")
 TASKS = ("code15",)  # the study's evaluator scores CODE-15 only
@@ -107,8 +109,6 @@ def batch_stats(task, gold, text) -> dict:
 
 def finalize(task, st: dict) -> dict:
     """The protocol's section of a result: F1 / AUC / HL / ANLS x100 (one decimal), per class, notes."""
-    from metrics.score import binary_auc, f1_from, pct1
-
     if task.name not in TASKS or "sv_counts" not in st:
         return {"notes": [f"the {NAME} protocol scores CODE-15 only (its evaluator's one task)"]}
     c = st["sv_counts"]  # (8, 4)

@@ -5,7 +5,7 @@
     ecgvlm evaluate --model openai:gpt-4o --api-base https://api.openai.com/v1 --data s3://ecg/bench --out s3://ecg/g4o
 
 Reads ``<data>/<split>/*.parquet`` (or ``<data>`` itself), skips ids already in ``<out>/predictions/``
-(resumable: rerun the same command after a crash), maps batches through ``vlm.evaluation.PredictorActor`` (one
+(resumable: rerun the same command after a crash), maps batches through ``stages.evaluation.PredictorActor`` (one
 ``vlm.Predictor`` per actor, ``vlm.predict_rows`` per batch) on an autoscaling actor pool (or, for
 ``openai:NAME``, through ``vlm.remote.EndpointStage`` on one actor that holds the endpoint's limits), writes the
 prediction rows as shards named ``<run>-<k>.parquet``, each made visible only when complete. Then
@@ -88,7 +88,7 @@ class EvaluateConfig(EndpointSettings):
 
 def main(argv: list[str] | None = None) -> int:
     from pipelines import launch
-    from vlm import evaluation as ev
+    from stages import evaluation as ev
 
     cfg = load_config(EvaluateConfig, argv, prog="ecgvlm evaluate", doc=__doc__)
     # Predictor actors need not share the driver's working directory: local paths travel as absolute paths.

@@ -3,6 +3,10 @@
     ecgvlm prepare --source synthetic --n 2000 --seed 0 --out ./data/synth
     ecgvlm prepare --source ptbxl --path ./ptb-xl --out s3://ecg/ptbxl
     ecgvlm prepare --source code15 --path ./code15 --out ./data/code15 --split train=0.9,test=0.1
+    ecgvlm prepare --source wfdb --task cpsc --path ./cpsc2018 --out ./data/cpsc   # Challenge WFDB, # Dx: SNOMED-CT
+    ecgvlm prepare --source clinical --path ./exports --labels ./labels.csv --out ./data/clinical
+    ecgvlm prepare --source images --path ./pages --out ./data/pages
+    ecgvlm prepare --source mimic-ecg --path ./mimic-iv-ecg --out ./data/mimic
     ecgvlm prepare --source ecgbench --path ./ECGBench/code15-test --out ./data/bench
     ecgvlm prepare --source ecginstruct --path ./ECGInstruct.json --out ./data/ecginstruct --split train=0.99,val=0.01
 
@@ -27,10 +31,14 @@ from ecgconfig import error_exit, load_config
 class PrepareConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    source: Literal["synthetic", "ptbxl", "code15", "ecgbench", "ecginstruct"] = Field(
-        "synthetic", description="where records come from (ecginstruct: one JSON of many tasks, each row its own)")
+    source: Literal["synthetic", "ptbxl", "code15", "wfdb", "mimic-ecg", "clinical", "images", "ecgbench",
+                    "ecginstruct"] = Field(
+        "synthetic", description="where records come from (wfdb: Challenge WFDB with # Dx: SNOMED-CT codes; clinical: "
+        "DICOM, MUSE, CardioSoft, aECG, Sierra exports; images: page images; ecginstruct: one JSON of many tasks)")
     out: str = Field("./data/synth", description="output folder or s3:// URI")
-    path: str | None = Field(None, description="dataset folder (ptbxl, code15) or ECGBench / ECGInstruct file or folder")
+    path: str | None = Field(None, description="dataset folder (ptbxl, code15, wfdb) or ECGBench / ECGInstruct file or folder")
+    labels: str | None = Field(None, description="clinical, images: CSV of gold labels by file (columns file, labels; "
+                               "labels separated by ';')")
     image_root: str | None = Field(None, description="ecgbench/ecginstruct: folder image paths are relative to "
                                    "(default: the JSON's folder); paths leaving it are refused")
     n: int = Field(2000, ge=1, description="synthetic: number of records")
@@ -81,11 +89,17 @@ def plan(cfg: PrepareConfig, splits: dict):
         return ray.data.from_items(refs, override_num_blocks=len(refs)), samples.synthetic_batch, kwargs, 1
     if not cfg.path:
         raise ValueError(f"--source {cfg.source} needs --path")
-    if cfg.source in ("ptbxl", "code15"):
-        refs = samples.signal_references(cfg.source, cfg.path)
-        kwargs = {**common, "task": cfg.task, "options": options, "folds": cfg.ptbxl_folds}
+    if cfg.source in ("ptbxl", "code15", "wfdb", "clinical", "images", "mimic-ecg"):
+        from ecg import sources
+
+        if cfg.source in ("ptbxl", "code15", "wfdb"):
+            refs, fn = samples.signal_references(cfg.source, cfg.path, task=cfg.task), samples.signal_batch
+            kwargs = {"task": cfg.task, "options": options, "folds": cfg.ptbxl_folds}
+        else:
+            refs, fn, kwargs = sources.folder_stage(cfg.source, cfg.path, labels=cfg.labels, task=cfg.task,
+                                                    options=options)
         blocks = max(1, min(len(refs) // cfg.chunk + 1, 1000))
-        return ray.data.from_items(refs, override_num_blocks=blocks), samples.signal_batch, kwargs, cfg.chunk
+        return ray.data.from_items(refs, override_num_blocks=blocks), fn, {**common, **kwargs}, cfg.chunk
     return _conversation_plan(cfg, common)
 
 
@@ -125,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     from ecg import samples, storage
 
     start = time.perf_counter()
-    default = {"ecgbench": "test=1", "ecginstruct": "train=0.99,val=0.01"}.get(cfg.source)
+    default = {"ecgbench": "test=1", "ecginstruct": "train=0.99,val=0.01", "clinical": "test=1",
+               "images": "test=1"}.get(cfg.source)
     splits = samples.parse_splits(cfg.split or default)
     manifests.clear_output(cfg.out, cfg.overwrite)
     from pipelines import launch
@@ -136,7 +151,11 @@ def main(argv: list[str] | None = None) -> int:
     ray_data = __import__("ray").data.DataContext.get_current()
     ray_data.enable_progress_bars = ray_data.enable_operator_progress_bars = attached()  # plain logs otherwise
     try:
-        ds, fn, kwargs, batch_size = plan(cfg, splits)
+        try:
+            ds, fn, kwargs, batch_size = plan(cfg, splits)
+        except (ValueError, FileNotFoundError) as exc:  # no records, a missing table, a task with no labels here
+            print(f"ecgvlm prepare: {exc}", file=sys.stderr)
+            return 2
         rows = ds.map_batches(fn, fn_kwargs=kwargs, batch_size=batch_size, num_cpus=cfg.num_cpus)
         fs, path = storage.resolve(cfg.out)
         # Directory partitioning: <out>/<split>/*.parquet (the split column lives in the folder name).

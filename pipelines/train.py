@@ -7,7 +7,7 @@ Flow: Ray Data reads ``<data>/train`` and encodes rows in CPU actors that load t
 (``vlm.load_processor``; decode once, the model's image recipe, processor, answer-only labels:
 ``vlm.training.encode_rows``). Encoded rows that fit the cache budget are materialized once; bigger data is
 streamed, re-encoded every epoch, so nothing per-row outlives its batch (the log says which, and why)
-(``vlm.ingest``). Each worker (``vlm.raytrain``) iterates its shard with ``vlm.training.Collator`` and runs
+(``stages.ingest``). Each worker (``stages.raytrain``) iterates its shard with ``vlm.training.Collator`` and runs
 ``vlm.finetune.train_loop``. Checkpoints go to ``<out>/checkpoints/<name>`` through ``ray.train.report``;
 rerunning the same command resumes from the latest one. Rank 0 validates on ``<data>/val`` (each row scored with
 its own task), logs the loss and each validation to MLflow as they happen, and writes ``<out>/export``
@@ -106,8 +106,8 @@ def parse_config(argv: list[str] | None) -> TrainConfig:
 
 
 def worker(c: dict) -> None:
-    """The Ray Train worker: the job's config back from its dict, then ``vlm.raytrain.run_worker``."""
-    from vlm.raytrain import EXTRA, run_worker
+    """The Ray Train worker: the job's config back from its dict, then ``stages.raytrain.run_worker``."""
+    from stages.raytrain import EXTRA, run_worker
 
     run_worker(TrainConfig(**{k: v for k, v in c.items() if k not in EXTRA}), c)
 
@@ -118,8 +118,8 @@ def run(cfg: TrainConfig) -> dict:
 
     from metrics import tracking
     from pipelines import launch
-    from vlm.ingest import datasets_for
-    from vlm.raytrain import fit
+    from stages.ingest import datasets_for
+    from stages.raytrain import fit
 
     store = int(cfg.object_store_gb * 2**30) if cfg.object_store_gb else None
     started = launch.start(cfg.bundles(), what="ecgvlm train", num_cpus=cfg.ray_cpus, object_store_memory=store,

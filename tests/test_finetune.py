@@ -15,6 +15,7 @@ from ecg.render import render, to_bytes
 from ecg.synth import generate
 from ecgtasks import CODE15
 from vlm import finetune as ft
+from vlm.validation import Validator
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +170,7 @@ def test_validation_scores_each_row_with_its_own_task(loaded, rows):
     val.loc[val.index[4], "answer"] = "A"
     val["meta"] = [json.dumps({})] * 6
     model = ft.configure_trainable(ft.load_for_training("tiny").model, mode="full")
-    result = ft.Validator(loaded, model, val, task="ptbxl-super")()
+    result = Validator(loaded, model, val, task="ptbxl-super")()
     assert result["rows"] == 5 and result["failed"] == 1  # the unregistered task is counted, not scored
     assert {"code15/f1", "ptbxl-super/f1", "csn/accuracy"} <= set(result)
     assert result["f1"] == result["ptbxl-super/f1"]  # the headline is the named task

@@ -1,5 +1,5 @@
 """The model layer: presets, prompts, batched generation, label scoring, training collate, export. No Ray here;
-the Ray stages around the model (``vlm.evaluation``, ``vlm.ingest``, ``vlm.raytrain``) import it where they run.
+the Ray stages around the model (``stages.evaluation``, ``stages.ingest``, ``stages.raytrain``) import it where they run.
 
 Example::
 

@@ -385,11 +385,3 @@ def load_checkpoint(directory: str, model, optimizer=None) -> LoopState:
     data["losses"] = [tuple(x) for x in data.get("losses", [])]
     return LoopState(**data)
 
-
-def __getattr__(name):
-    # validation lives in vlm.validation; ``finetune.Validator`` stays a name for it
-    if name == "Validator":
-        from vlm.validation import Validator
-
-        return Validator
-    raise AttributeError(f"module 'vlm.finetune' has no attribute {name!r}")

@@ -1,11 +1,11 @@
 """Fine-tuning on Ray Train: ``fit`` builds the TorchTrainer (checkpoints in ``<out>/checkpoints/<name>``, the
 same name resumes) and runs ``run_worker`` on every worker: set up, resume, ``vlm.finetune.train_loop``, validate,
-checkpoint, export. The datasets it iterates come from ``vlm.ingest``. ``cfg`` is ``ecgvlm train``'s
+checkpoint, export. The datasets it iterates come from ``stages.ingest``. ``cfg`` is ``ecgvlm train``'s
 ``TrainConfig`` (any object with its fields).
 
 Example (what ``pipelines/train.py`` does)::
 
-    datasets, n_train, ingest = vlm.ingest.datasets_for(cfg)
+    datasets, n_train, ingest = stages.ingest.datasets_for(cfg)
     result = fit(cfg, worker, datasets, n_train=n_train, ingest=ingest, tracked=run.handle())
 
 Rank 0 logs the loss at every logging step and each validation into the job's MLflow run as they happen
