@@ -13,6 +13,11 @@ throughput ratio of each mode to batching off.
     python benchmarks/serve_load.py --payload csv      # signal upload: adds parsing + rendering per request
     .venv-vllm/bin/python benchmarks/serve_load.py --model random:../shared/models/SmolVLM-256M-Instruct \
         --modes on,off,vllm
+    python benchmarks/serve_load.py --chat --max-tokens 32   # chat completions: streamed vs not, time to first token
+
+``--chat`` drives /v1/chat/completions on one app (batching on) instead, alternating windows of streamed
+(``stream=true``) and non-streamed requests: time to first token (first content chunk; a non-streamed answer's
+first token arrives with the whole answer), full latency, and the streamed / non-streamed throughput ratio.
 
 Example output (figures depend on the machine and its load)::
 
@@ -97,6 +102,101 @@ def drive(url: str, clients: int, seconds: float, files, fields) -> dict:
     return {"latencies": latencies, "batches": batches, "errors": errors, "elapsed": time.perf_counter() - start}
 
 
+def drive_chat(url: str, clients: int, seconds: float, png: bytes, *, stream: bool, max_tokens: int) -> dict:
+    """``clients`` threads send chat completions back to back for ``seconds``; per request the time to the first
+    content token (ms; the whole answer when not streamed) and the full latency (ms)."""
+    import base64
+
+    import requests
+
+    image = "data:image/png;base64," + base64.b64encode(png).decode()
+    body = {"model": "tiny", "max_tokens": max_tokens, "stream": stream, "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": image}}, {"type": "text", "text": "Which rhythm is this?"}]}]}
+    latencies, firsts, errors, lock = [], [], [], threading.Lock()
+    deadline = time.perf_counter() + seconds
+
+    def client():
+        session = requests.Session()
+        while time.perf_counter() < deadline:
+            t0, first, ok = time.perf_counter(), None, False
+            try:
+                with session.post(f"{url}/v1/chat/completions", json=body, stream=stream, timeout=300) as resp:
+                    ok = resp.status_code == 200
+                    if ok and stream:
+                        for line in resp.iter_lines():
+                            if first is None and b'"content":"' in line and b'"content":""' not in line:
+                                first = time.perf_counter()
+                    elif ok:
+                        resp.json()
+            except Exception:  # noqa: BLE001 - a failed request is counted, not fatal
+                ok = False
+            end = time.perf_counter()
+            with lock:
+                if ok:
+                    latencies.append((end - t0) * 1000)
+                    firsts.append(((first or end) - t0) * 1000)
+                else:
+                    errors.append("status")
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return {"latencies": latencies, "batches": [1] * len(latencies), "firsts": firsts, "errors": errors,
+            "elapsed": time.perf_counter() - start}
+
+
+def chat_main(args) -> int:
+    """Streamed vs non-streamed chat completions on one app: time to first token, latency, throughput."""
+    import ray
+    from ray import serve
+
+    from serving.app import build_app
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from conftest import free_port
+
+    png = payload("png")[0][0][1][1]
+    port = free_port()
+    url, runs = f"http://127.0.0.1:{port}/chat", {"stream": [], "whole": []}
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        cfg = {"model": args.model, "predictor": {"num_cpus": 1.5, "min_replicas": 1, "max_replicas": 1},
+               "ingress": {"num_cpus": 0.1}, "batching": {"max_batch_size": args.max_batch_size,
+                                                          "batch_wait_timeout_s": args.batch_wait_s}}
+        serve.run(build_app(cfg), name="ecgvlm-chat", route_prefix="/chat")
+        wait_healthy(url)
+        for mode in runs:  # warm both paths
+            drive_chat(url, args.clients, args.warmup, png, stream=mode == "stream", max_tokens=args.max_tokens)
+        for i in range(args.rounds):
+            for mode in (list(runs) if i % 2 == 0 else list(runs)[::-1]):
+                runs[mode].append(drive_chat(url, args.clients, args.seconds, png, stream=mode == "stream",
+                                             max_tokens=args.max_tokens))
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    print(f"model={args.model} chat max_tokens={args.max_tokens} clients={args.clients} rounds={args.rounds}x"
+          f"{args.seconds}s cpus={os.cpu_count()} load_avg_1min={os.getloadavg()[0]:.1f}")
+    print(f"{'mode':<8}  {'requests':>8}  {'req/s':>7}  {'ttft_p50':>8}  {'ttft_p95':>8}  {'p50_ms':>8}  "
+          f"{'p95_ms':>8}  {'errors':>6}")
+    out = {}
+    for mode, r in runs.items():
+        sm, firsts = summarize(r, args.clients), [x for run in r for x in run["firsts"]]
+        out[mode] = {**sm, "ttft_p50": round(percentile(firsts, 50), 1), "ttft_p95": round(percentile(firsts, 95), 1)}
+        o = out[mode]
+        print(f"{mode:<8}  {o['requests']:>8}  {o['rps']:>7}  {o['ttft_p50']:>8}  {o['ttft_p95']:>8}  "
+              f"{o['p50_ms']:>8}  {o['p95_ms']:>8}  {o['errors']:>6}")
+    s, w = out["stream"], out["whole"]
+    print(f"streamed / non-streamed: throughput {s['rps'] / w['rps']:.2f}x, p50 latency {s['p50_ms'] / w['p50_ms']:.2f}x, "
+          f"time to first token {s['ttft_p50'] / w['ttft_p50']:.2f}x of the whole answer's")
+    if args.json:
+        print(json.dumps(out))
+    return 0 if all(o["errors"] == 0 for o in out.values()) else 1
+
+
 def summarize(runs: list[dict], clients: int) -> dict:
     """requests/s over all windows of one mode, p50/p99 latency (ms), errors, mean batch size."""
     lat = [x for r in runs for x in r["latencies"]]
@@ -137,7 +237,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--modes", default="on,off", help="comma list of on (@serve.batch), off, vllm (continuous)")
     p.add_argument("--splitting", choices=("off", "on"), default=None, help="image splitting (default: as trained)")
     p.add_argument("--json", action="store_true", help="also print the results as one JSON line")
+    p.add_argument("--chat", action="store_true", help="chat completions, streamed vs not (time to first token)")
+    p.add_argument("--max-tokens", type=int, default=32, help="--chat: max_tokens per request")
     args = p.parse_args(argv)
+    if args.chat:
+        return chat_main(args)
 
     import ray
     from ray import serve

@@ -35,7 +35,8 @@ from ecg.record import Record
 from ecg.render import LAYOUTS, TOP_MM, Style, page_image, render, to_bytes
 
 PRESETS = ("clean", "varied", "photo")
-VARIED_LAYOUTS = {"3x4+1": 0.35, "3x4+0": 0.1, "3x4+3": 0.15, "6x2": 0.15, "2x6": 0.1, "12x1": 0.15}
+# How often each layout is drawn: the standard 3x4 + strip most, as on most printed and exported ECGs.
+VARIED_LAYOUTS = {"3x4+1": 0.4, "3x4+0": 0.1, "3x4+3": 0.1, "6x2": 0.2, "2x6": 0.1, "12x1": 0.1}
 FONTS = ("", "DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSansMono.ttf", "DejaVuSerif.ttf", "cmss10.ttf")
 GRIDS = {"lines": 0.6, "major": 0.12, "dots": 0.1, "none": 0.18}
 # (minor, major) grid colours of printers and ECG papers: red, pink, orange, green, blue, grey
@@ -75,8 +76,9 @@ def varied_style(rng: np.random.Generator) -> Style:
     minor, major = (tuple(int(np.clip(c + shade, 0, 255)) for c in col) for col in (minor, major))
     header = _header(rng) if rng.random() < 0.6 else ()
     return Style(
-        speed=float(rng.choice([25.0, 50.0], p=[0.9, 0.1])),
-        gain=float(rng.choice([5.0, 10.0, 20.0], p=[0.12, 0.76, 0.12])),
+        # 50 mm/s and 5 / 20 mm/mV are rare on resting ECGs (and a page at 50 mm/s looks like half the rate)
+        speed=float(rng.choice([25.0, 50.0], p=[0.95, 0.05])),
+        gain=float(rng.choice([5.0, 10.0, 20.0], p=[0.075, 0.85, 0.075])),
         paper=PAPERS[int(rng.integers(len(PAPERS)))], minor=minor, major=major,
         ink=INKS[int(rng.integers(len(INKS)))], text=(40, 40, 40), grid=_choice(rng, GRIDS),
         line_mm=round(float(rng.uniform(0.2, 0.55)), 2), font=FONTS[int(rng.integers(len(FONTS)))],

@@ -65,15 +65,37 @@ def parse_args(argv: list[str] | None) -> ServeJob:
                        main=("app.model", "app.adapter", "host", "port", "app.engine", "app.batching.enabled"))
 
 
+def preflight(job: ServeJob) -> str | None:
+    """What stops this job before Ray starts (a missing model folder, a required key not set), or None."""
+    from serving.config import check_model
+    from serving.security import load_keys
+
+    try:
+        check_model(job.app)
+    except ValueError as err:
+        return str(err)
+    if job.app.require_api_key and not load_keys(job.app.api_key_env):
+        return f"this config requires an API key: set {job.app.api_key_env} (comma-separated keys)"
+    if job.host not in ("127.0.0.1", "localhost", "::1") and not load_keys(job.app.api_key_env):
+        print(f"ecgvlm serve: warning: listening on {job.host} with no API key ({job.app.api_key_env} unset)",
+              file=sys.stderr, flush=True)
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     job = parse_args(argv)
     from pipelines import launch
 
     launch.check_paths("ecgvlm serve", model=job.app.model, adapter=job.app.adapter)
+    problem = preflight(job)
+    if problem:
+        print(f"ecgvlm serve: error: {problem}", file=sys.stderr, flush=True)
+        return 2
     import ray
     from ray import serve
 
     from serving.app import build_app
+    from serving.security import load_keys
 
     stop = threading.Event()
     launch.start(job.bundles(), what="ecgvlm serve", num_cpus=job.num_cpus,
@@ -84,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         quiet = None if os.environ.get("ECGVLM_VERBOSE") else {"log_level": "WARNING"}  # no INFO / access lines
         serve.start(http_options={"host": job.host, "port": job.port}, logging_config=quiet)
         serve.run(build_app(job.app), name="ecgvlm", route_prefix="/", logging_config=quiet)
-        print(f"ecgvlm serving {job.app.model} at http://{job.host}:{job.port} "
+        keys = "API key required" if load_keys(job.app.api_key_env) else f"no API key ({job.app.api_key_env} unset)"
+        print(f"ecgvlm serving {job.app.served_id()} ({job.app.model}) at http://{job.host}:{job.port}, {keys} "
               f"(POST /v1/diagnose, /v1/chat/completions; GET /healthz, /v1/models, /v1/tasks); Ctrl-C stops",
               flush=True)
         while not stop.wait(1.0):

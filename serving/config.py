@@ -84,6 +84,16 @@ class IngressScaling(BaseModel):
     max_ongoing_requests: int = Field(128, ge=1, description="concurrent requests per ingress replica")
 
 
+class PageGate(BaseModel):
+    """The "is this an ECG page?" check (``ecg.pagegate``) on every image /v1/diagnose and chat receive."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["reject", "flag", "off"] = Field("reject", description='"reject": 422 "not an ECG page"; '
+                                                  '"flag": answer anyway, with the check in the response; "off"')
+    threshold: float = Field(0.6, ge=0, le=1, description="score at or above which an image counts as a page")
+
+
 class AppConfig(BaseModel):
     """Everything ``serving.app:build_app`` needs. Field descriptions are the documentation."""
 
@@ -98,8 +108,12 @@ class AppConfig(BaseModel):
     image_splitting: bool | None = Field(None, description="processor image splitting (None: as the model was "
                                          "trained, from its export's ecgvlm.json, else its processor's own)")
     longest_edge: int | None = Field(None, ge=1, description="px pages are resized to (None: as trained)")
-    model_id: str | None = Field(None, description="the id clients see (/v1/models, responses); "
-                                 "default: the predictor's name")
+    model_id: str | None = Field(None, description="the id clients see (/v1/models, responses); default: a "
+                                 "short name: the export's model_id, else the folder's or preset's name")
+    api_key_env: str = Field("ECGVLM_API_KEY", description="environment variable holding the API keys (comma-"
+                             "separated); when it is set, every /v1 route needs 'Authorization: Bearer <key>'")
+    require_api_key: bool = Field(False, description="refuse to start without a key in api_key_env (clusters)")
+    page_gate: PageGate = Field(default_factory=PageGate)
     default_task: str = Field("code15", description="task of /v1/diagnose and chat when none is given")
     batching: Batching = Field(default_factory=Batching)
     vllm: VLLMOptions = Field(default_factory=VLLMOptions)
@@ -126,6 +140,50 @@ class AppConfig(BaseModel):
             if self.adapter is not None:
                 raise ValueError("engine vllm serves merged models: merge the adapter into an export first")
         return self
+
+
+    def served_id(self, loaded_name: str | None = None) -> str:
+        """The model id clients send and see: ``model_id``, else the export's own ``model_id`` (its ecgvlm.json),
+        else the last part of the model's name ("tiny", "export", "SmolVLM-256M-Instruct")."""
+        if self.model_id:
+            return self.model_id
+        return short_name(self.model)
+
+
+def short_name(model: str) -> str:
+    """A short id for a model reference. Example: ``short_name("/runs/x/export")`` -> the export's model_id or
+    "export"; ``short_name("random:/m/SmolVLM-256M-Instruct")`` -> "SmolVLM-256M-Instruct"."""
+    import json
+
+    ref = model.split(":", 1)[1] if model.startswith("random:") else model
+    meta = Path(ref) / "ecgvlm.json"
+    if meta.is_file():
+        try:
+            given = json.loads(meta.read_text()).get("model_id")
+        except (OSError, ValueError):
+            given = None
+        if isinstance(given, str) and given.strip():
+            return given.strip()
+    parts = [p for p in ref.rstrip("/").split("/") if p]
+    if len(parts) > 1 and parts[-1] == "export":  # runs/<name>/export, as `ecgvlm train` writes it
+        return parts[-2]
+    return parts[-1] if parts else model
+
+
+def check_model(cfg: AppConfig) -> None:
+    """Fail fast, before Ray starts, on a model or adapter that cannot be found (ValueError, one line)."""
+    if cfg.model.startswith("s3://"):
+        return  # read by the replica from the object store
+    from vlm.load import _family, _source
+
+    try:
+        src = _source(cfg.model, None, None)
+        if src.kind == "random":
+            _family(src, cfg.model)
+    except (FileNotFoundError, ValueError) as err:
+        raise ValueError(str(err).splitlines()[0]) from None
+    if cfg.adapter and not cfg.adapter.startswith("s3://") and not Path(cfg.adapter).is_dir():
+        raise ValueError(f"adapter {cfg.adapter!r}: no such folder")
 
 
 def load_serve_yaml(path: str | Path) -> tuple[dict, AppConfig]:

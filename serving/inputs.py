@@ -47,7 +47,8 @@ class Limits(BaseModel):
     lead_counts: tuple[int, ...] = Field((12,), description="allowed numbers of leads in a signal")
     seconds_range: tuple[float, float] = Field((2.0, 120.0), description="allowed signal duration, s")
     max_question_chars: int = Field(4000, gt=0, description="longest question text, characters")
-    max_new_tokens: int = Field(256, gt=0, description="cap on max_tokens of a chat request")
+    max_new_tokens: int = Field(1024, gt=0, description="cap on max_tokens of a chat request (1024: ECGBench's "
+                                "budget, what `ecgvlm evaluate --decoding ecgbench` asks for)")
 
 
 class InputError(ValueError):

@@ -53,7 +53,7 @@ class VLLMReplica:
         self.processor = AutoProcessor.from_pretrained(args["model"])
         self.tokenizer = tok = self.processor.tokenizer
         self.engine = vllm.AsyncLLMEngine.from_engine_args(vllm.AsyncEngineArgs(**args))
-        self.name = cfg.model_id or cfg.model
+        self.name = cfg.served_id()
         self.label_scores, self.max_positions = opts.label_scores, opts.max_model_len
         self.max_num_seqs = opts.max_num_seqs
         eou = tok.convert_tokens_to_ids(END_OF_UTTERANCE)
@@ -72,10 +72,10 @@ class VLLMReplica:
             final = out
         return final
 
-    def _encode(self, image: bytes, question: str, budget: int) -> tuple[dict, int]:
+    def _encode(self, image: bytes, question: str, budget: int, history=None, system=None) -> tuple[dict, int]:
         from vlm.vllm_engine import build_request
 
-        request = build_request(self.processor, _page(image), question)
+        request = build_request(self.processor, _page(image), question, history, system=system)
         n = len(self.tokenizer(request["prompt"], add_special_tokens=False)["input_ids"])
         if n + budget > self.max_positions:
             raise ValueError(f"prompt too long: {n} text tokens + {budget} > {self.max_positions}")
@@ -128,11 +128,29 @@ class VLLMReplica:
         out["latency_ms"] = (time.perf_counter() - start) * 1000.0
         return out
 
-    async def chat(self, req: dict) -> dict:
-        """``{"image", "question", "max_new_tokens"}`` -> ``{"content", "prompt_tokens", "completion_tokens"}``."""
+    async def chat(self, job: dict):
+        """A chat job (serving/chat.py ``parse_chat``) -> its events (``{"delta"}`` ..., ``{"end"}``, or
+        ``{"error"}``), from vLLM's async generator as it decodes; cancelling this generator (the client went
+        away) aborts the request in vLLM."""
+        from serving.chat import TextStream
+
         try:
-            request, _ = self._encode(req["image"], req["question"], req["max_new_tokens"])
+            request, _ = self._encode(job["image"], job["question"], job["max_new_tokens"],
+                                      job.get("history") or None, job.get("system"))
         except Exception as err:  # noqa: BLE001 - reported to that client as a 4xx
-            return {"error": str(err)}
-        text, n, cut, prompt_tokens = await self._answer(request, req["max_new_tokens"])
-        return {"content": text, "prompt_tokens": prompt_tokens, "completion_tokens": n, "truncated": cut}
+            yield {"error": str(err)}
+            return
+        params = self._vllm.SamplingParams(temperature=0.0, max_tokens=job["max_new_tokens"],
+                                           stop_token_ids=self.stop_ids, skip_special_tokens=True)
+        text, final = TextStream(), None
+        async for out in self.engine.generate(request, params, request_id=uuid.uuid4().hex):
+            final = out  # cumulative: the whole text so far
+            if not out.finished:
+                delta = text.update(out.outputs[0].text)
+                if delta:
+                    yield {"delta": delta}
+        gen = final.outputs[0]
+        end = {"text": gen.text.strip(), "finish_reason": "length" if gen.finish_reason == "length" else "stop",
+               "prompt_tokens": len(final.prompt_token_ids), "completion_tokens": len(gen.token_ids)}
+        last = text.finish(gen.text)
+        yield {"delta": last, "end": end} if last else {"end": end}

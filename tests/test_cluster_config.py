@@ -85,3 +85,14 @@ def test_serve_configs_validate():
     for path in [REPO / "serving" / "config.yaml", *sorted((REPO / "configs").glob("serve-*.yaml"))]:
         http, app = load_serve_yaml(path)
         assert http["port"] > 0 and app.predictor.max_replicas >= app.predictor.min_replicas, path.name
+
+
+def test_cluster_has_ray_token_auth_and_no_open_dashboard_and_serving_needs_a_key():
+    cluster = yaml.safe_load((REPO / "cluster.yaml").read_text())
+    assert "-e RAY_AUTH_MODE=token" in cluster["docker"]["run_options"]
+    assert "/home/ray/.ray/auth_token" in cluster["file_mounts"]  # the token every node reads
+    assert not any("0.0.0.0" in c for c in _commands(cluster)), "the dashboard/job API is reached by port forwarding"
+    from serving.config import load_serve_yaml
+
+    http, app = load_serve_yaml(REPO / "configs" / "serve-cluster.yaml")
+    assert http["host"] == "0.0.0.0" and app.require_api_key and app.api_key_env == "ECGVLM_API_KEY"

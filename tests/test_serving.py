@@ -8,6 +8,7 @@ Ctrl-C stops it cleanly (the last test).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
@@ -30,6 +31,8 @@ from ecgtasks import get_task
 
 pytestmark = pytest.mark.slow
 CODE15 = get_task("code15")
+KEYS = ("old-key-7f3a", "new-key-91c2")  # ECGVLM_API_KEY="old,new": two keys, as during a rotation
+AUTH = {"Authorization": f"Bearer {KEYS[1]}"}
 MAX_UPLOAD = 2_000_000  # bytes: small, so the oversized-upload test sends little
 
 
@@ -48,9 +51,11 @@ def serve_process(tmp_path_factory):
     port, log_path = free_port(), tmp / "serve.log"
     cmd = [sys.executable, "-m", "pipelines.cli", "serve", "--config", str(tmp / "serve.yaml"), "--model", "tiny",
            "--host", "127.0.0.1", "--port", str(port), "--max-replicas", "1"]
+    env = {**os.environ, "ECGVLM_API_KEY": ",".join(KEYS)}
     with open(log_path, "w") as log:
         # its own session: if a test fails midway, killing the group ends everything it started
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                env=env)
     url = f"http://127.0.0.1:{port}"
     try:
         uploads = signal_uploads(tmp)  # built while the server comes up
@@ -85,7 +90,7 @@ def uploads(serve_process) -> dict:
 
 def diagnose(url: str, files, fields=None) -> requests.Response:
     parts = [("file", (name, data)) for name, data in files]
-    return requests.post(f"{url}/v1/diagnose", files=parts, data=fields or {}, timeout=120)
+    return requests.post(f"{url}/v1/diagnose", files=parts, data=fields or {}, timeout=120, headers=AUTH)
 
 
 def assert_diagnosis(resp: requests.Response, kind: str) -> dict:
@@ -102,9 +107,9 @@ def assert_diagnosis(resp: requests.Response, kind: str) -> dict:
 def test_health_models_tasks(server):
     health = requests.get(f"{server}/healthz", timeout=60).json()
     assert health["status"] == "ok" and health["model"] == "tiny" and health["max_batch_size"] == 8
-    models = requests.get(f"{server}/v1/models", timeout=10).json()
+    models = requests.get(f"{server}/v1/models", timeout=10, headers=AUTH).json()
     assert models["object"] == "list" and [m["id"] for m in models["data"]] == ["tiny"]
-    tasks = {t["name"]: t for t in requests.get(f"{server}/v1/tasks", timeout=10).json()["data"]}
+    tasks = {t["name"]: t for t in requests.get(f"{server}/v1/tasks", timeout=10, headers=AUTH).json()["data"]}
     assert tasks["code15"]["kind"] == "multilabel" and tasks["code15"]["labels"] == list(CODE15.labels)
 
 
@@ -122,7 +127,7 @@ def test_image_and_every_signal_format_get_labels(server, uploads):
                                        "fs": 500.0, "seconds": 10.0}
     assert max(r["batch_size"] for r in results.values()) > 1  # concurrent requests shared a model call
     raw = requests.post(f"{server}/v1/diagnose?task=code15", data=png, timeout=120,
-                        headers={"content-type": "image/png"})  # curl --data-binary @ecg.png
+                        headers={"content-type": "image/png", **AUTH})  # curl --data-binary @ecg.png
     assert_diagnosis(raw, "png")
 
 
@@ -143,7 +148,7 @@ def test_clinical_exports_get_labels(server, real_ecgs):
 def test_openai_client_chat_completion(server):
     import openai
 
-    client = openai.OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0, timeout=120)
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key=KEYS[0], max_retries=0, timeout=120)
     url = "data:image/png;base64," + base64.b64encode(page_png()).decode()
     messages = [{"role": "user", "content": [{"type": "text", "text": "Which rhythm is this?"},
                                              {"type": "image_url", "image_url": {"url": url}}]}]
@@ -183,9 +188,9 @@ def test_bad_inputs_get_4xx_and_the_replica_keeps_serving(server, uploads):
         resp = diagnose(server, files, fields)
         assert resp.status_code == status, (what, resp.status_code, resp.text[:300])
         assert message in resp.json()["error"]["message"], (what, resp.json())
-    empty = requests.post(f"{server}/v1/diagnose", timeout=30)  # no body at all
+    empty = requests.post(f"{server}/v1/diagnose", timeout=30, headers=AUTH)  # no body at all
     assert empty.status_code == 400 and "empty upload" in empty.json()["error"]["message"]
-    not_json = requests.post(f"{server}/v1/chat/completions", data=b"{oops", timeout=30)
+    not_json = requests.post(f"{server}/v1/chat/completions", data=b"{oops", timeout=30, headers=AUTH)
     assert not_json.status_code == 400 and "not JSON" in not_json.json()["error"]["message"]
     assert_diagnosis(diagnose(server, [("ecg.png", page_png())]), "png")  # still serving
 
@@ -219,22 +224,177 @@ def test_evaluate_through_the_endpoint_equals_the_in_process_model(server, ray_c
     from pipelines import cli
 
     data = str(tmp_path / "data")
-    ids = _samples(data, 8)
+    ids = _samples(data, 1)  # one row: the untrained tiny model decodes all 1024 tokens
     remote = ["evaluate", "--model", "openai:tiny", "--api-base", f"{server}/v1", "--out", str(tmp_path / "remote"),
-              "--data", data, "--decoding", "fast", "--batch-size", "4", "--max-new-tokens", "code15=12"]
-    assert cli.main(remote) == 0
+              "--data", data]  # every default: --decoding ecgbench, 1024 new tokens
+    os.environ["OPENAI_API_KEY"] = KEYS[0]  # the key as every OpenAI client reads it
+    try:
+        assert cli.main(remote) == 0
+    finally:
+        del os.environ["OPENAI_API_KEY"]
     served = _predictions(str(tmp_path / "remote"))
     # the in-process model on the same rows, with the same budget: the function evaluate's actors run
     rows = pq.read_table(os.path.join(data, "test", "part-0.parquet")).to_pandas()
-    local = vlm.predict_rows(vlm.Predictor("tiny"), rows, budgets={"code15": 12}).set_index("id").sort_index()
+    local = vlm.predict_rows(vlm.Predictor("tiny"), rows, budgets={"code15": 1024}).set_index("id").sort_index()
     assert list(served.index) == sorted(ids) and served["error"].isna().all()
     assert (served["prediction"] == local["prediction"]).all(), pd.concat([local["prediction"], served["prediction"]], axis=1)
-    assert (served["truncated"] == local["truncated"].astype(bool)).all()  # the same 12-token budget cut alike
+    assert (served["truncated"] == local["truncated"].astype(bool)).all()  # the same 1024-token budget cut alike
     assert (served["model"] == "openai:tiny").all() and served["label_scores"].isna().all()
     run = json.load(open(tmp_path / "remote" / "run.json"))
-    assert run["endpoint"]["requests"] == 8 and run["endpoint"]["retries"] == 0
-    assert run["endpoint"]["prompt_tokens"] > 8 * 49  # every prompt holds the page's 49 image tokens
-    assert run["max_new_tokens"]["code15"] == 12 and run["truncated"]["code15"] == int(local["truncated"].sum())
+    assert run["endpoint"]["requests"] == 1 and run["endpoint"]["retries"] == 0
+    assert run["endpoint"]["prompt_tokens"] > 49  # every prompt holds the page's 49 image tokens
+    assert run["max_new_tokens"]["code15"] == 1024
+
+
+def _image_url(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode()
+
+
+def _conversation(png: bytes) -> list[dict]:
+    """A follow-up after an image turn, as chat applications send it: the image stays in the first message."""
+    return [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": _image_url(png)}},
+                                         {"type": "text", "text": "Which rhythm is this?"}]},
+            {"role": "assistant", "content": "SB"},
+            {"role": "user", "content": "And the heart rate?"}]
+
+
+def test_follow_up_turn_answers_as_evaluation_does(server):
+    """The served answer to a follow-up equals the evaluation's answer to the same multi-turn row (meta history),
+    with the same prompt length: the whole conversation went through the same prompt builder."""
+    import openai
+    import vlm
+
+    png = page_png()
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key=KEYS[1], max_retries=0, timeout=120)
+    out = client.chat.completions.create(model="tiny", messages=_conversation(png), max_tokens=16)
+    row = pd.DataFrame([{"id": "r1", "task": "code15", "image": png, "question": "And the heart rate?",
+                         "answer": "", "meta": json.dumps({"history": [
+                             {"role": "user", "text": "Which rhythm is this?"}, {"role": "assistant", "text": "SB"}]})}])
+    local = vlm.predict_rows(vlm.Predictor("tiny"), row, budgets={"code15": 16}).iloc[0]
+    assert out.choices[0].message.content == local["prediction"]
+    assert out.usage.prompt_tokens == int(local["prompt_tokens"])
+    assert out.choices[0].finish_reason == ("length" if local["truncated"] else "stop")
+    with pytest.raises(openai.BadRequestError, match="exactly one image_url part.*got 0"):
+        client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}])
+
+
+def test_streaming_equals_non_streaming_with_usage_and_done(server):
+    import openai
+
+    async def run():
+        client = openai.AsyncOpenAI(base_url=f"{server}/v1", api_key=KEYS[0], max_retries=0, timeout=120)
+        messages = _conversation(page_png())
+        whole = await client.chat.completions.create(model="tiny", messages=messages, max_tokens=24)
+        stream = await client.chat.completions.create(model="tiny", messages=messages, max_tokens=24, stream=True,
+                                                      stream_options={"include_usage": True})
+        chunks = [c async for c in stream]
+        return whole, chunks
+
+    whole, chunks = asyncio.run(run())
+    assert all(c.object == "chat.completion.chunk" and c.model == "tiny" for c in chunks)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content and len([c for c in chunks if c.choices]) > 2
+    finals = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finals == [whole.choices[0].finish_reason]
+    assert chunks[-1].choices == [] and chunks[-1].usage.model_dump() == whole.usage.model_dump()
+    body = {"model": "tiny", "messages": _conversation(page_png()), "max_tokens": 4, "stream": True}
+    with requests.post(f"{server}/v1/chat/completions", json=body, headers=AUTH, stream=True, timeout=120) as raw:
+        assert raw.status_code == 200 and raw.headers["content-type"].startswith("text/event-stream")
+        events = [line for line in raw.iter_lines(decode_unicode=True) if line]
+    assert events[-1] == "data: [DONE]" and all(e.startswith("data: ") for e in events)
+    assert raw.headers.get("x-request-id")
+
+
+def test_keys_401_and_healthz_open(serve_process):
+    import openai
+
+    server, _, log_path, _ = serve_process
+    messages = _conversation(page_png())
+    for key in (KEYS[0], KEYS[1]):  # both keys of a rotation work
+        client = openai.OpenAI(base_url=f"{server}/v1", api_key=key, max_retries=0, timeout=120)
+        assert client.chat.completions.create(model="tiny", messages=messages, max_tokens=2).choices
+    wrong = openai.OpenAI(base_url=f"{server}/v1", api_key="not-" + KEYS[0], max_retries=0, timeout=60)
+    with pytest.raises(openai.AuthenticationError, match="invalid API key"):
+        wrong.chat.completions.create(model="tiny", messages=messages)
+    none = requests.post(f"{server}/v1/chat/completions", json={"model": "tiny", "messages": messages}, timeout=60)
+    assert none.status_code == 401 and none.json()["error"]["type"] == "authentication_error"
+    assert "missing API key" in none.json()["error"]["message"]
+    assert requests.get(f"{server}/v1/models", timeout=10).status_code == 401
+    assert requests.get(f"{server}/healthz", timeout=60).status_code == 200  # load balancers need no key
+    log = log_path.read_text()
+    assert KEYS[0] not in log and KEYS[1] not in log and "Which rhythm is this?" not in log  # no keys, no bodies
+
+
+def test_errors_in_openai_shape_and_not_an_ecg_page(server):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for method, path, status in (("get", "/v1/nothing", 404), ("get", "/v1/chat/completions", 405)):
+        resp = getattr(requests, method)(f"{server}{path}", headers=AUTH, timeout=30)
+        assert resp.status_code == status and resp.json()["error"]["code"] == status, resp.text
+    fig, ax = plt.subplots(figsize=(8, 6), dpi=100)
+    ax.bar(range(6), [3, 1, 4, 1, 5, 9])
+    chart = io.BytesIO()
+    fig.savefig(chart, format="png")
+    plt.close(fig)
+    resp = diagnose(server, [("chart.png", chart.getvalue())])
+    assert resp.status_code == 422 and "not an ECG page" in resp.json()["error"]["message"], resp.text
+    body = {"model": "tiny", "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": _image_url(chart.getvalue())}}]}]}
+    resp = requests.post(f"{server}/v1/chat/completions", json=body, headers=AUTH, timeout=60)
+    assert resp.status_code == 422 and "not an ECG page" in resp.json()["error"]["message"]
+
+
+def test_concurrent_good_and_bad_requests_mixed(server):
+    """24 requests at once through the async client, 8 of them bad: every good one 200, every bad one 4xx."""
+    import openai
+
+    png = page_png()
+    good = openai.AsyncOpenAI(base_url=f"{server}/v1", api_key=KEYS[1], max_retries=0, timeout=180)
+    bad_key = openai.AsyncOpenAI(base_url=f"{server}/v1", api_key="wrong", max_retries=0, timeout=180)
+    url_image = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://x.org/e.png"}}]}]
+    bad = [(bad_key, {}), (good, {"model": "gpt-4o"}), (good, {"messages": [{"role": "user", "content": "hi"}]}),
+           (good, {"messages": url_image}), (good, {"max_tokens": 100_000}), (good, {"n": 2}),
+           (good, {"messages": [{"role": "assistant", "content": "x"}]}), (bad_key, {"stream": True})]
+
+    async def one(client, extra, stream):
+        kw = {"model": "tiny", "messages": _conversation(png), "max_tokens": 6, **extra}
+        try:
+            if kw.pop("stream", stream):
+                return 200, "".join([c.choices[0].delta.content or "" async for c in
+                                     await client.chat.completions.create(stream=True, **kw) if c.choices])
+            return 200, (await client.chat.completions.create(**kw)).choices[0].message.content
+        except openai.APIStatusError as err:
+            return err.status_code, err.message
+
+    async def run():
+        jobs = [one(good, {}, i % 2 == 0) for i in range(16)] + [one(c, e, False) for c, e in bad]
+        return await asyncio.gather(*jobs)
+
+    results = asyncio.run(run())
+    assert len(results) == 24
+    assert [s for s, _ in results[:16]] == [200] * 16, results[:16]
+    assert all(400 <= s < 500 for s, _ in results[16:]), results[16:]
+    assert len({text for _, text in results[:16]}) == 1  # streamed or not, batched or not: the same answer
+
+
+def test_a_client_that_disconnects_stops_its_generation(serve_process):
+    server, _, log_path, _ = serve_process
+    body = {"model": "tiny", "messages": _conversation(page_png()), "max_tokens": 1024, "stream": True}
+    rid = "disconnect-test-1"
+    with requests.post(f"{server}/v1/chat/completions", json=body, stream=True, timeout=120,
+                       headers={**AUTH, "x-request-id": rid}) as resp:
+        assert resp.headers["x-request-id"] == rid
+        lines = resp.iter_lines()
+        next(line for line in lines if line and b'"content":"' in line and b'"content":""' not in line)
+    deadline = time.time() + 30  # the untrained tiny model runs to its 1024-token budget unless stopped
+    while time.time() < deadline and f"chat {rid}: client went away" not in log_path.read_text():
+        time.sleep(0.5)
+    line = next(ln for ln in log_path.read_text().splitlines() if f"chat {rid}: client went away" in ln)
+    assert int(line.split("after ")[1].split()[0]) < 1024
+    assert f"request {rid} POST /v1/chat/completions 200" in log_path.read_text()
 
 
 def test_ctrl_c_stops_the_server(serve_process):

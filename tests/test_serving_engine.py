@@ -62,3 +62,25 @@ def test_without_vllm_the_replica_says_how_to_install_it(smolvlm_dir):
 
     with pytest.raises(ImportError, match=r"pip install 'ecgvlm\[vllm\]'"):
         VLLMReplica.func_or_class({"engine": "vllm", "model": f"random:{smolvlm_dir}"})
+
+
+def test_serve_refuses_a_missing_model_or_key_in_one_line_before_ray(capsys, monkeypatch):
+    from pipelines import cli
+
+    assert cli.main(["serve", "--model", "/no/such/folder"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "/no/such/folder" in err and err.startswith("ecgvlm serve: error:")
+    monkeypatch.delenv("ECGVLM_API_KEY", raising=False)
+    assert cli.main(["serve", "--config", "configs/serve-cluster.yaml", "--model", "tiny"]) == 2
+    assert "set ECGVLM_API_KEY" in capsys.readouterr().err
+    assert "ray" not in sys.modules or not __import__("ray").is_initialized()
+
+
+def test_the_served_id_is_a_short_name(tmp_path):
+    assert AppConfig.model_validate({}).served_id() == "tiny"
+    assert AppConfig.model_validate({"model_id": "ecg-1"}).served_id() == "ecg-1"
+    export = tmp_path / "runs" / "smol-ecg" / "export"
+    export.mkdir(parents=True)
+    assert AppConfig.model_validate({"model": str(export)}).served_id() == "smol-ecg"
+    (export / "ecgvlm.json").write_text('{"model_id": "smol-ecg-v2"}')
+    assert AppConfig.model_validate({"model": str(export)}).served_id() == "smol-ecg-v2"

@@ -13,7 +13,8 @@ import zlib
 import numpy as np
 import pytest
 
-from serving.chat import completion, error_body, parse_chat
+from serving.chat import TextStream, parse_chat
+from serving.protocol import completion, error_body
 from serving.config import AppConfig, load_serve_yaml
 from serving.inputs import InputError, Limits, check_image, check_fs, parse_data_uri, parse_upload, sniff
 
@@ -189,14 +190,76 @@ def test_parse_chat_and_completion_shape():
     raises(404, "not served here", parse_chat, chat_body(png) | {"model": "gpt-4o"}, LIMITS, **kw)
     raises(400, "exactly one image_url", parse_chat, {"model": "tiny", "messages": [{"role": "user", "content": "hi"}]},
            LIMITS, **kw)
-    raises(400, "stream=true", parse_chat, chat_body(png, stream=True), LIMITS, **kw)
-    raises(400, "over the limit of 256", parse_chat, chat_body(png, max_tokens=10_000), LIMITS, **kw)
+    streamed = parse_chat(chat_body(png, stream=True, stream_options={"include_usage": True}), LIMITS, **kw)
+    assert streamed["stream"] and streamed["include_usage"]
+    raises(400, "n>1", parse_chat, chat_body(png, n=2), LIMITS, **kw)
+    raises(400, "over the limit of 1024", parse_chat, chat_body(png, max_tokens=10_000), LIMITS, **kw)
     raises(400, "invalid chat request at messages", parse_chat, {"model": "tiny", "messages": []}, LIMITS, **kw)
     raises(413, "pixels, over the limit", parse_chat, chat_body(bomb_png(6000, 6000)), LIMITS, **kw)
-    out = completion("SB", model="tiny", prompt_tokens=90, completion_tokens=1, max_new_tokens=8)
+    out = completion("SB", model="tiny", prompt_tokens=90, completion_tokens=1, finish_reason="stop")
     assert out["object"] == "chat.completion" and out["choices"][0]["message"] == {"role": "assistant", "content": "SB"}
     assert out["choices"][0]["finish_reason"] == "stop" and out["usage"]["total_tokens"] == 91
     assert error_body("bad", status=422, field="file")["error"]["param"] == "file"
+    assert error_body("no key", status=401)["error"]["type"] == "authentication_error"
+
+
+def multi_turn(png: bytes, system: str | None = None) -> dict:
+    url = "data:image/png;base64," + base64.b64encode(png).decode()
+    messages = ([{"role": "system", "content": system}] if system else []) + [
+        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
+                                     {"type": "text", "text": "<image>\nWhich rhythm is this?"}]},
+        {"role": "assistant", "content": "AF"},
+        {"role": "user", "content": [{"type": "text", "text": "And the rate?"}]}]
+    return {"model": "tiny", "messages": messages}
+
+
+def test_served_prompt_equals_the_evaluation_prompt(smolvlm_dir):
+    """The same multi-turn row, as a sample row (``meta["history"]``, what prepare writes and evaluate reads) and
+    as an OpenAI conversation: the real SmolVLM processor builds the same prompt from both."""
+    import json
+
+    from vlm.load import load_processor
+    from vlm.prompt import chat_prompt, row_history
+
+    processor = load_processor(f"random:{smolvlm_dir}").processor
+    png, kw = page_png(), dict(served="tiny", default_question="Q?", default_tokens=24)
+    row = {"question": "And the rate?", "meta": json.dumps({"history": [
+        {"role": "user", "text": "<image>\nWhich rhythm is this?"}, {"role": "assistant", "text": "AF"}]})}
+    evaluation = chat_prompt(processor, row["question"], row_history(row["meta"]))
+    job = parse_chat(multi_turn(png), LIMITS, **kw)
+    served = chat_prompt(processor, job["question"], job["history"], job["system"])
+    assert served == evaluation and evaluation.count("<image>") == 1 and "AF<end_of_utterance>" in evaluation
+    assert evaluation.index("<image>") < evaluation.index("Which rhythm") < evaluation.index("And the rate?")
+    with_system = parse_chat(multi_turn(png, system="You read ECGs."), LIMITS, **kw)
+    prompt = chat_prompt(processor, with_system["question"], with_system["history"], with_system["system"])
+    assert prompt.index("You read ECGs.") < prompt.index("<image>") and prompt.endswith(evaluation.split("User:", 1)[1][-40:])
+    two = multi_turn(png)
+    two["messages"][2]["content"].append(two["messages"][0]["content"][0])
+    raises(400, "exactly one image_url part.*got 2", parse_chat, two, LIMITS, **kw)
+    tool = multi_turn(png)
+    tool["messages"].insert(1, {"role": "tool", "content": "x"})
+    raises(400, "system, user and assistant", parse_chat, tool, LIMITS, **kw)
+    ends = multi_turn(png)
+    ends["messages"].append({"role": "assistant", "content": "x"})
+    raises(400, "must end with a user message", parse_chat, ends, LIMITS, **kw)
+
+
+def test_text_stream_deltas_add_up_to_the_answer():
+    s = TextStream()
+    parts = [s.update(" S"), s.update(" SB"), s.update(" SB; "), s.update(" SB; A\ufffd"), s.update(" SB; AF "),
+             s.finish(" SB; AF")]
+    assert "".join(parts) == "SB; AF" and parts[2:5] == [";", " A", "F"]  # the half character waited
+
+
+def test_api_keys_and_request_ids(monkeypatch):
+    from serving.security import authorized, load_keys, request_id
+
+    monkeypatch.setenv("ECGVLM_API_KEY", " k1 , k2,,")
+    keys = load_keys("ECGVLM_API_KEY")
+    assert keys == ("k1", "k2") and load_keys("ECGVLM_NO_SUCH_VAR") == ()
+    assert authorized("Bearer k2", keys) and authorized("bearer k1", keys)
+    assert not any(authorized(h, keys) for h in (None, "", "Bearer", "Bearer k3", "Basic k1", "k1", "Bearer k1k2"))
+    assert request_id("trace-42") == "trace-42" and request_id("bad id\n").startswith("req-")
 
 
 def test_shipped_serve_config_and_cli_overrides():
@@ -207,7 +270,7 @@ def test_shipped_serve_config_and_cli_overrides():
     job = parse_args(["--config", "serving/config.yaml", "--port", "8123", "--no-batching", "--max-replicas", "1"])
     assert (job.host, job.port, job.app.batching.effective(), job.app.predictor.max_replicas) == \
         ("127.0.0.1", 8123, (1, 0.0), 1)
-    assert job.app.limits == cfg.limits
+    assert job.app.limits == cfg.limits and cfg.limits.max_new_tokens == 1024  # evaluate's ecgbench budget fits
     with pytest.raises(ValueError):
         AppConfig.model_validate({"model": "tiny", "batchng": {}})  # a typo is an error, not a silent default
 

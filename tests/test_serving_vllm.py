@@ -100,3 +100,23 @@ def test_chat_completions_and_errors_are_shaped_as_the_hf_app(server):
     assert not_json.status_code == 400 and "not JSON" in not_json.json()["error"]["message"]
     again = diagnose(server, page_png(1))
     assert again.status_code == 200 and json.dumps(again.json()["label_scores"])  # still serving
+
+
+def test_vllm_streams_the_same_text_as_it_answers_whole(server):
+    """vLLM's async generator streamed as OpenAI chunks: the deltas add up to the non-streamed answer."""
+    import base64
+
+    import openai
+
+    uri = "data:image/png;base64," + base64.b64encode(page_png(9)).decode()
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0, timeout=600)
+    served = client.models.list().data[0].id
+    messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": uri}},
+                                             {"type": "text", "text": CODE15.question}]},
+                {"role": "assistant", "content": "SB"}, {"role": "user", "content": "And the rate?"}]
+    whole = client.chat.completions.create(model=served, messages=messages, max_tokens=12)
+    chunks = list(client.chat.completions.create(model=served, messages=messages, max_tokens=12, stream=True,
+                                                 stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens

@@ -148,30 +148,50 @@ def greedy(model, prompt: Prompt, *, max_new_tokens: int, stop_ids: list[int], p
     The same tokens as ``model.generate(do_sample=False)`` (the tests check it); ``min_new_tokens`` forbids
     the stop ids before that many tokens (benchmarks use it so random weights decode a fixed length).
     """
+    rows = prompt.mask.shape[0]
+    out = [token for token, _ in greedy_steps(model, prompt, max_new_tokens=max_new_tokens, stop_ids=stop_ids,
+                                              pad_id=pad_id, min_new_tokens=min_new_tokens)]
+    if not out:
+        return [[] for _ in range(rows)]
+    tokens = torch.stack(out, dim=1).tolist()  # (B, steps)
+    stop_set = set(stop_ids)
+    return [seq[: next((i for i, t in enumerate(seq) if t in stop_set), len(seq))] for seq in tokens]
+
+
+@torch.inference_mode()
+def greedy_steps(model, prompt: Prompt, *, max_new_tokens: int, stop_ids: list[int], pad_id: int,
+                 min_new_tokens: int = 0, budgets: list[int] | None = None, stopped=None):
+    """The greedy decoding loop, one step at a time: yields ``(token, done)`` per step, both (B,) tensors:
+    the token each row produced (``pad_id`` for a row already done) and whether the row is done after it (a stop
+    id, its budget, or ``stopped(row)``). Streaming reads it step by step; :func:`greedy` collects it.
+
+    ``budgets``: per-row new-token budgets (default ``max_new_tokens`` for all); ``stopped``: a callable
+    ``row -> bool`` asked between steps (a client that went away), whose rows end without more tokens.
+    Example: ``for token, done in greedy_steps(model, prompt, max_new_tokens=8, stop_ids=[2], pad_id=2): ...``
+    """
     device = prompt.mask.device
     rows = prompt.mask.shape[0]
     if max_new_tokens <= 0:
-        return [[] for _ in range(rows)]
+        return
     stops = torch.tensor(stop_ids, dtype=torch.long, device=device)
+    limit = torch.tensor(budgets if budgets is not None else [max_new_tokens] * rows, device=device)  # (B,)
     cache, key = select_rows(prompt.cache, torch.arange(rows, device=device)), cache_keyword(model)
     mask, logits = prompt.mask, prompt.first_logits  # (B, vocab) float32
     done = torch.zeros(rows, dtype=torch.bool, device=device)
-    out = []
     for step in range(max_new_tokens):
         if step < min_new_tokens and len(stop_ids):
             logits = logits.index_fill(-1, stops, float("-inf"))
         token = torch.where(done, torch.full_like(done, pad_id, dtype=torch.long), logits.argmax(-1))  # (B,)
-        out.append(token)
-        done = done | torch.isin(token, stops)
+        done = done | torch.isin(token, stops) | (limit <= step + 1)
+        if stopped is not None:
+            done = done | torch.tensor([bool(stopped(r)) for r in range(rows)], device=device)
+        yield token, done
         if step + 1 == max_new_tokens or bool(done.all()):
             break
         mask = torch.cat([mask, torch.ones((rows, 1), dtype=mask.dtype, device=device)], dim=-1)
         positions = (prompt.starts + step)[:, None]  # (B, 1): a text token, one position
         logits = model(input_ids=token[:, None], attention_mask=mask, position_ids=positions, use_cache=True,
                        **{key: cache}).logits[:, -1].float()  # (B, vocab); fmt: skip
-    tokens = torch.stack(out, dim=1).tolist()  # (B, steps)
-    stop_set = set(stop_ids)
-    return [seq[: next((i for i, t in enumerate(seq) if t in stop_set), len(seq))] for seq in tokens]
 
 
 @torch.inference_mode()

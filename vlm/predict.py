@@ -110,11 +110,13 @@ class Predictor:
                   "null and answers are scored from their text", file=sys.stderr, flush=True)  # fmt: skip
 
     # ---- encoding, one row at a time so a bad row fails alone -------------------------------------------
-    def encode_one(self, image, question: str, *, max_new_tokens: int = 0, history=None) -> dict:
+    def encode_one(self, image, question: str, *, max_new_tokens: int = 0, history=None,
+                   system: str | None = None) -> dict:
         """Processor output for one row (tensors with a batch dim of 1); ValueError if the prompt is too long.
-        ``history``: earlier turns of a multi-turn record (``vlm.prompt.chat_messages``)."""
+        ``history``: earlier turns of a multi-turn record, ``system``: a system message (``vlm.prompt.chat_messages``)."""
         page = self.loaded.prepare_image(image)
-        batch = encode(self.loaded.processor, [page], [chat_prompt(self.loaded.processor, question, history)])
+        text = chat_prompt(self.loaded.processor, question, history, system)
+        batch = encode(self.loaded.processor, [page], [text])
         n = batch["input_ids"].shape[1]
         limit = self.max_prompt_tokens or self.max_positions - max_new_tokens
         if n > limit:
@@ -157,6 +159,34 @@ class Predictor:
         with engine.timed(timings, "labels", dev):
             scores = self._label_probabilities(prompt, list(labels), answers)
         return answers, scores
+
+    @torch.inference_mode()
+    def stream_encoded(self, rows: list[dict], *, budgets: list[int], stopped=None):
+        """Greedy answers for rows from :meth:`encode_one`, one decoding step at a time (streaming): yields per
+        step one entry per row, ``(token id or None, finish or None)``; ``finish`` is "stop" (the model ended its
+        answer; the stop token itself is not given), "length" (the row's budget in ``budgets``, new tokens) or
+        "cancelled" (``stopped(row)`` turned true); a row already finished gets None. The same tokens as
+        :meth:`generate_encoded`. Example: ``for step in p.stream_encoded([p.encode_one(im, "Rhythm?")],
+        budgets=[8]): token, finish = step[0]``."""
+        model, image_token = self.loaded.model, self.loaded.processor.image_token_id
+        features = engine.image_features(model, rows, tiles_per_call=self.vision_batch)
+        prompt = engine.prefill(model, rows, features, image_token_id=image_token, pad_id=self.pad_id)
+        finished, stop_set = [False] * len(rows), set(self.stop_ids)
+        for token, done in engine.greedy_steps(model, prompt, max_new_tokens=max(budgets), stop_ids=self.stop_ids,
+                                               pad_id=self.pad_id, budgets=budgets, stopped=stopped):
+            step = []
+            for r, (t, d) in enumerate(zip(token.tolist(), done.tolist())):
+                if finished[r]:
+                    step.append(None)
+                    continue
+                finished[r] = bool(d)
+                if t in stop_set:
+                    step.append((None, "stop"))
+                elif d and stopped is not None and stopped(r):
+                    step.append((None, "cancelled"))
+                else:
+                    step.append((t, "length" if d else None))
+            yield step
 
     def generate_encoded(self, rows: list[dict], *, max_new_tokens: int, min_new_tokens: int = 0) -> list[str]:
         """Greedy answers for rows from :meth:`encode_one`, in one batch; only the new tokens, stripped."""

@@ -14,9 +14,9 @@ IMAGE_TOKEN = "<image>"
 END_OF_UTTERANCE = "<end_of_utterance>"
 
 
-def chat_messages(question: str, history=None) -> list[dict]:
-    """Chat messages for one row: the earlier turns (``history``), then ``question``; the image goes first in the
-    first user turn, as SmolVLM was trained.
+def chat_messages(question: str, history=None, system: str | None = None) -> list[dict]:
+    """Chat messages for one row: a ``system`` message if given, the earlier turns (``history``), then
+    ``question``; the image goes first in the first user turn, as SmolVLM was trained.
 
     ``history``: a multi-turn record's earlier turns, ``[{"role": "user"|"assistant", "text": str}, ...]`` as
     ``ecgvlm prepare`` writes them to ``meta["history"]`` (any shape ``ecgtasks.conversation`` reads), or None.
@@ -25,17 +25,18 @@ def chat_messages(question: str, history=None) -> list[dict]:
     """
     from ecgtasks.conversation import dialogue
 
-    messages = []
+    messages = [{"role": "system", "content": [{"type": "text", "text": system.strip()}]}] if system else []
     for k, turn in enumerate(dialogue(question, history)):
         content = [{"type": "text", "text": str(turn.text or "").replace(IMAGE_TOKEN, "").strip()}]
         messages.append({"role": turn.role, "content": [{"type": "image"}, *content] if k == 0 else content})
     return messages
 
 
-def chat_prompt(processor, question: str, history=None) -> str:
-    """The prompt for one row through the processor's own chat template: the earlier turns (``history``), the
-    user turn with ``question`` and the generation prompt; one image, in the first user turn."""
-    return processor.apply_chat_template(chat_messages(question, history), add_generation_prompt=True)
+def chat_prompt(processor, question: str, history=None, system: str | None = None) -> str:
+    """The prompt for one row through the processor's own chat template: the ``system`` message (served chats
+    may send one), the earlier turns (``history``), the user turn with ``question`` and the generation prompt;
+    one image, in the first user turn."""
+    return processor.apply_chat_template(chat_messages(question, history, system), add_generation_prompt=True)
 
 
 def row_history(meta) -> list | None:

@@ -44,10 +44,10 @@ def engine_args(model: str, *, image_splitting: bool, dtype: str = "auto", max_n
             "enable_prefix_caching": True, **extra}  # fmt: skip
 
 
-def build_request(processor, page, question: str, history=None) -> dict:
-    """One vLLM prompt: the chat-formatted question after a multi-turn record's earlier turns ``history`` (the
-    image placeholder first, as the HF engine) and the page."""
-    return {"prompt": chat_prompt(processor, question, history), "multi_modal_data": {"image": page}}
+def build_request(processor, page, question: str, history=None, *, system: str | None = None) -> dict:
+    """One vLLM prompt: the chat-formatted question after a ``system`` message and a multi-turn record's earlier
+    turns ``history`` (the image placeholder first, as the HF engine) and the page."""
+    return {"prompt": chat_prompt(processor, question, history, system), "multi_modal_data": {"image": page}}
 
 
 def continuation_request(request: dict, text: str) -> dict:
