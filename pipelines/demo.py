@@ -30,7 +30,7 @@ class DemoConfig(BaseModel):
     workdir: str = Field("./demo-run", description="folder (or s3:// URI) for shards, run and report")
     n: int = Field(3000, ge=10, description="synthetic records to generate (all splits)")
     seed: int = Field(0, description="seed of the synthetic data")
-    pages: str = Field("clean=0.45,varied=0.45,photo=0.1", description="page presets of the training pages: "
+    pages: str = Field("clean=0.5,varied=0.4,photo=0.1", description="page presets of the training pages: "
                        "varied layouts, styles and photos teach the model to read pages it was not drawn on")
     train_config: str = Field(str(DEFAULT_CONFIG), description="training config (YAML of ecgvlm train's fields)")
     max_minutes: float | None = Field(None, gt=0, description="cap on training minutes (None: the config's)")
