@@ -32,15 +32,20 @@ sys.path.insert(0, str(REPO))
 PRESETS = ("clean", "varied", "photo")
 
 
-def synthetic_pages(data: str, limit: int) -> list[tuple[str, bytes, tuple]]:
-    """Up to ``limit`` rows of ``<data>/test``, as labelled pages."""
+def synthetic_pages(data: str, limit: int) -> dict[str, list[tuple[str, bytes, tuple]]]:
+    """Up to ``limit`` rows of ``<data>/test`` as labelled pages, by page preset (``meta["page"]["preset"]``)."""
+    import json
+
     from ecg import shards, storage
 
     ds = shards.parquet_dataset(storage.join(data, "test"))
     if ds is None:
-        return []
-    table = ds.head(limit, columns=["id", "image", "labels"])
-    return [(r["id"], r["image"], tuple(r["labels"])) for r in table.to_pylist()]
+        return {}
+    out: dict[str, list] = {}
+    for r in ds.head(limit, columns=["id", "image", "labels", "meta"]).to_pylist():
+        preset = (json.loads(r["meta"] or "{}").get("page") or {}).get("preset", "clean")
+        out.setdefault(preset, []).append((r["id"], r["image"], tuple(r["labels"])))
+    return out
 
 
 def train(args) -> tuple[str, str]:
@@ -89,8 +94,11 @@ def main(argv=None) -> int:
     print(found.describe())
     sets = []  # (name, data, pages)
     if data:
-        sets.append(("synthetic held-out", "synthetic ECGs (ecg.synth), test split",
-                     synthetic_pages(data, args.synthetic_rows)))
+        held_out = synthetic_pages(data, args.synthetic_rows)
+        sets.append(("synthetic held-out, all pages", "synthetic ECGs (ecg.synth), test split",
+                     [p for pages in held_out.values() for p in pages]))
+        sets += [(f"synthetic held-out, {preset} pages", "the same split, one preset", pages)
+                 for preset, pages in sorted(held_out.items())]
     if not records and not found.pages:
         print(f"no real files under {args.real}: run `make real-ecgs` first", file=sys.stderr)
     for preset in PRESETS:
