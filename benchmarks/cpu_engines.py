@@ -69,7 +69,8 @@ def run_one(args) -> dict:
     answers, scores = p.run_encoded(rows, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
                                     labels=labels, timings=timings)  # fmt: skip
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-    return {"cpu_s_per_page": cpu / len(rows), "variant": args.one, "split": args.split, "rows": len(rows), "wall_s": wall,
+    return {"cpu_s_per_page": cpu / len(rows), "variant": args.one, "split": args.split, "rows": len(rows),
+            "wall_s": wall,
             "pages_per_s": len(rows) / wall, "ttft_s": one["vision"] + one["prefill"],
             "tokens_per_s": len(rows) * args.new_tokens / timings["decode"], "stages": timings,
             "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "load": load,
@@ -139,8 +140,8 @@ def print_table(results: list[dict], args) -> None:
         same, diff = agreement(ref, r) if ref else ("-", "-")
         ratio = f"{r['pages_per_s'] / ref['pages_per_s']:.2f}x" if ref else "-"
         cpu = f"{r['cpu_s_per_page']:.1f}" if "cpu_s_per_page" in r else "-"
-        print(f"| {r['variant']} | {r['split']} | {r['rows']} | {r['pages_per_s']:.3f} | {ratio} | {cpu} | {r['ttft_s']:.2f} | "
-              f"{r['tokens_per_s']:.1f} | {r['peak_mb']:.0f} | {r['load']:.1f} | {same} | {diff} |")
+        print(f"| {r['variant']} | {r['split']} | {r['rows']} | {r['pages_per_s']:.3f} | {ratio} | {cpu} | "
+              f"{r['ttft_s']:.2f} | {r['tokens_per_s']:.1f} | {r['peak_mb']:.0f} | {r['load']:.1f} | {same} | {diff} |")
 
 
 if __name__ == "__main__":

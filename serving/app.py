@@ -67,7 +67,8 @@ class Predictor:
 
     def info(self) -> dict:
         images = self.predictor.loaded
-        return {"model": self.name, "engine": self.engine, "max_batch_size": self.batching[0], "batch_wait_timeout_s": self.batching[1],
+        return {"model": self.name, "engine": self.engine, "max_batch_size": self.batching[0],
+                "batch_wait_timeout_s": self.batching[1],
                 "images": {**images.images.to_dict(), "from": images.images_from}}
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)

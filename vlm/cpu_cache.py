@@ -173,9 +173,10 @@ def open_cached(folder: Path, model: str, *, engine: str, dtype: str, threads: i
 
     runner = RUNNERS[engine]
     head = load_file(str(folder / "head.safetensors"))
-    shim = CompiledVLM(AutoConfig.from_pretrained(str(folder)), runner(str(folder / f"vision{SUFFIX[engine]}"), dtype, threads),
-                       runner(str(folder / f"decoder{SUFFIX[engine]}"), dtype, threads), head["embed"], head["lm_head"],
-                       engine, dtype)  # fmt: skip
+    vision = runner(str(folder / f"vision{SUFFIX[engine]}"), dtype, threads)
+    decoder = runner(str(folder / f"decoder{SUFFIX[engine]}"), dtype, threads)
+    shim = CompiledVLM(AutoConfig.from_pretrained(str(folder)), vision, decoder, head["embed"], head["lm_head"], engine,
+                       dtype)  # fmt: skip
     loaded = load_processor(model, image_splitting=image_splitting, longest_edge=longest_edge)
     loaded.model, loaded.device, loaded.dtype = shim, torch.device("cpu"), torch.float32
     return loaded

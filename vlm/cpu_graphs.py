@@ -54,7 +54,7 @@ def vision_inputs(config, pixel_values: torch.Tensor, pixel_attention_mask: torc
 
 class VisionGraph(nn.Module):
     """SigLIP patches + positions, the encoder layers, the post layer norm and the pixel-shuffle connector:
-    ``(pixels (N, 3, H, W), positions (N, P), bias (N, 1, 1, P)) -> image features (N, tokens per tile, text hidden)``."""
+    ``(pixels (N, 3, H, W), positions (N, P), bias (N, 1, 1, P)) -> features (N, tokens per tile, text hidden)``."""
 
     def __init__(self, model):
         super().__init__()
@@ -120,7 +120,7 @@ class DecoderGraph(nn.Module):
 
 
 def decoder_example(model, batch: int = 2, new: int = 3, past: int = 4):
-    """Example inputs of :class:`DecoderGraph` (tracing, tests): random embeds, a full mask, positions after ``past``."""
+    """Example inputs of :class:`DecoderGraph` (tracing): random embeds, a full mask, positions after ``past``."""
     g = DecoderGraph(model)
     hidden = _inner(model)[0].text_model.config.hidden_size
     kv = [torch.zeros(batch, g.kv_heads, past, g.head_dim) for _ in range(2 * len(g.layers))]
