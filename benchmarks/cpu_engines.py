@@ -101,7 +101,11 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.one:
-        print("RESULT " + json.dumps(run_one(args)), flush=True)
+        line = json.dumps(run_one(args))
+        if args.cache_dir:  # kept as measured, even if a long run is stopped before its table
+            with open(Path(args.cache_dir) / "cpu_engines.jsonl", "a") as f:
+                f.write(line + "\n")
+        print("RESULT " + line, flush=True)
         return 0
     from vlm.cpu_engine import installed
 
