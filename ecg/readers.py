@@ -205,8 +205,10 @@ def read_wfdb(record_path: str) -> Record:
             shutil.rmtree(tmp, ignore_errors=True)
     _check_finite(raw, rid)
     rows = [to_millivolts(raw[i], u, rid)[0] for i, u in enumerate(rec.units or [None] * len(raw))]
-    return Record(signal=np.stack(rows), fs=float(rec.fs), leads=tuple(rec.sig_name), id=rid,
-                  meta={"source": str(record_path), "units": list(rec.units or [])})
+    meta = {"source": str(record_path), "units": list(rec.units or [])}
+    if rec.comments:  # the header's "#" lines (Challenge records: Age, Sex, Dx)
+        meta["comments"] = list(rec.comments)
+    return Record(signal=np.stack(rows), fs=float(rec.fs), leads=tuple(rec.sig_name), id=rid, meta=meta)
 
 
 def ptbxl_superclasses(scp_codes: dict, diagnostic_class: dict) -> tuple[str, ...]:

@@ -3,10 +3,16 @@
 The page is the standard printout: 25 mm/s, 10 mm/mV, a 1 mm minor / 5 mm major red grid,
 a 1 mV x 200 ms calibration pulse at the start of each row and lead labels. Layouts:
 
-- ``"3x4"`` (default): 3 rows x 4 columns of 2.5 s segments (I,II,III | aVR,aVL,aVF | V1-V3 | V4-V6),
-  column k covering seconds 2.5k .. 2.5k + 2.5, plus a 10 s lead II rhythm strip at the bottom.
+- ``"3x4"`` (default; also ``"3x4+1"``): 3 rows x 4 columns of 2.5 s segments (I,II,III | aVR,aVL,aVF |
+  V1-V3 | V4-V6), column k covering seconds 2.5k .. 2.5k + 2.5, plus a 10 s lead II rhythm strip at the bottom.
+- ``"3x4+0"``: the same without a rhythm strip; ``"3x4+3"``: with three (II, V1, V5).
 - ``"6x2"``: 6 rows x 2 columns of 5 s (limb leads over 0-5 s, chest leads over 5-10 s).
+- ``"2x6"``: 2 rows x 6 columns (limb leads, chest leads) plus a lead II strip.
 - ``"12x1"``: 12 rows, each lead over the full 10 s.
+
+Speed and gain are 25 mm/s and 10 mm/mV unless a :class:`Style` says otherwise (50 mm/s shows 5 s across the
+page; 5 or 20 mm/mV scale the traces and the calibration pulse alike). :mod:`ecg.pages` draws randomized
+styles (the ``varied`` and ``photo`` presets) through the same code.
 
 Pixels per mm are derived from the size so 250 mm of trace plus margins fit the width (and the rows
 fit the height): 1100 x 850 px gives about 4.07 px/mm. The grid background is cached per size,
@@ -43,16 +49,45 @@ GRID_MAJOR = (232, 128, 128)
 INK = (0, 0, 0)
 PAPERS = (PAPER, (252, 247, 232), (255, 240, 240), (240, 244, 248), (250, 250, 250))
 
-# layout -> (rows of (lead name, t0 s, column x0 mm) panels, segment length s, rhythm strip?)
+PAGE_MM = 250.0  # mm of trace across the page: 10 s at 25 mm/s
+# layout -> (rows of lead names, segment length s at 25 mm/s, rhythm-strip leads)
 _3X4 = [[(("I", "II", "III"), ("aVR", "aVL", "aVF"), ("V1", "V2", "V3"), ("V4", "V5", "V6"))[k][r]
          for k in range(4)] for r in range(3)]
+_LIMB, _CHEST = ("I", "II", "III", "aVR", "aVL", "aVF"), ("V1", "V2", "V3", "V4", "V5", "V6")
 LAYOUTS = {
-    "3x4": (_3X4, 2.5, True),
-    "6x2": ([[a, b] for a, b in zip(("I", "II", "III", "aVR", "aVL", "aVF"),
-                                     ("V1", "V2", "V3", "V4", "V5", "V6"))], 5.0, False),
-    "12x1": ([[lead] for lead in ("I", "II", "III", "aVR", "aVL", "aVF",
-                                  "V1", "V2", "V3", "V4", "V5", "V6")], 10.0, False),
+    "3x4": (_3X4, 2.5, ("II",)),
+    "3x4+0": (_3X4, 2.5, ()),
+    "3x4+1": (_3X4, 2.5, ("II",)),
+    "3x4+3": (_3X4, 2.5, ("II", "V1", "V5")),
+    "6x2": ([[a, b] for a, b in zip(_LIMB, _CHEST)], 5.0, ()),
+    "2x6": ([list(_LIMB), list(_CHEST)], 10.0 / 6, ("II",)),
+    "12x1": ([[lead] for lead in _LIMB + _CHEST], 10.0, ()),
 }
+
+
+@dataclass(frozen=True)
+class Style:
+    """How a page looks; the default is the clean printout. Every field is JSON-able (it goes into row meta).
+
+    Example: ``render(rec, style=Style(speed=50.0, gain=5.0, grid="dots"))``.
+    """
+
+    speed: float = SPEED  # mm/s
+    gain: float = GAIN  # mm/mV
+    paper: tuple = PAPER
+    minor: tuple = GRID_MINOR
+    major: tuple = GRID_MAJOR
+    ink: tuple = INK
+    text: tuple = (40, 40, 40)
+    grid: str = "lines"  # lines | major (5 mm only) | dots (1 mm dots, 5 mm lines) | none
+    line_mm: float = 0.35  # trace width, mm
+    font: str = ""  # a TrueType file name from matplotlib's bundled fonts ("" = PIL's default)
+    label_mm: float = 3.2  # lead label height, mm
+    label_box: bool = False  # draw a box around each lead label
+    ticks: bool = True  # short ticks where the lead changes
+    calibration: str = "left"  # left (before every row) | none
+    header: tuple = ()  # lines of printed header text in the top margin
+    top_mm: float = TOP_MM  # the top margin grows to hold a header
 
 
 @dataclass(frozen=True)
@@ -69,19 +104,23 @@ class Geometry:
     baselines_mm: tuple[float, ...]
 
 
-def geometry(width: int, height: int, layout: str = "3x4") -> Geometry:
-    """Page geometry for a size and layout. Example: ``geometry(1100, 850).ppm`` -> 4.07 (px/mm)."""
+def geometry(width: int, height: int, layout: str = "3x4", *, speed: float = SPEED,
+             top_mm: float = TOP_MM) -> Geometry:
+    """Page geometry for a size and layout. Example: ``geometry(1100, 850).ppm`` -> 4.07 (px/mm).
+
+    ``segment_s`` is the seconds one panel shows: at 50 mm/s half of what it shows at 25 mm/s.
+    """
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; choose from {sorted(LAYOUTS)}")
-    rows, seg, strip = LAYOUTS[layout]
-    n_rows = len(rows) + int(strip)
+    rows, seg, strips = LAYOUTS[layout]
+    n_rows = len(rows) + len(strips)
     row_mm = 40.0 if n_rows <= 4 else 25.0 if n_rows <= 7 else 15.0  # space a row wants, mm
-    ppm = min(width / (LEFT_MM + 250.0 + RIGHT_MM), height / (TOP_MM + BOTTOM_MM + n_rows * row_mm))
+    ppm = min(width / (LEFT_MM + PAGE_MM + RIGHT_MM), height / (top_mm + BOTTOM_MM + n_rows * row_mm))
     # Rows share the height left after the margins; t = 0 and every baseline sit on whole mm, hence on
     # grid lines (the grid is drawn at whole mm from the page's top-left corner).
-    pitch = (height / ppm - TOP_MM - BOTTOM_MM) / n_rows  # mm per row
-    base_mm = tuple(float(np.floor(TOP_MM + pitch * (r + 0.62))) for r in range(n_rows))
-    return Geometry(width, height, ppm, LEFT_MM * ppm, tuple(b * ppm for b in base_mm), seg,
+    pitch = (height / ppm - top_mm - BOTTOM_MM) / n_rows  # mm per row
+    base_mm = tuple(float(np.floor(top_mm + pitch * (r + 0.62))) for r in range(n_rows))
+    return Geometry(width, height, ppm, LEFT_MM * ppm, tuple(b * ppm for b in base_mm), seg * SPEED / speed,
                     LEFT_MM, base_mm)
 
 
@@ -91,15 +130,22 @@ I_PAPER, I_MINOR, I_MAJOR, I_INK, I_TEXT = range(5)
 
 
 @lru_cache(maxsize=32)
-def _background(width: int, height: int, layout: str, grid: bool) -> Image.Image:
-    """The blank page (palette indices) with its grid; cached: it is the same for every record."""
-    g = geometry(width, height, layout)
+def _background(width: int, height: int, layout: str, grid: str = "lines", top_mm: float = TOP_MM) -> Image.Image:
+    """The blank page (palette indices) with its grid; cached: it is the same for every record of a style."""
+    g = geometry(width, height, layout, top_mm=top_mm)
     page = np.full((height, width), I_PAPER, np.uint8)  # (H, W) palette indices
-    if grid:
+    if grid in (True, "lines", "major", "dots"):
         # Lines at whole mm; the major ones pass through t = 0 and the first baseline; minor first.
-        for step, index in ((1, I_MINOR), (5, I_MAJOR)):
-            page[:, _grid_positions(g.x0_mm % step, step, g.ppm, width)] = index
-            page[_grid_positions(g.baselines_mm[0] % step, step, g.ppm, height), :] = index
+        x1, y1 = _grid_positions(g.x0_mm % 1, 1, g.ppm, width), _grid_positions(g.baselines_mm[0] % 1, 1, g.ppm, height)
+        if grid in (True, "lines"):
+            page[:, x1] = I_MINOR
+            page[y1, :] = I_MINOR
+        elif grid == "dots":
+            page[np.ix_(y1, x1)] = I_MINOR
+        page[:, _grid_positions(g.x0_mm % 5, 5, g.ppm, width)] = I_MAJOR
+        page[_grid_positions(g.baselines_mm[0] % 5, 5, g.ppm, height), :] = I_MAJOR
+    elif grid not in (False, "none"):
+        raise ValueError(f"unknown grid style {grid!r}; choose lines, major, dots or none")
     return Image.fromarray(page, mode="P")
 
 
@@ -138,45 +184,56 @@ def _lead_signal(record: Record, name: str) -> np.ndarray | None:
     return record.signal[record.leads.index(name)] if name in record.leads else None
 
 
-def _panels(record: Record, g: Geometry, layout: str):
-    """Yield ``(lead, row, t0 s, t1 s, x px of t0)`` for every panel, rhythm strip last."""
-    rows, seg, strip = LAYOUTS[layout]
+def _panels(record: Record, g: Geometry, layout: str, speed: float = SPEED):
+    """Yield ``(lead, row, t0 s, t1 s, x px of t0)`` for every panel, rhythm strips last."""
+    rows, _, strips = LAYOUTS[layout]
+    seg, px_per_s = g.segment_s, speed * g.ppm
     for r, names in enumerate(rows):
         for k, name in enumerate(names):
-            yield name, r, k * seg, (k + 1) * seg, g.x0 + k * seg * SPEED * g.ppm
-    if strip:
-        yield "II", len(rows), 0.0, 10.0, g.x0
+            yield name, r, k * seg, (k + 1) * seg, g.x0 + k * seg * px_per_s
+    for j, name in enumerate(strips):
+        yield name, len(rows) + j, 0.0, PAGE_MM / speed, g.x0
 
 
-@lru_cache(maxsize=8)
-def _font(size_px: int) -> ImageFont.ImageFont:
+@lru_cache(maxsize=16)
+def _font(size_px: int, name: str = "") -> ImageFont.ImageFont:
+    if name:
+        import matplotlib  # its bundled TrueType fonts (DejaVu, STIX, Computer Modern) are always there
+
+        return ImageFont.truetype(f"{matplotlib.get_data_path()}/fonts/ttf/{name}", size_px)
     return ImageFont.load_default(size=size_px)
 
 
-@lru_cache(maxsize=256)
-def _text_mask(text: str, size_px: int) -> Image.Image:
+@lru_cache(maxsize=512)
+def _text_mask(text: str, size_px: int, font: str = "") -> Image.Image:
     """A cached 1-bit mask of a label: rasterising text with FreeType on every page is costly."""
-    font = _font(size_px)
-    left, top, right, bottom = font.getbbox(text)
+    face = _font(size_px, font)
+    left, top, right, bottom = face.getbbox(text)
     mask = Image.new("1", (right + 1, bottom + 1), 0)
-    ImageDraw.Draw(mask).text((0, 0), text, fill=1, font=font)
+    ImageDraw.Draw(mask).text((0, 0), text, fill=1, font=face)
     return mask
 
 
-def _put_text(canvas: Image.Image, xy: tuple[float, float], text: str, size_px: int, index: int) -> None:
-    mask = _text_mask(text, size_px)
+def _put_text(canvas: Image.Image, xy: tuple[float, float], text: str, size_px: int, index: int,
+              font: str = "") -> tuple[int, int]:
+    """Paste ``text`` at ``xy`` (px) in palette colour ``index``; returns the text's (width, height) in px."""
+    mask = _text_mask(text, size_px, font)
     x, y = int(round(xy[0])), int(round(xy[1]))
     canvas.paste(index, (x, y, x + mask.width, y + mask.height), mask)
+    return mask.width, mask.height
 
 
 def _draw_traces(canvas: Image.Image, draw: ImageDraw.ImageDraw, record: Record, g: Geometry,
-                 layout: str, width_px: int) -> None:
-    px_per_s, px_per_mv = SPEED * g.ppm, GAIN * g.ppm
-    size = max(8, round(3.2 * g.ppm))  # lead labels about 3 mm tall
-    for name, row, t0, t1, x_start in _panels(record, g, layout):
+                 layout: str, width_px: int, style: "Style") -> None:
+    px_per_s, px_per_mv = style.speed * g.ppm, style.gain * g.ppm
+    size = max(8, round(style.label_mm * g.ppm))  # lead labels about 3 mm tall
+    for name, row, t0, t1, x_start in _panels(record, g, layout, style.speed):
         base = g.baselines[row]
-        _put_text(canvas, (x_start + 0.8 * g.ppm, base - 9 * g.ppm), name, size, I_INK)
-        if t0 > 0:  # a short tick marks where the lead changes
+        lx, ly = x_start + 0.8 * g.ppm, base - 9 * g.ppm
+        w, h = _put_text(canvas, (lx, ly), name, size, I_INK, style.font)
+        if style.label_box:
+            draw.rectangle([lx - 2, ly - 2, lx + w + 2, ly + h + 2], outline=I_INK, width=1)
+        if t0 > 0 and style.ticks:  # a short tick marks where the lead changes
             draw.line([(x_start, base - 2 * g.ppm), (x_start, base + 2 * g.ppm)], fill=I_INK, width=1)
         sig = _lead_signal(record, name)
         if sig is None:
@@ -190,9 +247,11 @@ def _draw_traces(canvas: Image.Image, draw: ImageDraw.ImageDraw, record: Record,
         draw.line(_envelope(x, y).ravel().tolist(), fill=I_INK, width=width_px, joint="curve")
 
 
-def _draw_calibration(draw: ImageDraw.ImageDraw, g: Geometry, width_px: int) -> None:
-    """1 mV x 200 ms pulse (10 mm x 5 mm) ending 2 mm before t = 0 on every row."""
-    h, w = GAIN * g.ppm, 0.2 * SPEED * g.ppm
+def _draw_calibration(draw: ImageDraw.ImageDraw, g: Geometry, width_px: int, style: "Style") -> None:
+    """1 mV x 200 ms pulse (``gain`` mm tall, at most 5 mm wide) ending 2 mm before t = 0 on every row."""
+    if style.calibration == "none":
+        return
+    h, w = style.gain * g.ppm, min(0.2 * style.speed, 5.0) * g.ppm
     for base in g.baselines:
         x1 = g.x0 - 2 * g.ppm
         xa = x1 - w - 2 * g.ppm
@@ -201,17 +260,24 @@ def _draw_calibration(draw: ImageDraw.ImageDraw, g: Geometry, width_px: int) -> 
         draw.line(pts, fill=I_INK, width=width_px)
 
 
+def _draw_header(canvas: Image.Image, g: Geometry, style: "Style") -> None:
+    """The printed header lines in the top margin, 2.6 mm text."""
+    size = max(8, round(2.6 * g.ppm))
+    for k, line in enumerate(style.header):
+        _put_text(canvas, (g.x0, (1.0 + 3.4 * k) * g.ppm), line, size, I_TEXT, style.font)
+
+
 def render(record: Record, *, width: int = 1100, height: int = 850, layout: str = "3x4",
-           augment: bool = False, seed: int | None = None) -> Image.Image:
-    """The record as an RGB paper page of ``width`` x ``height`` px (25 mm/s, 10 mm/mV).
+           augment: bool = False, seed: int | None = None, style: Style | None = None) -> Image.Image:
+    """The record as an RGB paper page of ``width`` x ``height`` px (25 mm/s, 10 mm/mV unless ``style`` says).
 
     ``augment=True`` applies seeded paper-style augmentations (paper and grid colour, missing grid,
     trace width and ink, header text, speckle noise, rotation up to 2 degrees); ``seed=None`` derives the
-    seed from the record id, so a page is reproducible either way. Records shorter than 10 s leave the
+    seed from the record id, so a page is reproducible either way. Records shorter than the page leave the
     rest blank; a missing lead leaves its panel blank. Example: ``render(rec, layout="6x2").size``
     -> ``(1100, 850)``.
     """
-    return _page(record, width, height, layout, augment, seed).convert("RGB")
+    return _page(record, width, height, layout, augment, seed, style).convert("RGB")
 
 
 def render_bytes(record: Record, *, format: str = "PNG", quality: int = 90, **options) -> bytes:
@@ -221,25 +287,35 @@ def render_bytes(record: Record, *, format: str = "PNG", quality: int = 90, **op
     Example: ``render_bytes(rec, layout="12x1", augment=True, seed=1)[:4] == b"\x89PNG"``.
     """
     page = _page(record, options.pop("width", 1100), options.pop("height", 850),
-                 options.pop("layout", "3x4"), options.pop("augment", False), options.pop("seed", None))
+                 options.pop("layout", "3x4"), options.pop("augment", False), options.pop("seed", None),
+                 options.pop("style", None))
     if options:
         raise TypeError(f"render_bytes: unexpected option(s) {sorted(options)}")
     return to_bytes(page if format.upper() == "PNG" else page.convert("RGB"), format, quality)
 
 
-def _page(record: Record, width: int, height: int, layout: str, augment: bool, seed: int | None):
+def page_image(record: Record, *, width: int, height: int, layout: str, style: Style) -> Image.Image:
+    """The page as a palette ("P") image with its palette set, drawn in ``style`` (no augmentation)."""
+    return _page(record, width, height, layout, False, 0, style)
+
+
+def _page(record: Record, width: int, height: int, layout: str, augment: bool, seed: int | None,
+          style: Style | None = None):
     """The page as a palette ("P") image with its palette set."""
-    g = geometry(width, height, layout)
+    style = style or Style()
+    g = geometry(width, height, layout, speed=style.speed, top_mm=style.top_mm)
     rng = np.random.default_rng(zlib.crc32(record.id.encode()) if seed is None else seed)
-    palette = [PAPER, GRID_MINOR, GRID_MAJOR, INK, (40, 40, 40)]
-    grid = True
-    line_w = max(1, int(round(0.35 * g.ppm)))  # about 0.35 mm, as a thermal printer's trace
+    palette = [style.paper, style.minor, style.major, style.ink, style.text]
+    grid = style.grid
+    line_w = max(1, int(round(style.line_mm * g.ppm)))  # about 0.35 mm, as a thermal printer's trace
     if augment:
-        palette, grid, line_w = _augment_style(rng, line_w)
-    canvas = _background(width, height, layout, grid).copy()  # (H, W) palette indices
+        palette, on, line_w = _augment_style(rng, line_w)
+        grid = grid if on else "none"
+    canvas = _background(width, height, layout, grid, style.top_mm).copy()  # (H, W) palette indices
     draw = ImageDraw.Draw(canvas)
-    _draw_calibration(draw, g, line_w)
-    _draw_traces(canvas, draw, record, g, layout, line_w)
+    _draw_calibration(draw, g, line_w, style)
+    _draw_traces(canvas, draw, record, g, layout, line_w, style)
+    _draw_header(canvas, g, style)
     if augment:
         canvas = _augment_page(canvas, draw, g, rng, palette)
     canvas.putpalette([v for rgb in palette for v in rgb])

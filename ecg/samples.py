@@ -57,6 +57,7 @@ class RenderOptions:
     height: int = 850  # px
     layout: str = "3x4"
     augment: float = 0.0
+    pages: str = "clean"  # a page preset of ecg.pages (clean, varied, photo) or a mix: "clean=0.3,varied=0.7"
     image_format: str = "PNG"  # PNG or JPEG
     quality: int = 90  # JPEG quality
     extra: dict = field(default_factory=dict)  # passed on to ecg.render.render
@@ -118,14 +119,32 @@ def _unit(seed: int, key: str, salt: str) -> float:
 # ---- rows ----------------------------------------------------------------------------------------------
 
 
-def render_bytes(record, options: RenderOptions, *, seed: int = 0) -> bytes:
-    """The record's paper page, encoded (PNG or JPEG bytes). Augmented with probability ``options.augment``."""
-    from ecg import render
+def render_page(record, options: RenderOptions, *, seed: int = 0) -> tuple[bytes, dict]:
+    """The record's page, encoded, and its recipe (preset, seed and every drawn choice, for the row's meta).
 
+    The preset is drawn per record from ``options.pages``; a ``clean`` page is augmented with probability
+    ``options.augment``. Everything is seeded by ``(seed, record.id)``, so a rerun draws the same pages.
+    """
+    from ecg import pages
+
+    preset = pages.pick_preset(pages.presets_mix(options.pages), _unit(seed, record.id, "preset"))
     augment = options.augment > 0 and _unit(seed, record.id, "augment") < options.augment
-    return render.render_bytes(record, width=options.width, height=options.height, layout=options.layout,
-                               augment=augment, seed=int(_unit(seed, record.id, "render-seed") * 2**31),
-                               format=options.image_format, quality=options.quality, **options.extra)
+    page_seed = int(_unit(seed, record.id, "render-seed") * 2**31)
+    if preset == "clean" and options.extra:
+        from ecg import render
+
+        data = render.render_bytes(record, width=options.width, height=options.height, layout=options.layout,
+                                   augment=augment, seed=page_seed, format=options.image_format,
+                                   quality=options.quality, **options.extra)
+        return data, {"preset": "clean", "seed": page_seed, "layout": options.layout, "augment": augment}
+    return pages.page_bytes(record, preset, seed=page_seed, width=options.width, height=options.height,
+                            layout=options.layout, augment=augment, format=options.image_format,
+                            quality=options.quality)
+
+
+def render_bytes(record, options: RenderOptions, *, seed: int = 0) -> bytes:
+    """The record's paper page, encoded (PNG or JPEG bytes): :func:`render_page` without the recipe."""
+    return render_page(record, options, seed=seed)[0]
 
 
 def sample_row(*, id: str, task: str, image: bytes | None, question: str, answer: str, labels=(),
@@ -154,9 +173,10 @@ def record_row(record, *, task, source: str, split: str, options: RenderOptions,
     ``task`` is a ``ecgtasks.Task``; the answer is ``task.format_answer(record.labels)``
     (``"NORM"``, ``"ABNORMAL"`` or labels joined by ``"; "``).
     """
+    image, page = render_page(record, options, seed=seed)
     meta = {**record.meta, "patient_id": record.patient_id, "fs": record.fs,
-            "duration_s": round(record.duration, 3), "split": split}
-    return sample_row(id=record.id, task=task.name, image=render_bytes(record, options, seed=seed),
+            "duration_s": round(record.duration, 3), "split": split, "record": record.id, "page": page}
+    return sample_row(id=record.id, task=task.name, image=image,
                       question=task.question, answer=task.format_answer(record.labels), labels=record.labels,
                       source=source, split=split, meta=meta)
 
@@ -313,23 +333,30 @@ def code15_references(root: str) -> list[dict]:
     return refs
 
 
-def signal_references(source: str, root: str) -> list[dict]:
-    """References of a signal dataset: ``source`` is ``"ptbxl"`` or ``"code15"``."""
+def signal_references(source: str, root: str, task: str | None = None) -> list[dict]:
+    """References of a signal dataset: ``source`` is ``"ptbxl"``, ``"code15"`` or ``"wfdb"`` (labelled for ``task``)."""
     if source == "ptbxl":
         return ptbxl_references(root)
     if source == "code15":
         return code15_references(root)
+    if source == "wfdb":
+        from ecg.challenge import references
+
+        return references(root, task)
     raise ValueError(f"unknown signal source {source!r}")
 
 
-def load_reference(ref: dict):
-    """Read the record a reference points to (``ecg.readers``), labelled and keyed as the reference says."""
+def load_reference(ref: dict, task: str = "code15"):
+    """Read the record a reference points to (``ecg.readers``), labelled and keyed as the reference says
+    (a ``wfdb`` reference: labelled for ``task`` from its SNOMED-CT codes)."""
     import pandas as pd
 
-    from ecg import readers
+    from ecg import challenge, readers
 
     if ref.get("error"):
         raise ValueError(ref["error"])
+    if ref["kind"] == "wfdb":
+        return challenge.read_record(ref["path"], task=task, rid=ref["id"])
     if ref["kind"] == "ptbxl":
         record = readers.read_wfdb(ref["path"])
         record.labels, record.patient_id = tuple(ref["labels"]), ref["patient_id"]
@@ -361,7 +388,7 @@ def signal_batch(batch, *, task: str | None = None, seed: int = 0, splits=None, 
         task_ = get_task(task or ("ptbxl-super" if ref["kind"] == "ptbxl" else "code15"))
 
         def make(ref=ref, task_=task_):
-            record = load_reference(ref)
+            record = load_reference(ref, task_.name)
             split = (fold_split(ref["fold"], splits) if folds and ref["kind"] == "ptbxl" else None) \
                 or assign_split(record.patient_id or record.id, splits, seed)
             return record_row(record, task=task_, source=ref["kind"], split=split, options=options, seed=seed)

@@ -46,7 +46,8 @@ LABEL_CYCLE: tuple[tuple[tuple[str, ...], int], ...] = (
     (("SB", "RBBB"), 1), (("1dAVb", "RBBB"), 1), (("ST", "RBBB"), 1), (("1dAVb", "LBBB"), 1),
     (("SB", "LBBB"), 1),
 )
-ABNORMAL_KINDS = ("pvc", "left_axis", "low_voltage", "t_inversion", "st_elevation")
+ABNORMAL_KINDS = ("pvc", "left_axis", "low_voltage", "t_inversion", "st_elevation", "pac", "st_depression",
+                  "lvh", "q_waves")
 PATIENT_GROUP = 3  # consecutive records share a patient (and its heart geometry) in groups of 3
 
 
@@ -67,7 +68,10 @@ def _lead_matrix() -> np.ndarray:
     angles = np.deg2rad([115.0, 90.0, 72.0, 55.0, 30.0, 5.0])  # from +x towards +z
     gains = np.array([1.2, 1.6, 1.7, 1.6, 1.4, 1.2])
     chest = [g * np.array([np.cos(a), 0.15, np.sin(a)]) for a, g in zip(angles, gains)]
-    return np.stack(limb + chest)  # (12, 3)
+    # Limb leads see the heart from further away than the chest leads: 0.7 puts lead II's QRS near the 1-1.8 mV of
+    # real resting ECGs (measured on the clinical exports of ecg/data/real_ecgs.csv). A common factor keeps
+    # III = II - I and the Goldberger leads exact.
+    return np.stack([0.7 * v for v in limb] + chest)  # (12, 3)
 
 
 LEAD_VECTORS = _lead_matrix()
@@ -121,7 +125,7 @@ def _beat_waves(kind: dict, rr: float, rng) -> list[tuple]:
     waves = _qrs_waves(conduction, qrs, kind["axis"], gain, rng)
     if kind["p"]:
         sp = 0.018  # P lasts about 5 sigma = 90 ms; its onset is PR before QRS onset
-        waves.append(_wave(-kind["pr"] + 2.5 * sp, sp, sp, kind["p_amp"], (0.5, 0.85, 0.1)))
+        waves.append(_wave(-kind["pr"] + 2.5 * sp, sp, sp, kind["p_amp"], kind.get("p_dir", (0.5, 0.85, 0.1))))
     qt = 0.40 * np.sqrt(rr) + (qrs - 0.09)  # Bazett-like QT, prolonged by a wide QRS
     t_dir = kind["t_dir"]
     if conduction == "rbbb":
@@ -131,17 +135,21 @@ def _beat_waves(kind: dict, rr: float, rng) -> list[tuple]:
     waves.append(_wave(qt - 0.21 * qt, 0.15 * qt, 0.09 * qt, kind["t_amp"], t_dir))  # slow rise, fast fall
     if kind.get("st_elev"):
         waves.append(_wave(qrs + 0.06, 0.05, 0.05, kind["st_elev"], (0.0, 0.2, 1.0)))
+    if kind.get("st_dep"):
+        waves.append(_wave(qrs + 0.05, 0.04, 0.09, kind["st_dep"], (-0.9, -0.25, 0.3)))
+    if kind.get("q_inferior") and conduction != "pvc":
+        waves.append(_wave(0.012, 0.012, 0.012, kind["q_inferior"] * kind["gain"], (0.1, -1.0, 0.0)))
     return waves
 
 
-def _template(waves: list[tuple], pre: float, post: float) -> np.ndarray:
-    """Sum of the waves' Gaussians projected on the leads: ``(12, L)`` mV from -pre to +post s."""
+def _template(waves: list[tuple], pre: float, post: float, leads: np.ndarray = LEAD_VECTORS) -> np.ndarray:
+    """Sum of the waves' Gaussians projected on ``leads`` (12, 3): ``(12, L)`` mV from -pre to +post s."""
     t = np.arange(-pre, post, 1.0 / FS)  # (L,), s
     c, sl, sr, a, d = (np.array([w[i] for w in waves]) for i in range(5))
     dt = t[None, :] - c[:, None]  # (W, L)
     sig = np.where(dt < 0, sl[:, None], sr[:, None])
     g = a[:, None] * np.exp(-0.5 * (dt / sig) ** 2)  # (W, L)
-    return (LEAD_VECTORS @ d.T) @ g  # (12, W) @ (W, L) -> (12, L)
+    return (leads @ d.T) @ g  # (12, W) @ (W, L) -> (12, L)
 
 
 def _sinus_times(rr: float, rng, n_extra: int = 2) -> np.ndarray:
@@ -177,32 +185,51 @@ _TIME = (np.arange(N_SAMPLES) / FS).astype(np.float32)  # (N,), s
 _NOISE_BANK = np.random.default_rng(20240917).standard_normal(1 << 18, dtype=np.float32)
 
 
-def _noise(rng, af: bool) -> np.ndarray:
-    """Baseline wander + mains hum + EMG-like noise (+ fibrillatory f-waves for AF): (12, N) mV.
+# Noise levels of resting 12-lead recordings, mV (after the device's 0.05-150 Hz filter): baseline wander
+# (respiration, electrode drift, 0.05-0.5 Hz), muscle (EMG, broadband), mains hum, and electrode-motion
+# transients (a step that decays over a fraction of a second). Amplitudes follow the MIT-BIH Noise Stress
+# Test Database's recordings scaled to resting ECGs: most records are clean, some moderately noisy, a few bad.
+NOISE_LEVELS = {  # level: (probability, wander mV, EMG mV rms, mains mV, electrode-motion events)
+    "clean": (0.45, (0.02, 0.08), (0.002, 0.008), (0.0, 0.01), (0, 0)),
+    "moderate": (0.40, (0.06, 0.2), (0.006, 0.02), (0.0, 0.025), (0, 1)),
+    "noisy": (0.15, (0.15, 0.35), (0.015, 0.04), (0.01, 0.05), (1, 3)),
+}
+
+
+def _noise(rng, af: bool) -> tuple[np.ndarray, str]:
+    """Baseline wander + mains hum + EMG + electrode motion (+ fibrillatory f-waves for AF): ((12, N) mV, level).
 
     Made on the 8 recorded channels and projected through :data:`_DERIVE`, so III = II - I etc. hold
     for the noise too, as on a real electrocardiograph.
     """
+    names = list(NOISE_LEVELS)
+    level = names[int(rng.choice(len(names), p=[NOISE_LEVELS[n][0] for n in names]))]
+    _, wander, emg_rms, mains_amp, motion = NOISE_LEVELS[level]
     t = _TIME  # (N,), s, float32: noise needs no double precision and float32 halves the cost
     f = rng.uniform(0.05, 0.45, (3, 1)).astype(np.float32)  # baseline wander, Hz
     phase = rng.uniform(0, 2 * np.pi, (4, 1)).astype(np.float32)
     mains = np.float32(rng.choice([50.0, 60.0]))  # Hz
     waves = np.sin(np.float32(2 * np.pi) * np.vstack([f, [[mains]]]) * t + phase)  # (4, N)
     mix = np.empty((8, 4), np.float32)
-    mix[:, :3] = rng.uniform(-0.12, 0.12, (8, 3))  # wander, mV
-    mix[:, 3] = rng.uniform(0.0, 0.02) * rng.uniform(0.5, 1.0, 8)  # mains hum, mV
+    mix[:, :3] = rng.uniform(-1, 1, (8, 3)) * rng.uniform(*wander)  # wander, mV
+    mix[:, 3] = rng.uniform(*mains_amp) * rng.uniform(0.5, 1.0, 8)  # mains hum, mV
     out = mix @ waves  # (8, N)
-    emg = rng.uniform(0.004, 0.02) * rng.uniform(0.5, 1.5, 8)  # mV
+    emg = rng.uniform(*emg_rms) * rng.uniform(0.5, 1.5, 8)  # mV
     for k, start in enumerate(rng.integers(0, _NOISE_BANK.size - N_SAMPLES, 8)):
         out[k] += np.float32(emg[k]) * _NOISE_BANK[start:start + N_SAMPLES]  # white noise window
+    for _ in range(int(rng.integers(motion[0], motion[1] + 1))):
+        # Electrode motion: one electrode's step of 0.2-0.8 mV decaying over 0.2-0.8 s, in the channels using it.
+        t0, tau = rng.uniform(0, DURATION), rng.uniform(0.2, 0.8)
+        step = np.where(t >= t0, np.exp(-(t - t0) / tau), 0).astype(np.float32)
+        out[rng.integers(0, 8)] += np.float32(rng.uniform(0.2, 0.8) * rng.choice([-1, 1])) * step
     if af:
         # f-waves at 4-9 Hz with a wandering frequency; largest in V1 and lead II.
         base = rng.uniform(4.0, 9.0) + 0.6 * np.sin(2 * np.pi * rng.uniform(0.1, 0.4) * t.astype(float))
         phase = 2 * np.pi * np.cumsum(base) / FS
         fw = np.sin(phase) + 0.4 * np.sin(1.7 * phase + rng.uniform(0, 2 * np.pi))
         lead_amp = np.array([0.3, 0.8, 1.0, 0.8, 0.6, 0.5, 0.4, 0.3])  # I, II, V1..V6
-        out += (rng.uniform(0.05, 0.1) * lead_amp[:, None] * fw).astype(np.float32)  # (8, N)
-    return _DERIVE @ out  # (12, N)
+        out += (rng.uniform(0.03, 0.1) * lead_amp[:, None] * fw).astype(np.float32)  # (8, N)
+    return _DERIVE @ out, level  # (12, N)
 
 
 def _physiology(labels: tuple[str, ...], rng, patient: dict) -> dict:
@@ -234,32 +261,53 @@ def _physiology(labels: tuple[str, ...], rng, patient: dict) -> dict:
         kind["t_dir"] = (-0.6, -0.3, -0.6)
     elif abnormal == "st_elevation":
         kind["st_elev"] = rng.uniform(0.2, 0.35)
+    elif abnormal == "st_depression":  # lateral downsloping ST depression (ischaemia, strain)
+        kind["st_dep"] = rng.uniform(0.2, 0.35)
+    elif abnormal == "lvh":  # high voltage (Sokolow-Lyon well over 3.5 mV) with lateral strain T waves
+        kind["gain"] *= rng.uniform(1.7, 2.2)
+        kind["t_dir"] = (-0.5, 0.2, -0.7)
+    elif abnormal == "q_waves":  # an old inferior infarction: wide, deep initial Q in II, III, aVF
+        kind["q_inferior"] = rng.uniform(0.35, 0.6)
     return {"hr": hr, "kind": kind, "af": "AF" in s, "abnormal": abnormal}
 
 
 def _beat_times(phys: dict, rng) -> tuple[np.ndarray, np.ndarray]:
-    """QRS onset times (s) and a bool mask of premature ventricular beats."""
+    """QRS onset times (s) and each beat's template name (``sinus``, ``pvc`` or ``pac``)."""
     rr = 60.0 / phys["hr"]
     times = _af_times(rr, rng) if phys["af"] else _sinus_times(rr, rng)
-    pvc = np.zeros(len(times), bool)
+    kinds = np.full(len(times), "sinus", dtype=object)
     if phys["abnormal"] == "pvc":
         # Every 3rd or 4th beat comes early (coupling 0.55-0.65 RR) with a full compensatory pause.
         every = rng.integers(3, 5)
-        pvc[rng.integers(0, every)::every] = True
+        kinds[rng.integers(0, every)::every] = "pvc"
         early = rr * rng.uniform(0.35, 0.45)
-        times = times - np.where(pvc, early, 0.0)
-    return times, pvc
+        times = times - np.where(kinds == "pvc", early, 0.0)
+    elif phys["abnormal"] == "pac":
+        # Every 3rd-5th beat is an early atrial beat (coupling 0.6-0.75 RR) that resets the sinus node: the
+        # rhythm goes on from it, with no compensatory pause.
+        every = rng.integers(3, 6)
+        early = rr * rng.uniform(0.25, 0.4)
+        pac = np.zeros(len(times), bool)
+        pac[rng.integers(0, every)::every] = True
+        kinds[pac] = "pac"
+        times = times - early * np.cumsum(pac)
+    return times, kinds
 
 
-def _place(templates: dict, times: np.ndarray, pvc: np.ndarray, pre: float, rng) -> np.ndarray:
-    """Add each beat's template at its onset into a padded buffer; returns ``(12, N)`` mV."""
+def _place(templates: dict, times: np.ndarray, kinds: np.ndarray, pre: float, rng) -> np.ndarray:
+    """Add each beat's template at its onset into a padded buffer; returns ``(12, N)`` mV.
+
+    Beat-to-beat amplitude follows respiration (the heart's axis and distance to the electrodes change as
+    the chest moves) plus a little independent variation.
+    """
     L = next(iter(templates.values())).shape[1]
     buf = np.zeros((12, N_SAMPLES + 2 * L), np.float32)
     starts = np.round((times - pre) * FS).astype(int) + L
-    scale = 1 + 0.04 * rng.standard_normal(len(times))  # beat-to-beat amplitude variation
-    for s, is_pvc, k in zip(starts, pvc, scale):
+    resp = rng.uniform(0.02, 0.08) * np.sin(2 * np.pi * times / rng.uniform(3.0, 6.0) + rng.uniform(0, 2 * np.pi))
+    scale = 1 + resp + 0.02 * rng.standard_normal(len(times))
+    for s, kind, k in zip(starts, kinds, scale):
         if 0 <= s <= N_SAMPLES + L:
-            buf[:, s:s + L] += k * templates["pvc" if is_pvc else "sinus"]
+            buf[:, s:s + L] += k * templates[kind]
     return buf[:, L:L + N_SAMPLES]
 
 
@@ -275,25 +323,47 @@ def make_record(labels: tuple[str, ...], rng: np.random.Generator, *, patient: d
     rr = 60.0 / phys["hr"]
     pre, post = 0.45, 0.75  # template window around QRS onset, s
     kinds = {"sinus": phys["kind"]}
-    times, pvc = _beat_times(phys, rng)
-    if pvc.any():
+    times, beat_kinds = _beat_times(phys, rng)
+    if (beat_kinds == "pvc").any():
         kinds["pvc"] = {**phys["kind"], "conduction": "pvc", "qrs": 0.15, "p": False}
-    templates = {name: _template(_beat_waves(k, rr, rng), pre, post) for name, k in kinds.items()}
-    templates = {name: tpl.astype(np.float32) for name, tpl in templates.items()}
-    signal = _place(templates, times, pvc, pre, rng) + _noise(rng, phys["af"])  # (12, N), mV
+    if (beat_kinds == "pac").any():  # an ectopic atrial focus: a different, often inverted P
+        kinds["pac"] = {**phys["kind"], "p_amp": phys["kind"]["p_amp"] * 0.8, "p_dir": (0.3, -0.6, 0.3)}
+    leads = _patient_leads(patient)
+    templates = {name: _template(_beat_waves(k, rr, rng), pre, post, leads).astype(np.float32)
+                 for name, k in kinds.items()}
+    noise, level = _noise(rng, phys["af"])
+    signal = _place(templates, times, beat_kinds, pre, rng) + noise  # (12, N), mV
     k = phys["kind"]
     meta = {"hr_bpm": round(float(phys["hr"]), 1),
             "pr_ms": None if phys["af"] else round(k["pr"] * 1000, 1),
             "qrs_ms": round(k["qrs"] * 1000, 1), "conduction": k["conduction"],
             "rhythm": "af" if phys["af"] else "sinus", "abnormal": phys["abnormal"],
-            "axis_deg": round(float(k["axis"]), 1), "generator": "ecg.synth/1"}
+            "axis_deg": round(float(k["axis"]), 1), "noise": level, "generator": "ecg.synth/2"}
     return Record(signal=signal, fs=FS, leads=STANDARD_LEADS, id=id,
                   patient_id=patient_id, labels=tuple(labels), meta=meta)
 
 
 def _patient(rng: np.random.Generator) -> dict:
-    """A patient's heart geometry: frontal QRS axis (deg, normal range) and overall voltage gain."""
-    return {"axis": float(rng.uniform(15, 75)), "gain": float(rng.uniform(0.8, 1.25))}
+    """A patient's heart and chest: frontal QRS axis (deg, normal range), overall voltage gain, and where the
+    chest electrodes sit (angle offsets, deg, and distance gains), so QRS shapes and R-wave progression differ
+    from patient to patient as they do between real people."""
+    return {"axis": float(rng.uniform(-5, 85)), "gain": float(rng.lognormal(0.0, 0.25)),
+            "chest_deg": rng.normal(0.0, 7.0, 6).round(1).tolist(),
+            "chest_gain": rng.uniform(0.75, 1.3, 6).round(2).tolist()}
+
+
+def _patient_leads(patient: dict) -> np.ndarray:
+    """The lead vectors ``(12, 3)`` of this patient: limb leads exact (Einthoven/Goldberger hold), chest leads
+    moved by the patient's electrode offsets."""
+    leads = LEAD_VECTORS.copy()
+    deg, gain = patient.get("chest_deg"), patient.get("chest_gain")
+    if deg is not None:
+        a = np.deg2rad(np.asarray(deg))
+        x, z = leads[6:, 0].copy(), leads[6:, 2].copy()
+        leads[6:, 0] = x * np.cos(a) - z * np.sin(a)
+        leads[6:, 2] = x * np.sin(a) + z * np.cos(a)
+        leads[6:] *= np.asarray(gain)[:, None]
+    return leads
 
 
 def label_sets(n: int, seed: int = 0) -> list[tuple[str, ...]]:

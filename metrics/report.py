@@ -48,14 +48,15 @@ def task_rows(results: dict) -> list[list[str]]:
     rows = []
     for name, r in results.items():
         s, iv = r.get("strict") or {}, (r.get("strict") or {}).get("intervals") or {}
-        rows.append([name, str(r.get("n", "-")), str(r.get("errors", 0)), _f(r.get("f1")), _f(r.get("auc")),
+        rows.append([name, (r.get("data") or {}).get("label", "-"), str(r.get("n", "-")), str(r.get("errors", 0)),
+                     _f(r.get("f1")), _f(r.get("auc")),
                      _f(r.get("hamming_loss")), _f(r.get("accuracy")), _f(r.get("anls")),
                      _f(s.get("f1_macro"), iv.get("f1_macro")), _f(s.get("f1_micro"), iv.get("f1_micro")),
                      _f(s.get("auc"), iv.get("auc")), _f(s.get("accuracy"), iv.get("accuracy"))])
     return rows
 
 
-TASK_HEADER = ["task", "n", "errors", "F1", "AUC", "HL", "acc", "ANLS",
+TASK_HEADER = ["task", "data", "n", "errors", "F1", "AUC", "HL", "acc", "ANLS",
                "strict F1 macro [95% CI]", "strict F1 micro", "strict AUC", "strict acc"]
 CLASS_HEADER = ["task", "label", "support", "predicted", "precision", "recall", "F1", "AUC", "ecgbench F1"]
 
@@ -127,15 +128,28 @@ def rerun_of(model: str | None) -> str | None:
     return max(hits, key=len) if hits else None
 
 
+def data_note(r: dict) -> str:
+    """How a run's CODE-15 rows relate to the published ones: the same data, or other data said plainly."""
+    from ecg.provenance import comparable
+
+    data = r.get("data")
+    if data is None:
+        return "data not recorded"
+    if comparable(data, "code15"):
+        return f"on {data['label']}"
+    return f"NOT CODE-15 data: {data['label']}; not comparable with the published rows"
+
+
 def _run_rows(r: dict, label: str, when: str) -> list[list[str]]:
     """A run's CODE-15 rows: the ECGBench protocol, and the prior study's protocol on the same predictions."""
+    where = data_note(r)
     rows = [[label, _f(r.get("f1")), _f(r.get("auc")), _f(r.get("hamming_loss")), _f(r.get("anls")),
-             f"ECGBench protocol, n={r.get('n')}; {when}"]]
+             f"ECGBench protocol, n={r.get('n')}; {when}; {where}"]]
     sv = r.get("smolvlm-study") or {}
     if "f1" in sv:
         rows.append([f"{label} (smolvlm-study protocol)", _f(sv.get("f1")), _f(sv.get("auc")),
                      _f(sv.get("hamming_loss")), _f(sv.get("anls")),
-                     f"the prior study's evaluator on the same predictions, n={r.get('n')}; {when}"])
+                     f"the prior study's evaluator on the same predictions, n={r.get('n')}; {when}; {where}"])
     return rows
 
 
@@ -155,6 +169,7 @@ def published_rows(results: dict, ours_label: str = "ours, this run", *, model: 
     rows = []
     for m, f1, auc, hl, anls, src in PUBLISHED_CODE15:
         mine = [r for of, rs in runs if of == m for r in rs]
+        src = f"{src}; real CODE-15 exams (ECGBench code15-test)"
         note = f"{src}; published, rerun below" if mine else f"{src}; {PUBLISHED_NOTE}"
         rows += [[m, _f(f1), _f(auc), _f(hl), _f(anls), note]] + mine
     return rows + [r for of, rs in runs if of is None for r in rs]
@@ -254,6 +269,27 @@ def _png(fig) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
+def class_f1_figure(per: list[dict], ecgbench_per_class: dict):
+    """Bars of per-class F1 (strict beside ecgbench), one pair per class, labels readable (never overlapping)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: files only
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.75 * len(per) + 2), 3.4))
+    x = range(len(per))
+    ax.bar([i - 0.2 for i in x], [c["f1"] for c in per], 0.4, label="strict")
+    ax.bar([i + 0.2 for i in x], [(ecgbench_per_class.get(c["label"]) or {}).get("f1") or 0 for c in per], 0.4,
+           label="ecgbench")
+    # labels such as NORM and ABNORMAL are long for a bar: slanted, right-aligned under their bars
+    ax.set_xticks(list(x), [c["label"] for c in per], rotation=35, ha="right", rotation_mode="anchor")
+    ax.set_ylabel("F1 (x100)")
+    ax.set_ylim(0, 100)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
 def plots(results: dict) -> list[tuple[str, str]]:
     """``[(title, base64 PNG)]``: per-class F1 bars per multi-label task; ROC curves where scores exist."""
     import matplotlib
@@ -266,16 +302,7 @@ def plots(results: dict) -> list[tuple[str, str]]:
         per = [c for c in (r.get("strict") or {}).get("per_class") or [] if c["f1"] is not None]
         eb = (r.get("ecgbench") or {}).get("per_class") or {}
         if per:
-            fig, ax = plt.subplots(figsize=(7, 3))
-            x = range(len(per))
-            ax.bar([i - 0.2 for i in x], [c["f1"] for c in per], 0.4, label="strict")
-            ax.bar([i + 0.2 for i in x], [(eb.get(c["label"]) or {}).get("f1") or 0 for c in per], 0.4,
-                   label="ecgbench")
-            ax.set_xticks(list(x), [c["label"] for c in per])
-            ax.set_ylabel("F1 (x100)")
-            ax.set_ylim(0, 100)
-            ax.legend()
-            out.append((f"{name}: per-class F1", _png(fig)))
+            out.append((f"{name}: per-class F1", _png(class_f1_figure(per, eb))))
         roc = (r.get("strict") or {}).get("roc") or {}
         if roc:
             fig, ax = plt.subplots(figsize=(4.5, 4.5))

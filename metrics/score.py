@@ -189,11 +189,19 @@ def _ecgbench(task: Task, st: dict, rng: random.Random | None = None) -> tuple[d
 
 
 # ---- strict -------------------------------------------------------------------------------------------------
-def _intervals(samples: dict[str, np.ndarray]) -> dict:
+def _intervals(samples: dict[str, np.ndarray], points: dict | None = None) -> dict:
+    """95% percentile intervals of bootstrap replicates, x100. An interval is ``None`` (undefined) when under half
+    of the replicates are defined (a class absent from most resamples), or when it does not contain its point
+    estimate (``points``, x100): with a handful of rows the replicates' metric is not the estimate's metric."""
     out = {}
     for key, v in samples.items():
-        v = v[~np.isnan(v)]
-        out[key] = [pct2(np.percentile(v, 2.5)), pct2(np.percentile(v, 97.5))] if len(v) else None
+        ok = v[~np.isnan(v)]
+        if len(ok) == 0 or len(ok) < 0.5 * len(v):
+            out[key] = None
+            continue
+        lo, hi = pct2(np.percentile(ok, 2.5)), pct2(np.percentile(ok, 97.5))
+        point = (points or {}).get(key)
+        out[key] = None if point is not None and not (lo - 1e-9 <= point <= hi + 1e-9) else [lo, hi]
     return out
 
 
@@ -234,7 +242,7 @@ def _strict_multilabel(task: Task, st: dict, weights: np.ndarray, G: np.ndarray)
             "f1_macro": f1_from(bc)[:, used].mean(1) if used.any() else np.full(len(bc), np.nan),
             "f1_micro": f1_from(bT), "hamming_loss": _div(bT[:, 1] + bT[:, 2], bT.sum(1)),
             "auc": np.nanmean(np.where(np.isnan(auc), np.nan, bauc), 1) if (~np.isnan(auc)).any()
-            else np.full(len(bc), np.nan)})
+            else np.full(len(bc), np.nan)}, points=out)
     return out
 
 
@@ -252,9 +260,9 @@ def _strict(task: Task, st: dict, seed: int, n_boot: int = N_BOOT) -> dict:
         if task.kind == CHOICE:
             out.update(unparsed=st["st_unparsed"], out_of_range=st["st_out_of_range"])
         out.setdefault("intervals", {})["accuracy"] = _intervals(
-            {"accuracy": _div(weights @ st["st_correct"][G], bn)})["accuracy"] if len(G) else None
+            {"accuracy": _div(weights @ st["st_correct"][G], bn)}, points=out)["accuracy"] if len(G) else None
     with np.errstate(invalid="ignore"):
-        anls_iv = _intervals({"anls": _div(weights @ st["anls_bucket"][G], bn)})["anls"] if len(G) else None
+        anls_iv = _intervals({"anls": _div(weights @ st["anls_bucket"][G], bn)}, points=out)["anls"] if len(G) else None
     out.setdefault("intervals", {})["anls"] = anls_iv
     out["bootstrap"] = {"resamples": n_boot, "seed": seed, "unit": f"{len(G)} id-hash buckets", "level": 0.95}
     return out

@@ -138,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
             run = ev.run_predictions(cfg, ev.build_dataset(cfg, done) if todo else None, pred_uri, todo,
                                      report=lambda n, failed: tracking.log_progress(tracked, n, failed))
             results, totals = score(pred_uri, protocol=cfg.protocol)
+            for warning in name_the_data(cfg, results, pred_uri):
+                print(f"evaluate: WARNING {warning}", file=sys.stderr, flush=True)
         finally:
             if started:
                 import ray
@@ -155,6 +157,15 @@ def main(argv: list[str] | None = None) -> int:
           f"{totals['rows']} predictions in all ({totals['errors']} errors), {run['wall_s']:.1f} s -> {cfg.out}",
           flush=True)
     return error_exit("evaluate", totals["errors"], totals["rows"], cfg.max_error_rate)
+
+
+def name_the_data(cfg: EvaluateConfig, results: dict, pred_uri: str) -> list[str]:
+    """Each task's result says what its references are (``data``) and how many of its ids the model trained on."""
+    from ecg import provenance, shards
+
+    frame = shards.read_predictions(pred_uri, columns=["id", "task"])
+    ids = frame.groupby("task")["id"].apply(list).to_dict() if len(frame) else {}
+    return provenance.annotate(results, data_uri=cfg.data, split=cfg.split, model=cfg.model, ids_by_task=ids)
 
 
 def score(pred_uri: str, *, protocol: str) -> tuple[dict, dict]:

@@ -3,6 +3,10 @@
     ecgvlm prepare --source synthetic --n 2000 --seed 0 --out ./data/synth
     ecgvlm prepare --source ptbxl --path ./ptb-xl --out s3://ecg/ptbxl
     ecgvlm prepare --source code15 --path ./code15 --out ./data/code15 --split train=0.9,test=0.1
+    ecgvlm prepare --source wfdb --task cpsc --path ./cpsc2018 --out ./data/cpsc   # Challenge WFDB, # Dx: SNOMED-CT
+    ecgvlm prepare --source clinical --path ./exports --labels ./labels.csv --out ./data/clinical
+    ecgvlm prepare --source images --path ./pages --out ./data/pages
+    ecgvlm prepare --source mimic-ecg --path ./mimic-iv-ecg --out ./data/mimic
     ecgvlm prepare --source ecgbench --path ./ECGBench/code15-test --out ./data/bench
     ecgvlm prepare --source ecginstruct --path ./ECGInstruct.json --out ./data/ecginstruct --split train=0.99,val=0.01
 
@@ -19,7 +23,7 @@ import sys
 import time
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ecgconfig import error_exit, load_config
 
@@ -27,10 +31,14 @@ from ecgconfig import error_exit, load_config
 class PrepareConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    source: Literal["synthetic", "ptbxl", "code15", "ecgbench", "ecginstruct"] = Field(
-        "synthetic", description="where records come from (ecginstruct: one JSON of many tasks, each row its own)")
+    source: Literal["synthetic", "ptbxl", "code15", "wfdb", "mimic-ecg", "clinical", "images", "ecgbench",
+                    "ecginstruct"] = Field(
+        "synthetic", description="where records come from (wfdb: Challenge WFDB with # Dx: SNOMED-CT codes; clinical: "
+        "DICOM, MUSE, CardioSoft, aECG, Sierra exports; images: page images; ecginstruct: one JSON of many tasks)")
     out: str = Field("./data/synth", description="output folder or s3:// URI")
-    path: str | None = Field(None, description="dataset folder (ptbxl, code15) or ECGBench / ECGInstruct file or folder")
+    path: str | None = Field(None, description="dataset folder (ptbxl, code15, wfdb) or ECGBench / ECGInstruct file or folder")
+    labels: str | None = Field(None, description="clinical, images: CSV of gold labels by file (columns file, labels; "
+                               "labels separated by ';')")
     image_root: str | None = Field(None, description="ecgbench/ecginstruct: folder image paths are relative to "
                                    "(default: the JSON's folder); paths leaving it are refused")
     n: int = Field(2000, ge=1, description="synthetic: number of records")
@@ -44,13 +52,23 @@ class PrepareConfig(BaseModel):
     num_cpus: float = Field(1.0, gt=0, description="CPUs per rendering task")
     width: int = Field(1100, description="page width, px")
     height: int = Field(850, description="page height, px")
-    layout: str = Field("3x4", description="page layout: 3x4, 6x2 or 12x1")
-    augment: float = Field(0.0, ge=0, le=1, description="fraction of pages augmented (seeded per record)")
+    pages: str = Field("clean", description="page preset: clean, varied (layouts, speeds, gains, headers, fonts, "
+                       "grids), photo (varied + scan/phone artifacts), or a mix such as clean=0.3,varied=0.4,photo=0.3")
+    layout: str = Field("3x4", description="clean pages' layout: 3x4 (= 3x4+1), 3x4+0, 3x4+3, 6x2, 2x6 or 12x1")
+    augment: float = Field(0.0, ge=0, le=1, description="fraction of clean pages lightly augmented (seeded per record)")
     image_format: Literal["PNG", "JPEG"] = Field("PNG", description="image encoding")
     quality: int = Field(90, description="JPEG quality")
     overwrite: bool = Field(False, description="replace shards already under --out")
     max_error_rate: float = Field(0.5, ge=0, le=1, description="exit non-zero (after writing everything) when more "
                                   "than this fraction of the records failed")
+
+    @field_validator("pages")
+    @classmethod
+    def _known_pages(cls, value: str) -> str:
+        from ecg.pages import presets_mix
+
+        presets_mix(value)  # raises a one-line ValueError naming the presets
+        return value
 
 
 # ---- the job --------------------------------------------------------------------------------------------
@@ -63,7 +81,7 @@ def plan(cfg: PrepareConfig, splits: dict):
     from ecg import samples
 
     options = samples.RenderOptions(width=cfg.width, height=cfg.height, layout=cfg.layout, augment=cfg.augment,
-                                    image_format=cfg.image_format, quality=cfg.quality)
+                                    pages=cfg.pages, image_format=cfg.image_format, quality=cfg.quality)
     common = {"seed": cfg.seed, "splits": splits}
     if cfg.source == "synthetic":
         refs = samples.synthetic_references(cfg.n, cfg.chunk)
@@ -71,11 +89,17 @@ def plan(cfg: PrepareConfig, splits: dict):
         return ray.data.from_items(refs, override_num_blocks=len(refs)), samples.synthetic_batch, kwargs, 1
     if not cfg.path:
         raise ValueError(f"--source {cfg.source} needs --path")
-    if cfg.source in ("ptbxl", "code15"):
-        refs = samples.signal_references(cfg.source, cfg.path)
-        kwargs = {**common, "task": cfg.task, "options": options, "folds": cfg.ptbxl_folds}
+    if cfg.source in ("ptbxl", "code15", "wfdb", "clinical", "images", "mimic-ecg"):
+        from ecg import sources
+
+        if cfg.source in ("ptbxl", "code15", "wfdb"):
+            refs, fn = samples.signal_references(cfg.source, cfg.path, task=cfg.task), samples.signal_batch
+            kwargs = {"task": cfg.task, "options": options, "folds": cfg.ptbxl_folds}
+        else:
+            refs, fn, kwargs = sources.folder_stage(cfg.source, cfg.path, labels=cfg.labels, task=cfg.task,
+                                                    options=options)
         blocks = max(1, min(len(refs) // cfg.chunk + 1, 1000))
-        return ray.data.from_items(refs, override_num_blocks=blocks), samples.signal_batch, kwargs, cfg.chunk
+        return ray.data.from_items(refs, override_num_blocks=blocks), fn, {**common, **kwargs}, cfg.chunk
     return _conversation_plan(cfg, common)
 
 
@@ -115,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     from ecg import samples, storage
 
     start = time.perf_counter()
-    default = {"ecgbench": "test=1", "ecginstruct": "train=0.99,val=0.01"}.get(cfg.source)
+    default = {"ecgbench": "test=1", "ecginstruct": "train=0.99,val=0.01", "clinical": "test=1",
+               "images": "test=1"}.get(cfg.source)
     splits = samples.parse_splits(cfg.split or default)
     manifests.clear_output(cfg.out, cfg.overwrite)
     from pipelines import launch
@@ -126,7 +151,11 @@ def main(argv: list[str] | None = None) -> int:
     ray_data = __import__("ray").data.DataContext.get_current()
     ray_data.enable_progress_bars = ray_data.enable_operator_progress_bars = attached()  # plain logs otherwise
     try:
-        ds, fn, kwargs, batch_size = plan(cfg, splits)
+        try:
+            ds, fn, kwargs, batch_size = plan(cfg, splits)
+        except (ValueError, FileNotFoundError) as exc:  # no records, a missing table, a task with no labels here
+            print(f"ecgvlm prepare: {exc}", file=sys.stderr)
+            return 2
         rows = ds.map_batches(fn, fn_kwargs=kwargs, batch_size=batch_size, num_cpus=cfg.num_cpus)
         fs, path = storage.resolve(cfg.out)
         # Directory partitioning: <out>/<split>/*.parquet (the split column lives in the folder name).

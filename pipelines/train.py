@@ -146,6 +146,8 @@ def run(cfg: TrainConfig) -> dict:
                   flush=True)
             result = fit(cfg, worker, datasets, n_train=n_train, ingest=ingest, tracked=tracked.handle())
             summary = json.loads(storage.read_text(storage.join(cfg.out, "train_summary.json")))
+            if summary.get("export"):  # evaluation warns when it meets these ids again
+                record_training_ids(cfg.data, summary["export"])
             tracking.log_training(tracked, summary)
     finally:
         if started:
@@ -156,6 +158,15 @@ def run(cfg: TrainConfig) -> dict:
           f"export {summary.get('export')}, checkpoint {result.checkpoint.path if result.checkpoint else None}",
           flush=True)
     return summary
+
+
+def record_training_ids(data: str, export: str) -> None:
+    """The train split's ids, hashed, beside the export (``ecg.provenance``)."""
+    from ecg import provenance, shards
+
+    ds = shards.parquet_dataset(storage.join(data, "train"))
+    ids = ds.to_table(columns=["id"]).column("id").to_pylist() if ds is not None else []
+    provenance.write_training_ids(export, ids, data=data, split="train")
 
 
 def main(argv: list[str] | None = None) -> int:

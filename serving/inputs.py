@@ -3,8 +3,9 @@
 An upload is a list of files ``(filename, bytes)`` plus text fields. It becomes an :class:`Upload`:
 PNG/JPEG bytes the model reads, the task, the question and a short description of the input. Images
 pass through unchanged once their header and pixels are checked; signals (CSV, ``.npy``, a WFDB
-``.hea`` + ``.dat`` pair, a CODE-15 HDF5 file with an ``index``) are read with ``ecg.readers`` and
-drawn with ``ecg.render``, the same renderer the batch job uses.
+``.hea`` + ``.dat`` pair, a CODE-15 HDF5 file with an ``index``) are read with ``ecg.readers``, clinical exports
+(DICOM waveforms, MUSE / CardioSoft / HL7 aECG / Philips Sierra XML, told apart by content) with ``ecg.clinical``,
+and drawn with ``ecg.render``, the same renderer the batch job uses.
 
 Everything wrong with an upload raises :class:`InputError`, whose ``status`` is the HTTP code
 (400 malformed, 413 too large, 415 unknown type, 422 a well-formed but impossible value).
@@ -61,7 +62,7 @@ class InputError(ValueError):
 class Upload:
     """A validated upload: ``image`` PNG/JPEG bytes for the model, the task name and question to ask."""
 
-    kind: str  # "png" | "jpeg" | "csv" | "npy" | "wfdb" | "hdf5"
+    kind: str  # "png" | "jpeg" | "csv" | "npy" | "wfdb" | "hdf5" | "dicom" | "xml"
     image: bytes
     task: str
     question: str
@@ -71,12 +72,16 @@ class Upload:
 def sniff(name: str, data: bytes) -> str:
     """The kind of one uploaded file from its magic bytes, then its extension.
 
-    Returns "png", "jpeg", "npy", "hdf5", "hea", "dat" or "csv"; raises 415 otherwise.
+    Returns "png", "jpeg", "npy", "hdf5", "dicom", "xml", "hea", "dat" or "csv"; raises 415 otherwise.
     Example: ``sniff("a.bin", b"\\x89PNG\\r\\n\\x1a\\n...") == "png"``.
     """
     for magic, kind in ((PNG_MAGIC, "png"), (JPEG_MAGIC, "jpeg"), (NPY_MAGIC, "npy"), (HDF5_MAGIC, "hdf5")):
         if data.startswith(magic):
             return kind
+    if data[128:132] == b"DICM":
+        return "dicom"
+    if data[:512].lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"<"):
+        return "xml"  # MUSE, CardioSoft, HL7 aECG or Philips Sierra: ecg.clinical tells them apart by the root
     ext = Path(name or "").suffix.lower()
     if ext == ".dat":
         return "dat"  # WFDB sample files are raw binary: only the name says what they are
@@ -90,7 +95,8 @@ def sniff(name: str, data: bytes) -> str:
         if text is not None and re.search(r"[-+]?\d", text):
             return "csv"
     raise InputError(
-        f"file {name!r} is neither a PNG/JPEG image nor a signal (CSV, .npy, WFDB .hea+.dat, HDF5)",
+        f"file {name!r} is neither a PNG/JPEG image nor a signal (CSV, .npy, WFDB .hea+.dat, HDF5, DICOM, "
+        "MUSE / CardioSoft / aECG / Sierra XML)",
         status=415, field="file",
     )
 
@@ -202,6 +208,11 @@ def read_signal(files: dict[str, tuple[str, bytes]], opts: dict, limits: Limits)
                 (root / f"{record_name}.hea").write_bytes(files["hea"][1])
                 (root / dat_name).write_bytes(files["dat"][1])
                 return readers.read_wfdb(str(root / record_name))
+            if "dicom" in files or "xml" in files:
+                from ecg.clinical import read_clinical_bytes
+
+                name, data = files.get("dicom") or files["xml"]
+                return read_clinical_bytes(data, Path(name or "upload").stem)
             if "hdf5" in files:
                 (root / "upload.hdf5").write_bytes(files["hdf5"][1])
                 return readers.read_code15_hdf5(str(root / "upload.hdf5"), opts["index"])
@@ -285,6 +296,8 @@ def parse_upload(files: list[tuple[str, bytes]], fields: dict, limits: Limits, *
         return Upload(kind, data, task, question, {"width": info["width"], "height": info["height"]})
     record = read_signal(grouped, _signal_options(fields, limits), limits)
     meta = check_record(record, limits)
+    if kind in ("dicom", "xml"):  # what the device wrote and said: for the answer's description, never the model
+        meta.update({k: record.meta[k] for k in ("format", "device", "statements", "derived_leads")})
     from ecg.samples import RenderOptions, render_bytes  # the batch job's page: same size, layout, PNG
 
     return Upload(kind, render_bytes(record, RenderOptions()), task, question, meta)

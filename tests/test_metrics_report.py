@@ -4,6 +4,7 @@ import json
 
 import boto3
 import pandas as pd
+import pytest
 
 from metrics.report import format_table, published_table, write_report
 from metrics.score import score_frame
@@ -34,3 +35,21 @@ def test_s3_report(s3_server):
     s3 = boto3.client("s3", endpoint_url=s3_server)
     body = s3.get_object(Bucket="ecg", Key="runs/r1/report.html")["Body"].read().decode()
     assert "published, not rerun here" in body
+
+
+@pytest.mark.parametrize("labels", [
+    ["1dAVb", "RBBB", "LBBB", "SB", "ST", "AF", "NORM", "ABNORMAL"],  # code15
+    ["1dAVb", "RBBB", "LBBB", "SB", "ST", "AF", "NORM", "ABNORMAL", "I-AVB", "PAC", "PVC", "STD", "STE", "MI",
+     "STTC", "CD", "HYP"],  # a run over several label spaces
+])
+def test_per_class_bar_labels_do_not_overlap(labels):
+    """Every tick label clear of its neighbours, however many classes."""
+    from metrics.report import class_f1_figure
+
+    fig = class_f1_figure([{"label": lab, "f1": 50.0} for lab in labels], {lab: {"f1": 40.0} for lab in labels})
+    fig.canvas.draw()
+    ticks = fig.axes[0].get_xticklabels()
+    assert [t.get_text() for t in ticks] == labels
+    boxes = [t.get_window_extent() for t in ticks]
+    for a, b in zip(boxes, boxes[1:]):
+        assert not a.overlaps(b), (a, b)

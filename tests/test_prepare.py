@@ -231,3 +231,34 @@ def test_readme_prepare_commands_run_as_written(ray_cluster, tmp_path):
     root = make_hub_parquet(str(tmp_path / "ECGBench"))
     manifest = _prepare(*_with(bench, path=os.path.join(root, "code15-test"), out=str(tmp_path / "bench")))
     assert manifest["counts"]["tasks"] == {"code15": {"test": 3}} and manifest["failed"] == 0
+
+
+@pytest.mark.slow
+def test_real_sources_through_the_cli(ray_cluster, real_ecgs, tmp_path):
+    """--source wfdb (cpsc), clinical and images on real or library-written files: rows, labels and the bad files
+    named and counted by kind in _manifest.json."""
+    from test_ecg_challenge import _mortara_mv, write_challenge
+    from test_ecg_sources import make_clinical_folder, make_image_folder
+
+    tree, x = tmp_path / "cpsc", _mortara_mv()
+    write_challenge(tree / "g1", "A0001", x, ["Dx: 164889003,59118001"])
+    write_challenge(tree / "g1", "A0002", x, ["Dx: 426783006"], mat=False)
+    write_challenge(tree / "g1", "A0003", x, ["Dx: not-a-code"])
+    manifest = _prepare("--source", "wfdb", "--task", "cpsc", "--path", str(tree), "--out", str(tmp_path / "w"),
+                        "--split", "test=1", "--max-error-rate", "0.5")
+    assert manifest["counts"]["labels"] == {"AF": {"test": 1}, "NORM": {"test": 1}, "RBBB": {"test": 1}}
+    assert manifest["counts"]["failures"] == {"unreadable_record": 1} and manifest["failures"][0]["id"] == "wfdb-g1/A0003"
+
+    root = make_clinical_folder(real_ecgs, tmp_path / "exports")
+    manifest = _prepare("--source", "clinical", "--path", root, "--labels", os.path.join(root, "labels.csv"),
+                        "--out", str(tmp_path / "c"))
+    assert manifest["counts"]["splits"] == {"test": 4} and manifest["source"] == "clinical"
+    assert manifest["counts"]["failures"] == {"bad_label": 1, "unknown_format": 1, "unreadable_record": 1}
+    rows = pd.read_parquet(os.path.join(tmp_path, "c", "test"))
+    assert sorted(rows["answer"]) == ["", "AF", "NORM", "SB"]
+
+    root = make_image_folder(real_ecgs, tmp_path / "pages")
+    manifest = _prepare("--source", "images", "--path", root, "--labels", os.path.join(root, "labels.csv"),
+                        "--out", str(tmp_path / "i"))
+    assert manifest["rows"] == 7 and manifest["counts"]["failures"] == {"unreadable_image": 1}
+    # --source mimic-ecg runs the same plan with sources.mimic_batch (tests/test_ecg_sources.py); left out for time

@@ -126,6 +126,20 @@ def test_image_and_every_signal_format_get_labels(server, uploads):
     assert_diagnosis(raw, "png")
 
 
+def test_clinical_exports_get_labels(server, real_ecgs):
+    """Each real export (DICOM, MUSE, CardioSoft, Sierra) and an aECG, sent together; the device's statements come
+    back in ``input``, beside the model's answer, and never went into the question."""
+    from test_serving_inputs import clinical_uploads
+
+    jobs = clinical_uploads(real_ecgs)
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        futures = {fmt: pool.submit(diagnose, server, [job]) for fmt, job in jobs.items()}
+        for fmt, future in futures.items():
+            out = assert_diagnosis(future.result(), "dicom" if fmt == "dicom" else "xml")
+            assert out["input"]["format"] == fmt and out["input"]["statements"] and out["input"]["leads"] == 12
+    assert diagnose(server, [("x.xml", b"<Invoice/>")]).status_code == 422
+
+
 def test_openai_client_chat_completion(server):
     import openai
 

@@ -93,6 +93,8 @@ def test_sniff_by_magic_then_extension():
     assert sniff("x.dat", b"\x00\x01") == "dat"
     assert sniff("a.hea", b"a 12 500 5000\n") == "hea"
     assert sniff("a.csv", b"I,II\n0.1,0.2\n") == "csv"
+    assert sniff("a.dat", b"\x00" * 128 + b"DICM\x02\x00") == "dicom"  # content first, extension after
+    assert sniff("ecg.txt", b'\xef\xbb\xbf<?xml version="1.0"?><RestingECG/>') == "xml"
     raises(415, "neither a PNG/JPEG image nor a signal", sniff, "x.bin", b"\x00\x01\x02garbage")
     raises(415, "neither", sniff, "notes.txt", b"hello world")
 
@@ -222,3 +224,29 @@ def test_parse_labels_per_task_kind():
     assert parse_labels("ecgqa", "Options: sinus rhythm, atrial fibrillation", "atrial fibrillation") == \
         ["atrial fibrillation"]
     assert parse_labels("ptbxl-report", "", "sinus rhythm") == []
+
+
+def clinical_uploads(real_ecgs) -> dict:
+    """Real exports as /v1/diagnose uploads (names that say nothing: the kind comes from content), and an aECG."""
+    from test_ecg_clinical import CARDIOSOFT, MORTARA, MUSE, SIERRA, aecg_xml
+
+    from ecg.clinical import read_clinical
+
+    mortara = read_clinical(str(real_ecgs / MORTARA))
+    return {"dicom": ("upload", (real_ecgs / MORTARA).read_bytes()),
+            "muse": ("upload.dat", (real_ecgs / MUSE).read_bytes()),
+            "cardiosoft": ("a.xml", (real_ecgs / CARDIOSOFT).read_bytes()),
+            "sierra": ("b.XML", (real_ecgs / SIERRA).read_bytes()),
+            "aecg": ("c.xml", aecg_xml(mortara.signal[:, ::2] * 1000, 500.0, ["Sinus rhythm"]))}
+
+
+def test_clinical_exports_are_drawn_and_their_statements_kept_aside(real_ecgs):
+    for fmt, (name, data) in clinical_uploads(real_ecgs).items():
+        up = parse_upload([(name, data)], {}, Limits())
+        assert up.kind == ("dicom" if fmt == "dicom" else "xml") and up.image[:4] == b"\x89PNG", fmt
+        assert up.meta["format"] == fmt and up.meta["leads"] == 12 and up.meta["statements"], fmt
+        assert up.question == parse_upload([(name, data)], {}, Limits()).question  # the task's, not the device's
+        assert not any(s in up.question for s in up.meta["statements"])
+    with pytest.raises(InputError, match="XML root <Invoice> is none of") as err:
+        parse_upload([("x.xml", b"<Invoice><Total>3</Total></Invoice>")], {}, Limits())
+    assert err.value.status == 422

@@ -76,6 +76,12 @@ def test_one_worker_resumes_after_interruption_and_exports(ray_cluster, shards, 
     assert run.data.params["finetune"] == "full" and run.info.status == "FINISHED"
     assert {"config.json", "train_summary.json"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
 
+    from ecg import provenance  # the export records what it trained on; evaluation checks ids against it
+
+    trained = pq.read_table(Path(shards) / "train" / "part-0.parquet", columns=["id"]).column("id").to_pylist()
+    seen = provenance.overlap(str(out / "export"), trained[:5] + ["val-synth-2-000000", "never-seen"])
+    assert (seen["n"], seen["of"], seen["trained_on"]["split"], seen["trained_on"]["n"]) == (5, 7, "train", 24)
+
     import vlm
 
     loaded = vlm.load(str(out / "export"))

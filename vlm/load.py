@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from vlm.tiny import TinySpec
 
@@ -39,6 +39,7 @@ class ImagePrep:
     kind: str = "identity"
     size: int = 224  # px, square side (ecg_gray)
     white_fraction: float = 0.5  # ecg_gray: levels above lo + f * (background - lo) become white
+    flatten: bool = False  # ecg_gray: divide by the local paper level first (photos: shadows, uneven light)
 
     def __call__(self, image: Image.Image) -> Image.Image:
         if self.kind == "identity":
@@ -47,6 +48,15 @@ class ImagePrep:
             raise ValueError(f"ImagePrep: unknown kind {self.kind!r}")
         gray = image.convert("L").resize((self.size, self.size), Image.Resampling.BILINEAR, reducing_gap=2.0)
         level = np.asarray(gray, dtype=np.float32)  # (size, size), 0 = black ink .. 255 = white paper
+        if self.flatten:
+            # Flat-field: the paper's own level around each pixel (a max filter wider than a trace, smoothed)
+            # divides out shadows, uneven light and tinted paper, so a phone photo stretches like a scan.
+            # The paper level varies slowly: max-pool 4 x 4 blocks (a block is never all ink), widen, smooth, upsample.
+            k = self.size // 4
+            pooled = level[:4 * k, :4 * k].reshape(k, 4, k, 4).max(axis=(1, 3))  # (k, k)
+            paper = Image.fromarray(pooled.astype(np.uint8), mode="L").filter(ImageFilter.MaxFilter(3)).filter(
+                ImageFilter.BoxBlur(1)).resize(gray.size, Image.Resampling.BILINEAR)
+            level = 255.0 * level / np.maximum(np.asarray(paper, dtype=np.float32), 1.0)
         lo = float(np.percentile(level, 1))  # darkest trace ink
         background = float(np.percentile(level, 50))  # most of a page is paper
         hi = lo + self.white_fraction * (background - lo)
@@ -306,7 +316,8 @@ def _processor(src: _Source, image_splitting: bool | None, longest_edge: int | N
     if src.kind == "tiny":
         from vlm.tiny import build_processor
 
-        processor, prep = build_processor(src.spec), ImagePrep("ecg_gray", src.spec.image_size, src.spec.white_fraction)
+        processor = build_processor(src.spec)
+        prep = ImagePrep("ecg_gray", src.spec.image_size, src.spec.white_fraction, src.spec.flatten)
     elif src.kind == "tiny_family":
         from vlm.tiny_families import build_processor as build_family_processor
 

@@ -57,6 +57,7 @@ class TinySpec:
     text_mlp: int = 512
     max_positions: int = 2048  # room for a split page (up to 36 tiles x ~50 tokens)
     white_fraction: float = 0.5  # contrast stretch: gray levels above lo + f*(background-lo) become white
+    flatten: bool = False  # divide by the local paper level before the stretch (photographed pages)
     seed: int = 0  # torch.manual_seed for the weights: same spec -> same weights
 
     @property

@@ -1,0 +1,126 @@
+"""Sim-to-real: a model trained on synthetic pages only, read on real ECGs. One run, every set side by side.
+
+    python benchmarks/sim2real.py --model ./demo-run/run/export --synthetic ./demo-run/data
+    python benchmarks/sim2real.py --train --workdir ./sim2real-run          # the demo's recipe, then the table
+    python benchmarks/sim2real.py --smoke                                   # a few pages, the untrained tiny model
+
+The sets (each row of the table names its data):
+- synthetic held-out: the test split of the synthetic data the model was trained beside (ecg.synth).
+- real records, our pages: the labelled real 12-lead recordings of ``ecg/data/real_ecgs.csv`` (clinical exports
+  that PyPI packages ship: DICOM, GE MUSE, GE CardioSoft, Philips Sierra; read by ecg.clinical, found by
+  ecg.examples), drawn by ecg.pages in each preset (clean, varied, photo), ``--pages-per-record`` pages each.
+- real records, other software: the same recordings drawn by ecg_plot and pmecg in six layouts
+  (benchmarks/other_pages.py).
+- pages other software drew: pmecg's own example pages of PTB-XL records 1-5, as its sdist ships them (six layouts
+  a record), labelled from the measurements printed on them.
+Labels live in ``ecg/data/real_ecgs.csv`` with the device statements or printed measurements they come from.
+The real files come from ``make real-ecgs`` (``.cache/real-ecgs``). Scores: ECGBench protocol, code15, x100.
+Five real recordings are few: read the real rows as a smoke signal of sim-to-real, not as a benchmark result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+PRESETS = ("clean", "varied", "photo")
+
+
+def synthetic_pages(data: str, limit: int) -> list[tuple[str, bytes, tuple]]:
+    """Up to ``limit`` rows of ``<data>/test``, as labelled pages."""
+    from ecg import shards, storage
+
+    ds = shards.parquet_dataset(storage.join(data, "test"))
+    if ds is None:
+        return []
+    table = ds.head(limit, columns=["id", "image", "labels"])
+    return [(r["id"], r["image"], tuple(r["labels"])) for r in table.to_pylist()]
+
+
+def train(args) -> tuple[str, str]:
+    """The demo's recipe (prepare synthetic pages, train the tiny model) into ``--workdir``: (export, data)."""
+    from pipelines import demo
+
+    argv = ["--workdir", args.workdir, "--n", str(args.n), "--pages", args.pages, "--real-check", "false"]
+    if args.minutes:
+        argv += ["--max-minutes", str(args.minutes)]
+    if demo.main(argv):
+        raise SystemExit("training failed")
+    return os.path.join(args.workdir, "run", "export"), os.path.join(args.workdir, "data")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="export folder (or preset) to read the sets with")
+    parser.add_argument("--synthetic", help="prepared synthetic data whose test split is the held-out set")
+    parser.add_argument("--train", action="store_true", help="train the demo's recipe first (into --workdir)")
+    parser.add_argument("--workdir", default="./sim2real-run")
+    parser.add_argument("--n", type=int, default=3000, help="--train: synthetic records")
+    parser.add_argument("--pages", default=None, help="--train: page mix (default: the demo's)")
+    parser.add_argument("--minutes", type=float, default=None, help="--train: training minutes (default: the demo's)")
+    parser.add_argument("--real", default=str(REPO / ".cache" / "real-ecgs"), help="folder of make real-ecgs")
+    parser.add_argument("--pages-per-record", type=int, default=4, help="pages a real record in each preset")
+    parser.add_argument("--synthetic-rows", type=int, default=300)
+    parser.add_argument("--smoke", action="store_true", help="smallest run: untrained tiny, 1 page a record")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.pages is None:
+        from pipelines.demo import DemoConfig
+
+        args.pages = DemoConfig.model_fields["pages"].default
+    if args.smoke:
+        args.model, args.pages_per_record, args.synthetic_rows = args.model or "tiny", 1, 8
+    model, data = (train(args) if args.train else (args.model or "tiny", args.synthetic))
+    from benchmarks.other_pages import available, other_pages
+    from vlm.predict import Predictor
+    from vlm.realcheck import record_pages, score_pages
+
+    from ecg.examples import real_examples
+
+    found = real_examples(args.real)
+    records = found.records
+    print(found.describe())
+    sets = []  # (name, data, pages)
+    if data:
+        sets.append(("synthetic held-out", "synthetic ECGs (ecg.synth), test split",
+                     synthetic_pages(data, args.synthetic_rows)))
+    if not records and not found.pages:
+        print(f"no real files under {args.real}: run `make real-ecgs` first", file=sys.stderr)
+    for preset in PRESETS:
+        pages = [p for k in range(args.pages_per_record) for p in record_pages(records, preset, seed=1000 * k)]
+        sets.append((f"real records, {preset} pages (ours)", f"{len(records)} real exports, drawn by ecg.pages", pages))
+    missing = available()
+    if missing:
+        print(f"other software: {missing}", file=sys.stderr)
+    else:
+        drawn = [(f"{r.id}#{name}", png, tuple(r.labels)) for r in records[:2 if args.smoke else None]
+                 for name, png in other_pages(r)]
+        sets.append(("real records, other software", "the real exports drawn by ecg_plot and pmecg (6 layouts)",
+                     drawn))
+    sets.append(("pages other software drew", "pmecg's shipped pages of PTB-XL 1-5 (6 layouts)",
+                 found.pages[:6 if args.smoke else None]))
+    predictor = Predictor(model)
+    print(f"model: {model}\n{'set':38s} {'pages':>5s} {'F1':>6s} {'AUC':>6s} {'HL':>6s} {'pages/s':>8s}  data; top answers")
+    for name, what, pages in sets:
+        if not pages:
+            print(f"{name:38s} {0:5d} {'-':>6s} {'-':>6s} {'-':>6s} {'-':>8s}  {what}; none found")
+            continue
+        start = time.perf_counter()
+        r = score_pages(predictor, pages)
+        rate = len(pages) / (time.perf_counter() - start)
+        fmt = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
+        answers = ", ".join(f"{k[:30]!r} x{v}" for k, v in list(r["answers"].items())[:3])
+        print(f"{name:38s} {len(pages):5d} {fmt(r.get('f1')):>6s} {fmt(r.get('auc')):>6s} "
+              f"{fmt(r.get('hamming_loss')):>6s} {rate:8.1f}  {what}; {answers}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

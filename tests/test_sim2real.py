@@ -1,0 +1,36 @@
+"""The labelled real ECGs public packages ship, found and read; a model scored on them in-process, every preset."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from ecg.examples import real_examples
+from vlm.realcheck import record_pages, score_pages
+
+EXPECTED = {  # ecg/data/real_ecgs.csv: the device's statements give the label
+    "pydicom-3.0.2/waveform_ecg.dcm": ("NORM",),
+    "ecgprocess-1.2.0/example-DICOM2.dcm": ("AF",),
+    "ecgprocess-1.2.0/example-XML1.xml": ("SB",),
+    "ecg2dcm-1.3.1/guangxi_teaching_sinus_rhythm.xml": ("ABNORMAL",),
+    "SPxml-1.1/129DYPRG.XML": ("SB",),
+}
+
+
+def test_real_examples_are_found_read_and_labelled(real_ecgs):
+    found = real_examples(str(real_ecgs))
+    assert {r.id: r.labels for r in found.records} == EXPECTED and not found.failed
+    for rec in found.records:  # 12 leads (derived where an export stores 8), at least 10 s, in mV
+        assert rec.signal.shape[0] == 12 and rec.duration >= 10 and 0.3 < abs(rec.signal).max() < 10, rec.id
+    per_record = Counter(labels for _, _, labels in found.pages)
+    assert per_record == {("NORM",): 24, ("SB",): 6}  # pmecg's PTB-XL 1-5 in six layouts; record 2 at 47 bpm
+    assert all(data[:4] == b"\x89PNG" for _, data, _ in found.pages)
+
+
+def test_a_model_reads_real_pages_in_every_preset(real_ecgs):
+    found = real_examples(str(real_ecgs))
+    pages = [p for preset in ("clean", "varied", "photo") for p in record_pages(found.records[:2], preset)]
+    pages += found.pages[:2]
+    assert [p[0] for p in pages[:2]] == [f"{found.records[0].id}#clean", f"{found.records[1].id}#clean"]
+    result = score_pages("tiny", pages)
+    assert result["n"] == 8 and result["errors"] == 0
+    assert 0 <= result["f1"] <= 100 and sum(result["answers"].values()) <= 8

@@ -1,0 +1,56 @@
+"""How a model reads real ECGs: labelled real records drawn as pages (every preset), and pages other software drew,
+predicted in-process and scored with the ECGBench protocol. The demo and ``benchmarks/sim2real.py`` share it.
+
+A figure here names its data: ``"real <source>, <preset> pages (ecg.pages)"`` or ``"real <source>, drawn by
+<program>"``; it is never a CODE-15 result.
+
+Example::
+
+    from vlm.realcheck import record_pages, score_pages
+    pages = record_pages(records, "varied", seed=0)           # [(id, PNG bytes, labels), ...]
+    score_pages("./demo-run/run/export", pages)["f1"]          # ECGBench-protocol F1 x100
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from ecgtasks import get_task
+
+
+def record_pages(records, preset: str, *, seed: int = 0, task: str = "code15") -> list[tuple[str, bytes, tuple]]:
+    """Each record drawn by ``ecg.pages`` in ``preset``: ``[(id, image bytes, labels in the task's space)]``."""
+    from ecg.pages import page_bytes
+
+    return [(f"{r.id}#{preset}", page_bytes(r, preset, seed=seed + k)[0], tuple(r.labels))
+            for k, r in enumerate(records)]
+
+
+def sample_frame(pages: list[tuple[str, bytes, tuple]], task: str = "code15") -> pd.DataFrame:
+    """Sample rows (``id``, ``task``, ``image``, ``question``, ``answer``) for labelled pages."""
+    t = get_task(task)
+    return pd.DataFrame({"id": [p[0] for p in pages], "task": t.name, "image": [p[1] for p in pages],
+                         "question": t.question, "answer": [t.format_answer(p[2]) for p in pages]})
+
+
+def predict_pages(predictor, pages, *, task: str = "code15", batch_size: int = 8) -> pd.DataFrame:
+    """Prediction rows for labelled pages, ``batch_size`` at a time, with ``vlm.batch.predict_rows``."""
+    from vlm.batch import predict_rows
+
+    frame = sample_frame(pages, task)
+    parts = [predict_rows(predictor, frame.iloc[i:i + batch_size].reset_index(drop=True))
+             for i in range(0, len(frame), batch_size)]
+    return pd.concat(parts, ignore_index=True) if parts else frame.assign(prediction="")
+
+
+def score_pages(model, pages, *, task: str = "code15", batch_size: int = 8) -> dict:
+    """The ECGBench-protocol result (``f1``, ``auc``, ``hamming_loss``, x100, ...) of ``model`` (a name, an export
+    folder, or a ``vlm.Predictor``) on labelled pages, plus ``answers``: the most frequent predicted texts."""
+    from metrics.score import score_frame
+    from vlm.predict import Predictor
+
+    predictor = model if isinstance(model, Predictor) else Predictor(model)
+    out = predict_pages(predictor, pages, task=task, batch_size=batch_size)
+    result = score_frame(task, out, protocol="ecgbench")
+    result["answers"] = out["prediction"].value_counts().head(5).to_dict()
+    return result
