@@ -7,6 +7,7 @@ Heavy (minutes on 2 cores): ``make test-cpu-engines`` runs it in .venv-cpu."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pyarrow as pa
@@ -47,7 +48,9 @@ def model(smolvlm_dir) -> str:
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory) -> str:
-    return str(tmp_path_factory.mktemp("cpu-engines"))
+    """A fresh folder, or $ECGVLM_TEST_CPU_CACHE to reuse earlier conversions (converting the 256M architecture
+    takes minutes on 2 cores)."""
+    return os.environ.get("ECGVLM_TEST_CPU_CACHE") or str(tmp_path_factory.mktemp("cpu-engines"))
 
 
 @pytest.fixture(scope="module")
