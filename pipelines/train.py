@@ -17,6 +17,7 @@ its own task), logs the loss and each validation to MLflow as they happen, and w
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Any, Literal
 
@@ -65,10 +66,12 @@ class TrainConfig(BaseModel):
     val_rows: int = Field(200, ge=0, description="val rows generated and scored at each validation (0: none)")
     num_workers: int = Field(1, ge=1, description="Ray Train workers (DDP when > 1)")
     use_gpu: bool = Field(False, description="one GPU per worker")
-    cpus_per_worker: float = Field(1.0, gt=0, description="Ray CPUs reserved per worker (fractions leave room)")
+    cpus_per_worker: float | None = Field(None, gt=0, description="Ray CPUs reserved per worker (fractions leave "
+                                          "room; None: 1, scaled down on a local Ray so the workers fit)")
     threads_per_worker: int | None = Field(None, ge=1, description="torch threads (None: cores / workers)")
     encode_actors: int = Field(1, ge=1, description="Ray Data actors that encode rows (encode_cpus each)")
-    encode_cpus: float = Field(0.5, gt=0, description="CPUs per encode actor")
+    encode_cpus: float | None = Field(None, gt=0, description="CPUs per encode actor (None: 0.5, scaled down with "
+                                      "cpus_per_worker)")
     cache: Literal["auto", "memory", "stream"] = Field("auto", description="encoded rows: materialized once "
                                                        "(memory), re-encoded every epoch (stream), or by size")
     cache_gb: float | None = Field(None, gt=0, description="auto: cache when the encoded rows' estimate is under "
@@ -92,8 +95,8 @@ class TrainConfig(BaseModel):
 
     def bundles(self) -> list[dict]:
         """What must run at once: the workers and the encode actors (Ray Data's read tasks share their CPUs)."""
-        worker = {"CPU": self.cpus_per_worker, "GPU": 1.0 if self.use_gpu else 0.0}
-        return [worker] * self.num_workers + [{"CPU": self.encode_cpus}]
+        worker = {"CPU": self.cpus_per_worker or 1.0, "GPU": 1.0 if self.use_gpu else 0.0}
+        return [worker] * self.num_workers + [{"CPU": self.encode_cpus or 0.5}]
 
 
 def parse_config(argv: list[str] | None) -> TrainConfig:
@@ -125,6 +128,13 @@ def run(cfg: TrainConfig) -> dict:
     from stages.raytrain import fit
 
     store = int(cfg.object_store_gb * 2**30) if cfg.object_store_gb else None
+    local = not ray.is_initialized() and not os.environ.get("RAY_ADDRESS")
+    cpus = launch.cpu_shares(cfg.num_workers, cfg.cpus_per_worker, cfg.encode_cpus,
+                             total=(cfg.ray_cpus or os.cpu_count() or 1) if local else None)  # fmt: skip
+    if (cpus["cpus_per_worker"], cpus["encode_cpus"]) != (cfg.cpus_per_worker, cfg.encode_cpus):
+        print(f"train: CPU shares {cpus['cpus_per_worker']:g} per worker x {cfg.num_workers} + {cpus['encode_cpus']:g} "
+              f"for encoding{' (scaled to fit the local Ray)' if cpus['scaled'] else ''}", flush=True)
+    cfg = cfg.model_copy(update={k: cpus[k] for k in ("cpus_per_worker", "encode_cpus")})
     started = launch.start(cfg.bundles(), what="ecgvlm train", num_cpus=cfg.ray_cpus, object_store_memory=store,
                            hint="num_workers, cpus_per_worker, use_gpu, encode_cpus (or ray_cpus for a local Ray)")
     # the MLflow run opens now, with the config as params; rank 0 logs the curves into it while training runs

@@ -100,11 +100,14 @@ class AppConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str = Field("tiny", description='"tiny", a Hugging Face id, an export folder, or "random:PATH"')
-    engine: Literal["hf", "vllm"] = Field("hf", description='"hf": transformers with @serve.batch dynamic '
-                                          'batching; "vllm": vLLM\'s async engine, continuous batching')
+    engine: Literal["auto", "hf", "vllm", "openvino", "onnxruntime"] = Field(
+        "auto", description='"auto": the fastest installed for the replica\'s device (openvino on a CPU where '
+                            'installed, else hf); "hf": transformers with @serve.batch dynamic batching; "vllm": '
+                            'vLLM\'s async engine, continuous batching; "openvino" / "onnxruntime": a compiled CPU '
+                            'runtime with @serve.batch (docs/cpu-engines.md)')
     adapter: str | None = Field(None, description="LoRA adapter folder applied on top of the model")
     device: str = Field("auto", description='"auto", "cpu", "cuda"')
-    dtype: str = Field("auto")
+    dtype: str = Field("auto", description='"auto", "float32", "bfloat16", "int8" (CPU engines: int8 weights)')
     image_splitting: bool | None = Field(None, description="processor image splitting (None: as the model was "
                                          "trained, from its export's ecgvlm.json, else its processor's own)")
     longest_edge: int | None = Field(None, ge=1, description="px pages are resized to (None: as trained)")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+from functools import partial
 
 from ray import serve
 
@@ -36,9 +37,15 @@ class Predictor:
             import torch
 
             torch.set_num_threads(cfg.predictor.torch_threads)
-        self.predictor = vlm.Predictor(cfg.model, adapter=cfg.adapter, device=cfg.device, dtype=cfg.dtype,
-                                       image_splitting=cfg.image_splitting, longest_edge=cfg.longest_edge)
-        self.name = cfg.served_id(self.predictor.name)
+        from vlm.cpu_engine import choose_engine, cpu_predictor
+
+        engine, why = choose_engine(cfg.engine, model=cfg.model, device=cfg.device, num_gpus=cfg.predictor.num_gpus)
+        log.info("ecgvlm predictor engine %s (%s)", engine, why)
+        make = (partial(cpu_predictor, engine=engine, threads=cfg.predictor.torch_threads) if engine != "hf"
+                else vlm.Predictor)  # fmt: skip
+        self.predictor = make(cfg.model, adapter=cfg.adapter, device=cfg.device, dtype=cfg.dtype,
+                              image_splitting=cfg.image_splitting, longest_edge=cfg.longest_edge)
+        self.name, self.engine = cfg.served_id(self.predictor.name), engine
         log.info("ecgvlm predictor %s: %s", self.name, self.predictor.loaded.describe_images())
         self.batching = cfg.batching.effective()
         for method in (self.diagnose, self._chat_steps):  # the decorator's sizes are placeholders; config decides
@@ -48,7 +55,8 @@ class Predictor:
 
     def info(self) -> dict:
         images = self.predictor.loaded
-        return {"model": self.name, "max_batch_size": self.batching[0], "batch_wait_timeout_s": self.batching[1],
+        return {"model": self.name, "engine": self.engine, "max_batch_size": self.batching[0],
+                "batch_wait_timeout_s": self.batching[1],
                 "images": {**images.images.to_dict(), "from": images.images_from}}
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)

@@ -35,6 +35,10 @@ class PredictorActor:
                 raise ValueError("--engine vllm takes a merged model: export the adapter merged, then --model EXPORT")
             options.pop("device", None)
             self.predictor = VLLMPredictor(model, **options)
+        elif engine in ("openvino", "onnxruntime"):  # a compiled CPU runtime behind vlm.Predictor (vlm/cpu_engine.py)
+            from vlm.cpu_engine import cpu_predictor
+
+            self.predictor = cpu_predictor(model, engine=engine, threads=threads, **options)
         else:
             self.predictor = vlm.Predictor(model, **options)
         self._predict = vlm.predict_rows

@@ -29,6 +29,8 @@ SMALLEST = {
     "serve_load.py": (["--clients", "2", "--seconds", "2", "--rounds", "1", "--warmup", "1"], "on / off"),
     "sim2real.py": (["--smoke"], "pages/s"),
     "readers.py": (["--n", "2"], "ours/base"),  # the real exports of make real-ecgs ($ECGVLM_REAL_ECGS)
+    "cpu_engines.py": (["--model", "tiny", "--variants", "hf-fp32", "--splitting", "off", "--rows", "1",
+                        "--new-tokens", "2"], "vs hf-fp32"),  # the runtimes (make test-cpu-engines) are optional
 }
 
 # rough seconds of each smallest run on an idle 2-core machine: the longest start first, so the pool ends together

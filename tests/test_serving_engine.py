@@ -15,9 +15,10 @@ from serving.config import AppConfig
 HAVE_VLLM = importlib.util.find_spec("vllm") is not None
 
 
-def test_the_hf_engine_stays_the_default():
+def test_auto_is_the_default_engine_and_vllm_options_keep_theirs():
+    # auto: the replica picks the fastest installed engine for its device (hf where no CPU runtime is installed)
     cfg = AppConfig.model_validate({})
-    assert cfg.engine == "hf" and cfg.vllm.label_scores and cfg.vllm.max_num_seqs == 64
+    assert cfg.engine == "auto" and cfg.vllm.label_scores and cfg.vllm.max_num_seqs == 64
 
 
 def test_engine_names_and_vllm_options_are_validated(smolvlm_dir):
