@@ -86,11 +86,11 @@ def main(argv: list[str] | None = None) -> int:
     job = parse_args(argv)
     from pipelines import launch
 
-    launch.check_paths("ecgvlm serve", model=job.app.model, adapter=job.app.adapter)
-    problem = preflight(job)
+    problem = preflight(job)  # the model and the key, in one line, before Ray
     if problem:
         print(f"ecgvlm serve: error: {problem}", file=sys.stderr, flush=True)
         return 2
+    launch.check_paths("ecgvlm serve", model=job.app.model, adapter=job.app.adapter)
     import ray
     from ray import serve
 

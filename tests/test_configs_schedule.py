@@ -85,9 +85,15 @@ def test_a_gpu_config_run_locally_without_a_gpu_stops_at_once_naming_the_fields(
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     from pipelines import train
 
+    import pyarrow.parquet as pq
+
+    from ecg.rows import SAMPLE_SCHEMA
+
+    (tmp_path / "d" / "train").mkdir(parents=True)  # real (empty) shards: the path checks pass, the schedule decides
+    pq.write_table(SAMPLE_SCHEMA.empty_table(), tmp_path / "d" / "train" / "part-0.parquet")
     with pytest.raises(SystemExit) as stop:
         train.main(["--config", str(REPO / "configs/train-smolvlm-lora.yaml"), "--data", str(tmp_path / "d"),
-                    "--out", str(tmp_path / "o")])
+                    "--out", str(tmp_path / "o"), "--model", "tiny"])  # the hub id is not cached offline
     message = str(stop.value)
     assert "cannot be scheduled" in message and "GPU 1" in message and "use_gpu" in message
     assert not ray.is_initialized()  # nothing was started

@@ -93,7 +93,8 @@ def test_one_worker_resumes_after_interruption_and_exports(ray_cluster, shards, 
 
 def test_a_failed_job_ends_its_mlflow_run_as_failed(ray_cluster, shards, tmp_path):
     data = tmp_path / "data"
-    (data / "train").mkdir(parents=True)  # a split with no shards: the job fails after its MLflow run opened
+    (data / "train").mkdir(parents=True)  # a shard of no rows: the path checks pass, the job fails after its MLflow
+    pq.write_table(SAMPLE_SCHEMA.empty_table(), data / "train" / "part-0.parquet")  # run opened
     store = f"file:{tmp_path / 'mlruns'}"
     with pytest.raises(ValueError, match="train: no rows"):
         train.main(_argv(str(data), tmp_path / "run", "--max-steps", "2", "--tracking", store))

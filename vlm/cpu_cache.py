@@ -158,25 +158,3 @@ def _to_onnx(graph, example, path: Path, int8: bool) -> None:
 
         quantize_dynamic(str(target), str(path), weight_type=QuantType.QInt8)
         target.unlink()
-
-
-def open_cached(folder: Path, model: str, *, engine: str, dtype: str, threads: int | None = None,
-                image_splitting: bool | None = None, longest_edge: int | None = None):  # fmt: skip
-    """A ``vlm.Loaded`` whose ``model`` is a :class:`vlm.cpu_engine.CompiledVLM` over the graphs in ``folder``;
-    the processor and image recipe are ``model``'s own (:func:`vlm.load.load_processor`)."""
-    import torch
-    from safetensors.torch import load_file
-    from transformers import AutoConfig
-
-    from vlm.cpu_engine import RUNNERS, CompiledVLM
-    from vlm.load import load_processor
-
-    runner = RUNNERS[engine]
-    head = load_file(str(folder / "head.safetensors"))
-    vision = runner(str(folder / f"vision{SUFFIX[engine]}"), dtype, threads)
-    decoder = runner(str(folder / f"decoder{SUFFIX[engine]}"), dtype, threads)
-    shim = CompiledVLM(AutoConfig.from_pretrained(str(folder)), vision, decoder, head["embed"], head["lm_head"], engine,
-                       dtype)  # fmt: skip
-    loaded = load_processor(model, image_splitting=image_splitting, longest_edge=longest_edge)
-    loaded.model, loaded.device, loaded.dtype = shim, torch.device("cpu"), torch.float32
-    return loaded

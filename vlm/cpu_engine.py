@@ -178,6 +178,28 @@ class CompiledVLM:
     __call__ = forward
 
 
+def open_cached(folder: Path, model: str, *, engine: str, dtype: str, threads: int | None = None,
+                image_splitting: bool | None = None, longest_edge: int | None = None):  # fmt: skip
+    """A ``vlm.Loaded`` whose ``model`` is a :class:`vlm.cpu_engine.CompiledVLM` over the graphs in ``folder``;
+    the processor and image recipe are ``model``'s own (:func:`vlm.load.load_processor`)."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoConfig
+
+    from vlm.cpu_cache import SUFFIX
+    from vlm.load import load_processor
+
+    runner = RUNNERS[engine]
+    head = load_file(str(folder / "head.safetensors"))
+    vision = runner(str(folder / f"vision{SUFFIX[engine]}"), dtype, threads)
+    decoder = runner(str(folder / f"decoder{SUFFIX[engine]}"), dtype, threads)
+    shim = CompiledVLM(AutoConfig.from_pretrained(str(folder)), vision, decoder, head["embed"], head["lm_head"], engine,
+                       dtype)  # fmt: skip
+    loaded = load_processor(model, image_splitting=image_splitting, longest_edge=longest_edge)
+    loaded.model, loaded.device, loaded.dtype = shim, torch.device("cpu"), torch.float32
+    return loaded
+
+
 def cpu_predictor(model: str, *, engine: str = "openvino", dtype: str = "auto", adapter: str | None = None,
                   image_splitting: bool | None = None, longest_edge: int | None = None, threads: int | None = None,
                   label_scores: bool = True, cache_dir: str | None = None, max_prompt_tokens: int | None = None,
@@ -185,7 +207,7 @@ def cpu_predictor(model: str, *, engine: str = "openvino", dtype: str = "auto", 
     """A ``vlm.Predictor`` whose model runs on ``engine`` (``openvino`` / ``onnxruntime``) at ``dtype``; the
     converted graphs come from the cache (:func:`vlm.cpu_cache.prepare` converts on a miss). Idefics3 / SmolVLM
     models only. ``threads``: the runtime's threads (None: its own choice, every core)."""
-    from vlm.cpu_cache import open_cached, prepare
+    from vlm.cpu_cache import prepare
     from vlm.predict import Predictor
 
     require(engine)
