@@ -51,7 +51,7 @@ def serve_process(tmp_path_factory):
     port, log_path = free_port(), tmp / "serve.log"
     cmd = [sys.executable, "-m", "pipelines.cli", "serve", "--config", str(tmp / "serve.yaml"), "--model", "tiny",
            "--host", "127.0.0.1", "--port", str(port), "--max-replicas", "1"]
-    env = {**os.environ, "ECGVLM_API_KEY": ",".join(KEYS)}
+    env = {**os.environ, "ECGVLM_API_KEY": ",".join(KEYS), "ECGVLM_VERBOSE": "1"}  # its request log lines, checked below
     with open(log_path, "w") as log:
         # its own session: if a test fails midway, killing the group ends everything it started
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
