@@ -59,8 +59,9 @@ def test_wrong_paths_are_one_line_before_ray(capsys, tmp_path, shards):
     assert line == "ecgvlm prepare: --path /nope: no such file or folder"
     assert prepare.main(["--source", "code15", "--out", out]) == 2
     assert "needs --path" in capsys.readouterr().err
-    line = _one_line_exit_2(capsys, serve.main, ["--model", "tiny:nope"])
-    assert line.startswith("ecgvlm serve: model 'tiny:nope': no such tiny family")
+    assert serve.main(["--model", "tiny:nope"]) == 2  # serve's own check of the model and key, before Ray
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("ecgvlm serve: error: model 'tiny:nope': no such tiny family"), err
     assert not (tmp_path / "eval").exists()  # nothing was started, nothing written
 
 
