@@ -66,6 +66,17 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[int(rank) - 1]
 
 
+def run_clients(client, clients: int) -> float:
+    """Run ``client`` on ``clients`` threads until each returns; the wall seconds it took."""
+    start = time.perf_counter()
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - start
+
+
 def drive(url: str, clients: int, seconds: float, files, fields) -> dict:
     """``clients`` threads POST back to back until ``seconds`` have passed.
 
@@ -93,13 +104,8 @@ def drive(url: str, clients: int, seconds: float, files, fields) -> dict:
                 else:
                     errors.append(body)
 
-    start = time.perf_counter()
-    threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return {"latencies": latencies, "batches": batches, "errors": errors, "elapsed": time.perf_counter() - start}
+    elapsed = run_clients(client, clients)
+    return {"latencies": latencies, "batches": batches, "errors": errors, "elapsed": elapsed}
 
 
 def drive_chat(url: str, clients: int, seconds: float, png: bytes, *, stream: bool, max_tokens: int) -> dict:
@@ -138,14 +144,9 @@ def drive_chat(url: str, clients: int, seconds: float, png: bytes, *, stream: bo
                 else:
                     errors.append("status")
 
-    start = time.perf_counter()
-    threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    elapsed = run_clients(client, clients)
     return {"latencies": latencies, "batches": [1] * len(latencies), "firsts": firsts, "errors": errors,
-            "elapsed": time.perf_counter() - start}
+            "elapsed": elapsed}
 
 
 def chat_main(args) -> int:
