@@ -62,10 +62,15 @@ def comparable(data: dict | None, dataset: str = "code15") -> bool:
     return data.get("source") == dataset or (data.get("source") == "ecgbench" and data.get("task") == dataset)
 
 
+def _hash_each(ids) -> np.ndarray:
+    """The 64-bit hash (blake2b) of each id, in order: (n,) uint64."""
+    return np.asarray([int.from_bytes(hashlib.blake2b(str(i).encode(), digest_size=8).digest(), "little")
+                       for i in ids], dtype=np.uint64)
+
+
 def _hashes(ids) -> np.ndarray:
-    """Sorted unique 64-bit hashes (blake2b) of the ids: (n,) uint64."""
-    h = [int.from_bytes(hashlib.blake2b(str(i).encode(), digest_size=8).digest(), "little") for i in ids]
-    return np.unique(np.asarray(h, dtype=np.uint64))
+    """Sorted unique 64-bit hashes of the ids: (n,) uint64."""
+    return np.unique(_hash_each(ids))
 
 
 def write_training_ids(export_uri: str, ids, *, data: str, split: str) -> str:
@@ -101,8 +106,7 @@ def overlap(model_uri: str, ids) -> dict | None:
     ids = [str(i) for i in ids]
     if not ids:
         return {"n": 0, "of": 0, "examples": [], "trained_on": meta}
-    h = np.asarray([int.from_bytes(hashlib.blake2b(i.encode(), digest_size=8).digest(), "little") for i in ids],
-                   dtype=np.uint64)
+    h = _hash_each(ids)
     pos = np.clip(np.searchsorted(hashes, h), 0, max(len(hashes) - 1, 0))
     hit = (hashes[pos] == h) if len(hashes) else np.zeros(len(h), bool)
     return {"n": int(hit.sum()), "of": len(ids), "examples": [i for i, x in zip(ids, hit) if x][:5],
