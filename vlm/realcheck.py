@@ -26,6 +26,28 @@ def record_pages(records, preset: str, *, seed: int = 0, task: str = "code15") -
             for k, r in enumerate(records)]
 
 
+PRESETS = ("clean", "varied", "photo")
+
+
+def real_sets(found, *, pages_per_record: int = 1, shipped_limit: int | None = None) -> list[tuple[str, str, list]]:
+    """The named real sets of ``found`` (an ``ecg.examples.RealExamples``): ``[(name, data, pages)]``.
+
+    One set per page preset of the real recordings drawn by ``ecg.pages`` (``pages_per_record`` seeds each; a page
+    that a seed does not change, as every ``clean`` page, is counted once), then the pages other software drew as their packages ship them (the first ``shipped_limit``). Empty sets are kept
+    (``pages == []``) so a table can say what was not found.
+    Example: ``[name for name, _, _ in real_sets(real_examples())]`` -> ``["real records, clean pages (ours)", ...]``.
+    """
+    sets = []
+    for preset in PRESETS:
+        drawn = [p for k in range(pages_per_record) for p in record_pages(found.records, preset, seed=1000 * k)]
+        pages = list({(p[0], p[1]): p for p in drawn}.values())  # the same page twice would count one answer twice
+        sets.append((f"real records, {preset} pages (ours)", f"{len(found.records)} real exports, drawn by ecg.pages",
+                     pages))
+    sets.append(("pages other software drew", "pmecg's shipped pages of PTB-XL 1-5 (6 layouts)",
+                 found.pages[:shipped_limit]))
+    return sets
+
+
 def sample_frame(pages: list[tuple[str, bytes, tuple]], task: str = "code15") -> pd.DataFrame:
     """Sample rows (``id``, ``task``, ``image``, ``question``, ``answer``) for labelled pages."""
     t = get_task(task)
