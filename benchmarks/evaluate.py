@@ -68,7 +68,8 @@ def ray_job(model: str, data: str, n: int, batch_size: int, threads: int) -> tup
     from stages.evaluation import build_dataset
 
     cfg = EvaluateConfig(model=model, data=data, out=data, batch_size=batch_size, threads=threads,
-                         min_actors=1, max_actors=1, num_cpus=0.5, decoding="fast")  # the loop's task budgets
+                         min_actors=1, max_actors=1, num_cpus=0.5, decoding="fast",  # the loop's task budgets
+                         page_gate="off")  # the loop checks no pages either
     start = time.perf_counter()
     first_at, first_rows, rows = None, 0, 0
     for batch in build_dataset(cfg, ()).iter_batches(batch_format="pyarrow", batch_size=None):

@@ -70,7 +70,8 @@ def generate(n: int, seed: int, scores: bool) -> pa.Table:
     else:
         cols["label_scores"] = pa.nulls(n, pa.string())
     cols.update(model=pa.array(["bench"] * n), error=pa.nulls(n, pa.string()), latency_ms=pa.array(np.zeros(n)),
-                prompt_tokens=pa.nulls(n, pa.int64()), truncated=pa.nulls(n, pa.bool_()))
+                prompt_tokens=pa.nulls(n, pa.int64()), truncated=pa.nulls(n, pa.bool_()),
+                page_score=pa.nulls(n, pa.float64()), is_page=pa.nulls(n, pa.bool_()))
     # by name, in the schema's order: a column the schema gains later fails here naming it, not as a mismatch
     return pa.table([cols[f.name] for f in PREDICTION_SCHEMA], schema=PREDICTION_SCHEMA)
 

@@ -143,3 +143,27 @@ def check_page(image, threshold: float = THRESHOLD) -> PageCheck:
     if grid < 0.2:
         score = min(1.0, 0.6 * min(1.0, traces / 4.0) + 0.5 * min(1.0, grid / 0.2))
     return PageCheck(score >= threshold, round(score, 4), round(grid, 4), int(traces), angle)
+
+
+def gate_rows(batch, *, threshold: float = THRESHOLD):
+    """The page gate as a batch stage: a pyarrow table of sample rows (reads ``id``, ``image``: PNG or JPEG bytes)
+    -> the same table with ``page_score`` (float64, [0, 1]) and ``is_page`` (bool) appended. A row whose image does
+    not decode gets nulls: the predictor names its error. ``ecgvlm evaluate`` runs it before the model; serving
+    checks each upload with :func:`check_page`. Example: ``gate_rows(table).column("is_page").to_pylist()`` ->
+    ``[True, False, None]`` for a page, a bar chart and a truncated PNG."""
+    import pyarrow as pa
+
+    from ecg.images import decode_image
+    from ecg.rows import require_columns
+
+    require_columns(batch.column_names, ("id", "image"), "page gate")
+    scores, flags = [], []
+    for rid, data in zip(batch.column("id").to_pylist(), batch.column("image").to_pylist()):
+        try:
+            check = check_page(decode_image(data, f"record {rid}: image"), threshold=threshold)
+        except Exception:  # noqa: BLE001 - an image that does not decode is the predictor's error to name
+            scores.append(None), flags.append(None)
+            continue
+        scores.append(check.score), flags.append(check.is_page)
+    return (batch.append_column("page_score", pa.array(scores, pa.float64()))
+            .append_column("is_page", pa.array(flags, pa.bool_())))

@@ -9,12 +9,15 @@ Prediction row (written by ``evaluate``, read by ``score``)::
 
     {"id": "synth-000017", "task": "code15", "question": "...", "answer": "SB; 1dAVb",
      "prediction": "SB; 1dAVb", "label_scores": '{"SB": 0.93, "AF": 0.02, ...}',
-     "model": "tiny", "error": None, "latency_ms": 41.7, "prompt_tokens": 1139, "truncated": False}
+     "model": "tiny", "error": None, "latency_ms": 41.7, "prompt_tokens": 1139, "truncated": False,
+     "page_score": 0.97, "is_page": True}
 
 ``label_scores`` is a JSON object (label -> probability) or null; ``error`` is null unless the
 record failed, in which case ``prediction`` is empty and the record still counts. ``truncated`` is true when
 generation ended at the token budget without a stop token (an endpoint's ``finish_reason == "length"``); shards
-written before the column existed read it as null.
+written before the column existed read it as null. ``page_score`` and ``is_page`` are the ECG page gate's verdict
+on the row's image (``ecg.pagegate``, ``evaluate --page-gate``); null where the gate was off, the image did not
+decode, or the shard was written before the gate existed.
 """
 
 from __future__ import annotations
@@ -47,15 +50,21 @@ PREDICTION_SCHEMA = pa.schema(
         pa.field("latency_ms", pa.float64()),
         pa.field("prompt_tokens", pa.int64()),  # tokens of the prompt the model read (image tokens included)
         pa.field("truncated", pa.bool_()),  # the answer filled its token budget (no stop token); null: unknown
+        pa.field("page_score", pa.float64()),  # the page gate's score in [0, 1] (ecg.pagegate); null: not checked
+        pa.field("is_page", pa.bool_()),  # the page gate's verdict: false = not an ECG page; null: not checked
     ]
 )
+
+# written by the page gate (ecg.pagegate.gate_rows), not by a predictor
+PAGE_COLUMNS = ("page_score", "is_page")
 
 # Extra columns of rows from an endpoint (vlm.remote): summed by the driver into run.json, not stored per row.
 # sent_*: tokens of the requests sent in this run (0 for an answer from the cache)
 USAGE_COLUMNS = ("requests", "retries", "cache_hit", "sent_prompt_tokens", "sent_completion_tokens")
 
 SAMPLE_COLUMNS = tuple(SAMPLE_SCHEMA.names)
-PREDICTION_COLUMNS = tuple(PREDICTION_SCHEMA.names)
+# the columns a predictor writes (vlm.predict_rows, vlm.remote.EndpointStage): the schema less the page gate's
+PREDICTION_COLUMNS = tuple(n for n in PREDICTION_SCHEMA.names if n not in PAGE_COLUMNS)
 
 
 def require_columns(columns, needed, where: str) -> None:

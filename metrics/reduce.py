@@ -192,6 +192,9 @@ def batch_stats(task: Task, frame: pd.DataFrame) -> dict:
     stats.update(study.batch_stats(task, (gc, gu), (tc, tu)))  # the smolvlm-study protocol's counts
     # answers cut by the token budget (no stop token); shards written before the column existed have none
     stats["truncated"] = int(frame["truncated"].fillna(False).astype(bool).sum()) if "truncated" in frame else 0
+    # the page gate's verdicts (evaluate --page-gate): images checked, and those not an ECG page; none in older shards
+    page = frame["is_page"] if "is_page" in frame else pd.Series([], dtype=object)
+    stats["pages_checked"], stats["not_pages"] = int(page.notna().sum()), int(page.eq(False).sum())
     return stats
 
 

@@ -236,6 +236,10 @@ def run_rows(run: dict | None) -> list[list[str]]:
             ["rows/s", _f(run.get("rows_per_s"))]]
     cut = {t: k for t, k in (run.get("truncated") or {}).items() if k}
     rows.append(["answers cut by the token budget", ", ".join(f"{t}: {k}" for t, k in cut.items()) or "none"])
+    gate = run.get("page_gate")
+    if gate and gate.get("mode", "off") != "off":
+        rows.append([f"not an ECG page ({gate['mode']}, page gate)", f"{gate.get('not_pages', 0)} of "
+                     f"{gate.get('checked', 0)} images"])
     ep = run.get("endpoint")
     if ep:
         rows += [["endpoint", f"{ep.get('api_base')} ({ep.get('model')})"],

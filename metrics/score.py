@@ -231,7 +231,8 @@ def finalize(task: Task | str, st: dict, *, protocol: str = "both", seed: int = 
     n = st["n"]
     result = {"task": task.name, "version": task.version, "kind": task.kind, "protocol": protocol, "n": n,
               "errors": st["errors"], "empty_predictions": st["empty"],
-              "anls": pct1(_div(st["anls_bucket"].sum(), n)), "truncated": int(st.get("truncated", 0))}
+              "anls": pct1(_div(st["anls_bucket"].sum(), n)), "truncated": int(st.get("truncated", 0)),
+              "page_gate": {"checked": int(st.get("pages_checked", 0)), "not_pages": int(st.get("not_pages", 0))}}
     notes = []
     if st["errors"]:
         notes.append(f"{st['errors']} of {n} rows have `error` set: scored as empty predictions (wrong)")
@@ -239,6 +240,9 @@ def finalize(task: Task | str, st: dict, *, protocol: str = "both", seed: int = 
         notes.append(f"{st['empty']} of {n} rows have an empty prediction")
     if result["truncated"]:
         notes.append(f"{result['truncated']} of {n} answers ended at the token budget (no stop token)")
+    if result["page_gate"]["not_pages"]:
+        notes.append(f"{result['page_gate']['not_pages']} of {result['page_gate']['checked']} images failed the ECG "
+                     f"page gate (not an ECG page)")
     if protocol in ("ecgbench", "both", "all"):
         eb = st if ecgbench_stats is None else ecgbench_stats
         top, details = _ecgbench(task, eb, rng)

@@ -71,6 +71,11 @@ class EvaluateConfig(EndpointSettings):
                                 "generation: beam search, 4 beams, 32 tokens, one row at a time, its prompt for "
                                 "CODE-15 (in-process models, --engine hf)")
     max_new_tokens: str | None = Field(None, description="per-task budgets over --decoding, e.g. code15=64,ecgqa=128")
+    page_gate: Literal["flag", "reject", "off"] = Field(
+        "flag", description="the ECG page check on every image (ecg.pagegate, ~30 ms a page beside the model): flag = "
+                            "predict every row and record its page_score / is_page; reject = a row that is not an ECG "
+                            "page is not predicted, but recorded as an error 'not an ECG page'; off")
+    page_threshold: float = Field(0.6, ge=0, le=1, description="page score at or above which an image is an ECG page")
     api_base: str | None = Field(None, description="openai:NAME: base URL of the chat-completions API")
     api_key_env: str = Field("OPENAI_API_KEY", description="openai:NAME: environment variable holding the API key")
     price_input_per_mtok: float | None = Field(None, ge=0, description="USD per million prompt tokens (cost estimate)")
@@ -164,6 +169,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"evaluate: {run['new_rows']} new rows ({run['new_errors']} errors), {len(done)} already done, "
           f"{totals['rows']} predictions in all ({totals['errors']} errors), {run['wall_s']:.1f} s -> {cfg.out}",
           flush=True)
+    gate = run["page_gate"]
+    if gate["not_pages"]:
+        print(f"evaluate: {gate['not_pages']} of {gate['checked']} images are not an ECG page (page gate: "
+              f"{'recorded as errors' if cfg.page_gate == 'reject' else 'predicted, flagged is_page=false'})",
+              file=sys.stderr, flush=True)
     print(f"\n{headline(results)}\n\nreport: {storage.join(cfg.out, 'report.html')}", flush=True)
     return error_exit("evaluate", totals["errors"], totals["rows"], cfg.max_error_rate)
 

@@ -21,7 +21,7 @@ class PredictorActor:
     """Loads ``vlm.Predictor`` once per actor; each call is ``vlm.predict_rows`` on a pandas batch."""
 
     def __init__(self, model: str, *, threads: int | None = None, engine: str = "hf", budgets: dict | None = None,
-                 num_beams: int = 1, questions: dict | None = None, **options):
+                 num_beams: int = 1, questions: dict | None = None, page_gate: dict | None = None, **options):
         if threads:
             import torch
 
@@ -43,22 +43,58 @@ class PredictorActor:
             self.predictor = vlm.Predictor(model, **options)
         self._predict = vlm.predict_rows
         self.budgets, self.decoding = budgets, {"num_beams": num_beams, "questions": questions}
+        self.gate = page_gate or {}
 
     def __call__(self, batch):
-        return self._predict(self.predictor, batch, budgets=self.budgets, **self.decoding)
+        predict = lambda rows: self._predict(self.predictor, rows, budgets=self.budgets, **self.decoding)  # noqa: E731
+        return predict_gated(predict, batch, model=self.predictor.name, **self.gate)
 
 
 class EndpointActor:
     """``vlm.remote.EndpointStage`` (an OpenAI-compatible endpoint) built in the actor, so the driver never
     imports the model stack; each call sends one batch's rows."""
 
-    def __init__(self, config: dict, **options):
+    def __init__(self, config: dict, *, page_gate: dict | None = None, **options):
         from vlm.remote import EndpointStage
 
         self.stage = EndpointStage(config, **options)
+        self.gate = page_gate or {}
 
     def __call__(self, batch):
-        return self.stage(batch)
+        return predict_gated(self.stage, batch, model=self.stage.name, **self.gate)
+
+
+# an endpoint row's usage counts (ecg.rows.USAGE_COLUMNS) for a row never sent
+_UNSENT = {"requests": 0, "retries": 0, "cache_hit": False, "sent_prompt_tokens": 0, "sent_completion_tokens": 0}
+
+
+def predict_gated(predict, batch, *, model: str, reject: bool = False, threshold: float = 0.6):
+    """``predict(batch)`` (sample rows -> prediction rows, in order) with the page gate's ``page_score`` and
+    ``is_page`` (``ecg.pagegate.gate_rows``, run as the stage before) carried onto the prediction rows; a batch
+    without them (the gate off) is predicted as it is. ``reject``: a row that is not an ECG page is not predicted:
+    it becomes an error row ("record ID: not an ECG page ..."), counted with the errors, never dropped."""
+    import numpy as np
+    import pandas as pd
+
+    if "is_page" not in batch:
+        return predict(batch)
+    refused = batch["is_page"].eq(False).to_numpy() if reject else np.zeros(len(batch), dtype=bool)
+    out = predict(batch[~refused].reset_index(drop=True))
+    if refused.any():
+        rows = batch[refused]
+        errors = pd.DataFrame({c: [_UNSENT.get(c)] * len(rows) for c in out.columns})
+        errors["id"], errors["task"] = rows["id"].astype(str).to_numpy(), rows["task"].to_numpy()
+        errors["question"], errors["answer"] = rows["question"].to_numpy(), rows["answer"].to_numpy()
+        errors["prediction"], errors["model"], errors["latency_ms"] = "", model, 0.0
+        errors["error"] = [f"record {i}: not an ECG page (page score {s:.2f} < {threshold}); --page-gate flag "
+                           f"predicts it anyway" for i, s in zip(errors["id"], rows["page_score"])]
+        order = np.r_[np.flatnonzero(~refused), np.flatnonzero(refused)]  # out's rows, then the refused ones
+        out = pd.concat([out, errors], ignore_index=True)
+        out = out.iloc[np.argsort(order, kind="stable")].reset_index(drop=True)  # back in the batch's order
+    # nullable dtypes: Ray Data hands a bool column with nulls over as pd.NA, which a plain object column would pickle
+    out["page_score"] = batch["page_score"].astype("Float64").to_numpy(dtype="float64", na_value=np.nan)
+    out["is_page"] = batch["is_page"].astype("boolean").array
+    return out
 
 
 def tasks_budgets(cfg) -> dict[str, int]:
@@ -126,19 +162,26 @@ def build_dataset(cfg, done):
     # One block per predictor batch: an actor task's output reaches the driver (and a shard) per batch,
     # not per input file, so progress is live and a killed run loses at most the rows in flight.
     ds = ds.repartition(target_num_rows_per_block=cfg.batch_size)
+    gate = {}
+    if cfg.page_gate != "off":  # Ray Data tasks beside the model (CPU, ~30 ms a page), not inside its actor
+        from ecg.pagegate import gate_rows
+
+        ds = ds.map_batches(gate_rows, fn_kwargs={"threshold": cfg.page_threshold}, batch_format="pyarrow",
+                            batch_size=None, num_cpus=0.25)
+        gate = {"reject": cfg.page_gate == "reject", "threshold": cfg.page_threshold}
     budgets = tasks_budgets(cfg)
     if endpoint_name(cfg.model):
         # one actor: it holds the endpoint's concurrency and rate limits; its threads wait on the network
         return ds.map_batches(
             EndpointActor, fn_constructor_args=(endpoint_config(cfg),),
-            fn_constructor_kwargs={"api_key": api_key(cfg), "budgets": budgets},
+            fn_constructor_kwargs={"api_key": api_key(cfg), "budgets": budgets, "page_gate": gate},
             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=1), batch_size=cfg.batch_size,
             batch_format="pandas", num_cpus=min(cfg.num_cpus, 0.25))
     from ecgtasks.registry import decoding_options  # num_beams and questions of the --decoding
 
     options = {"adapter": cfg.adapter, "image_splitting": cfg.image_splitting, "longest_edge": cfg.longest_edge,
                "device": cfg.device, "dtype": cfg.dtype, "threads": cfg.threads, "budgets": budgets,
-               "engine": cfg.engine, **decoding_options(cfg.decoding)}
+               "engine": cfg.engine, "page_gate": gate, **decoding_options(cfg.decoding)}
     return ds.map_batches(
         PredictorActor, fn_constructor_args=(cfg.model,), fn_constructor_kwargs=options,
         compute=ray.data.ActorPoolStrategy(min_size=cfg.min_actors, max_size=cfg.max_actors),
@@ -195,4 +238,7 @@ def run_record(cfg, run: dict, results: dict, totals: dict, *, skipped: int, ima
     return {**run, "model": cfg.model, "adapter": cfg.adapter, "data": cfg.data, "split": cfg.split,
             "skipped": skipped, **totals, "decoding": cfg.decoding, "max_new_tokens": tasks_budgets(cfg),
             "truncated": {t: r.get("truncated", 0) for t, r in results.items()}, "images": images,
+            "page_gate": {"mode": cfg.page_gate, "threshold": cfg.page_threshold,
+                          **{k: sum(int((r.get("page_gate") or {}).get(k, 0)) for r in results.values())
+                             for k in ("checked", "not_pages")}},
             "wall_s": round(time.perf_counter() - start, 2)}
