@@ -31,6 +31,9 @@ class ServeJob(BaseModel):
     port: int = Field(8000, ge=1, le=65535, description="port to bind")
     num_cpus: float = Field(2, gt=0, description="CPUs of the local Ray started for serving (ignored when "
                             "RAY_ADDRESS names a cluster)")
+    metrics_port: int | None = Field(None, ge=1, le=65535, description="port of the local Ray's Prometheus "
+                                     "metrics, scraped at http://127.0.0.1:PORT/metrics (None: a port Ray picks; "
+                                     "ignored when RAY_ADDRESS names a cluster, whose nodes set their own)")
     app: AppConfig = Field(default_factory=AppConfig, description="the application: model, batching, "
                            "replicas, limits (each also a flag of its own below)")
 
@@ -98,8 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     from serving.security import load_keys
 
     stop = threading.Event()
-    launch.start(job.bundles(), what="ecgvlm serve", num_cpus=job.num_cpus,
-                 hint="app.predictor num_cpus / num_gpus / min_replicas, app.ingress (or --num-cpus)")
+    metrics = {"_metrics_export_port": job.metrics_port} if job.metrics_port else {}
+    local = launch.start(job.bundles(), what="ecgvlm serve", num_cpus=job.num_cpus, **metrics,
+                         hint="app.predictor num_cpus / num_gpus / min_replicas, app.ingress (or --num-cpus)")
     # after ray.init, which installs its own handler: SIGTERM (a process manager) stops as cleanly as Ctrl-C
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
@@ -108,8 +112,9 @@ def main(argv: list[str] | None = None) -> int:
         serve.run(build_app(job.app), name="ecgvlm", route_prefix="/", logging_config=quiet)
         keys = "API key required" if load_keys(job.app.api_key_env) else f"no API key ({job.app.api_key_env} unset)"
         print(f"ecgvlm serving {job.app.served_id()} ({job.app.model}) at http://{job.host}:{job.port}, {keys} "
-              f"(POST /v1/diagnose, /v1/chat/completions; GET /healthz, /v1/models, /v1/tasks); Ctrl-C stops",
-              flush=True)
+              f"(POST /v1/diagnose, /v1/chat/completions; GET /healthz, /v1/models, /v1/tasks)"
+              + (f", metrics at http://127.0.0.1:{job.metrics_port}/metrics" if job.metrics_port and local else "")
+              + "; Ctrl-C stops", flush=True)
         while not stop.wait(1.0):
             pass
     except KeyboardInterrupt:
