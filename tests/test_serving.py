@@ -2,8 +2,9 @@
 
 The server is ``ecgvlm serve`` itself (pipelines/serve.py, the golden CLI test): every input format gets
 labels back, the ``openai`` client works unchanged, each bad input is a 4xx with a message while the replica
-keeps serving, ``ecgvlm evaluate --model openai:tiny`` through it answers as the in-process model does, and
-Ctrl-C stops it cleanly (the last test).
+keeps serving, ``ecgvlm evaluate --model openai:tiny`` through it answers as the in-process model does, the
+README's serving examples run as written, our Prometheus metrics are scraped, and Ctrl-C stops it cleanly (the last
+test). The server start, the docs' examples and the scrape are in tests/serving_support.py.
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ import io
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -23,7 +22,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import requests
-from conftest import REPO, free_port
+from conftest import REPO
+from serving_support import conversation, image_url, start_serve, stop_serve, wait_healthy, write_rows
 from test_serving_inputs import bomb_png, page_png, signal_uploads
 
 from ecg.record import STANDARD_LEADS
@@ -31,51 +31,39 @@ from ecgtasks import get_task
 
 pytestmark = pytest.mark.slow
 CODE15 = get_task("code15")
-KEYS = ("old-key-7f3a", "new-key-91c2")  # ECGVLM_API_KEY="old,new": two keys, as during a rotation
+KEYS = ("old-key", "new-key")  # ECGVLM_API_KEY="old-key,new-key": two keys, as during a rotation (and the docs)
 AUTH = {"Authorization": f"Bearer {KEYS[1]}"}
 MAX_UPLOAD = 2_000_000  # bytes: small, so the oversized-upload test sends little
 
 
 @pytest.fixture(scope="module")
 def serve_process(tmp_path_factory):
-    """``ecgvlm serve`` (the real CLI: local Ray with 2 CPUs, Serve on a free 127.0.0.1 port) with the tiny model,
-    batching on, one predictor replica and a 2 MB upload cap; yields (base URL, process, log path, signal uploads)."""
+    """``ecgvlm serve`` (the real CLI: local Ray with 2 CPUs, Serve on a free 127.0.0.1 port) with the tiny model
+    exported as ``ecgvlm train`` writes it (``<tmp>/tiny/export``: served as "tiny"), batching on, one predictor
+    replica, a 2 MB upload cap and Prometheus metrics on a free port; yields (base URL, process, log path, signal
+    uploads, metrics URL)."""
     import yaml
 
+    import vlm
+
     tmp = tmp_path_factory.mktemp("serve")
+    export = tmp / "tiny" / "export"
+    vlm.export(vlm.load("tiny"), str(export))
     doc = yaml.safe_load((REPO / "serving" / "config.yaml").read_text())
     args = doc["applications"][0]["args"]
     args["limits"]["max_upload_bytes"] = MAX_UPLOAD
     args["batching"].update(max_batch_size=8, batch_wait_timeout_s=0.05)
     (tmp / "serve.yaml").write_text(yaml.safe_dump(doc))
-    port, log_path = free_port(), tmp / "serve.log"
-    cmd = [sys.executable, "-m", "pipelines.cli", "serve", "--config", str(tmp / "serve.yaml"), "--model", "tiny",
-           "--host", "127.0.0.1", "--port", str(port), "--max-replicas", "1"]
-    env = {**os.environ, "ECGVLM_API_KEY": ",".join(KEYS), "ECGVLM_VERBOSE": "1"}  # its request log lines, checked below
-    with open(log_path, "w") as log:
-        # its own session: if a test fails midway, killing the group ends everything it started
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                env=env)
-    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "ECGVLM_API_KEY": ",".join(KEYS), "ECGVLM_VERBOSE": "1",  # its request log lines, read below
+           "RAY_metrics_report_interval_ms": "1000"}  # metrics reach the scrape in about a second (default: 10)
+    url, metrics_url, proc, log_path = start_serve(tmp, ["--config", str(tmp / "serve.yaml"), "--model", str(export),
+                                                         "--max-replicas", "1"], env)
     try:
         uploads = signal_uploads(tmp)  # built while the server comes up
-        deadline = time.time() + 300
-        while proc.poll() is None and time.time() < deadline:
-            try:
-                if requests.get(f"{url}/healthz", timeout=5).status_code == 200:
-                    break
-            except requests.RequestException:
-                time.sleep(0.5)
-        assert proc.poll() is None and time.time() < deadline, log_path.read_text()[-3000:]
-        yield url, proc, log_path, uploads
+        wait_healthy(url, proc, log_path)
+        yield url, proc, log_path, uploads, metrics_url
     finally:
-        if proc.poll() is None:  # test_ctrl_c_stops_the_server did not run or did not stop it
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_serve(proc)  # test_ctrl_c_stops_the_server did not run or did not stop it
 
 
 @pytest.fixture(scope="module")
@@ -195,36 +183,17 @@ def test_bad_inputs_get_4xx_and_the_replica_keeps_serving(server, uploads):
     assert_diagnosis(diagnose(server, [("ecg.png", page_png())]), "png")  # still serving
 
 
-def _samples(folder, n: int) -> list[str]:
-    import pyarrow.parquet as pq
-
-    from ecg import samples
-    from ecg.rows import SAMPLE_SCHEMA
-
-    table = samples.synthetic_batch({"start": [0], "count": [n]}, seed=3, splits={"test": 1.0},
-                                    options=samples.RenderOptions(width=550, height=425))
-    table = table.drop(["split"]).cast(SAMPLE_SCHEMA)
-    os.makedirs(os.path.join(folder, "test"), exist_ok=True)
-    pq.write_table(table, os.path.join(folder, "test", "part-0.parquet"))
-    return table.column("id").to_pylist()
-
-
-def _predictions(out: str):
-    from ecg import shards
-
-    return shards.read_predictions(os.path.join(out, "predictions")).set_index("id").sort_index()
-
-
 def test_evaluate_through_the_endpoint_equals_the_in_process_model(server, ray_cluster, one_torch_thread, tmp_path):
     """``ecgvlm evaluate --model openai:tiny`` against this server: the same answers and truncation flags as the
     in-process tiny model (``vlm.predict_rows``, the function evaluate's actors run) on the same rows."""
     import vlm
     import pyarrow.parquet as pq
 
+    from ecg import shards
     from pipelines import cli
 
     data = str(tmp_path / "data")
-    ids = _samples(data, 1)  # one row: the untrained tiny model decodes all 1024 tokens
+    ids = write_rows(data, 1)  # one row: the untrained tiny model decodes all 1024 tokens
     remote = ["evaluate", "--model", "openai:tiny", "--api-base", f"{server}/v1", "--out", str(tmp_path / "remote"),
               "--data", data]  # every default: --decoding ecgbench, 1024 new tokens
     os.environ["OPENAI_API_KEY"] = KEYS[0]  # the key as every OpenAI client reads it
@@ -232,7 +201,7 @@ def test_evaluate_through_the_endpoint_equals_the_in_process_model(server, ray_c
         assert cli.main(remote) == 0
     finally:
         del os.environ["OPENAI_API_KEY"]
-    served = _predictions(str(tmp_path / "remote"))
+    served = shards.read_predictions(str(tmp_path / "remote" / "predictions")).set_index("id").sort_index()
     # the in-process model on the same rows, with the same budget: the function evaluate's actors run
     rows = pq.read_table(os.path.join(data, "test", "part-0.parquet")).to_pandas()
     local = vlm.predict_rows(vlm.Predictor("tiny"), rows, budgets={"code15": 1024}).set_index("id").sort_index()
@@ -246,18 +215,6 @@ def test_evaluate_through_the_endpoint_equals_the_in_process_model(server, ray_c
     assert run["max_new_tokens"]["code15"] == 1024
 
 
-def _image_url(png: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(png).decode()
-
-
-def _conversation(png: bytes) -> list[dict]:
-    """A follow-up after an image turn, as chat applications send it: the image stays in the first message."""
-    return [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": _image_url(png)}},
-                                         {"type": "text", "text": "Which rhythm is this?"}]},
-            {"role": "assistant", "content": "SB"},
-            {"role": "user", "content": "And the heart rate?"}]
-
-
 def test_follow_up_turn_answers_as_evaluation_does(server):
     """The served answer to a follow-up equals the evaluation's answer to the same multi-turn row (meta history),
     with the same prompt length: the whole conversation went through the same prompt builder."""
@@ -266,7 +223,7 @@ def test_follow_up_turn_answers_as_evaluation_does(server):
 
     png = page_png()
     client = openai.OpenAI(base_url=f"{server}/v1", api_key=KEYS[1], max_retries=0, timeout=120)
-    out = client.chat.completions.create(model="tiny", messages=_conversation(png), max_tokens=16)
+    out = client.chat.completions.create(model="tiny", messages=conversation(png), max_tokens=16)
     row = pd.DataFrame([{"id": "r1", "task": "code15", "image": png, "question": "And the heart rate?",
                          "answer": "", "meta": json.dumps({"history": [
                              {"role": "user", "text": "Which rhythm is this?"}, {"role": "assistant", "text": "SB"}]})}])
@@ -283,7 +240,7 @@ def test_streaming_equals_non_streaming_with_usage_and_done(server):
 
     async def run():
         client = openai.AsyncOpenAI(base_url=f"{server}/v1", api_key=KEYS[0], max_retries=0, timeout=120)
-        messages = _conversation(page_png())
+        messages = conversation(page_png())
         whole = await client.chat.completions.create(model="tiny", messages=messages, max_tokens=24)
         stream = await client.chat.completions.create(model="tiny", messages=messages, max_tokens=24, stream=True,
                                                       stream_options={"include_usage": True})
@@ -297,7 +254,7 @@ def test_streaming_equals_non_streaming_with_usage_and_done(server):
     finals = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
     assert finals == [whole.choices[0].finish_reason]
     assert chunks[-1].choices == [] and chunks[-1].usage.model_dump() == whole.usage.model_dump()
-    body = {"model": "tiny", "messages": _conversation(page_png()), "max_tokens": 4, "stream": True}
+    body = {"model": "tiny", "messages": conversation(page_png()), "max_tokens": 4, "stream": True}
     with requests.post(f"{server}/v1/chat/completions", json=body, headers=AUTH, stream=True, timeout=120) as raw:
         assert raw.status_code == 200 and raw.headers["content-type"].startswith("text/event-stream")
         events = [line for line in raw.iter_lines(decode_unicode=True) if line]
@@ -308,8 +265,8 @@ def test_streaming_equals_non_streaming_with_usage_and_done(server):
 def test_keys_401_and_healthz_open(serve_process):
     import openai
 
-    server, _, log_path, _ = serve_process
-    messages = _conversation(page_png())
+    server, _, log_path, *_ = serve_process
+    messages = conversation(page_png())
     for key in (KEYS[0], KEYS[1]):  # both keys of a rotation work
         client = openai.OpenAI(base_url=f"{server}/v1", api_key=key, max_retries=0, timeout=120)
         assert client.chat.completions.create(model="tiny", messages=messages, max_tokens=2).choices
@@ -342,7 +299,7 @@ def test_errors_in_openai_shape_and_not_an_ecg_page(server):
     resp = diagnose(server, [("chart.png", chart.getvalue())])
     assert resp.status_code == 422 and "not an ECG page" in resp.json()["error"]["message"], resp.text
     body = {"model": "tiny", "messages": [{"role": "user", "content": [
-        {"type": "image_url", "image_url": {"url": _image_url(chart.getvalue())}}]}]}
+        {"type": "image_url", "image_url": {"url": image_url(chart.getvalue())}}]}]}
     resp = requests.post(f"{server}/v1/chat/completions", json=body, headers=AUTH, timeout=60)
     assert resp.status_code == 422 and "not an ECG page" in resp.json()["error"]["message"]
 
@@ -360,7 +317,7 @@ def test_concurrent_good_and_bad_requests_mixed(server):
            (good, {"messages": [{"role": "assistant", "content": "x"}]}), (bad_key, {"stream": True})]
 
     async def one(client, extra, stream):
-        kw = {"model": "tiny", "messages": _conversation(png), "max_tokens": 6, **extra}
+        kw = {"model": "tiny", "messages": conversation(png), "max_tokens": 6, **extra}
         try:
             if kw.pop("stream", stream):
                 return 200, "".join([c.choices[0].delta.content or "" async for c in
@@ -381,8 +338,8 @@ def test_concurrent_good_and_bad_requests_mixed(server):
 
 
 def test_a_client_that_disconnects_stops_its_generation(serve_process):
-    server, _, log_path, _ = serve_process
-    body = {"model": "tiny", "messages": _conversation(page_png()), "max_tokens": 1024, "stream": True}
+    server, _, log_path, *_ = serve_process
+    body = {"model": "tiny", "messages": conversation(page_png()), "max_tokens": 1024, "stream": True}
     rid = "disconnect-test-1"
     with requests.post(f"{server}/v1/chat/completions", json=body, stream=True, timeout=120,
                        headers={**AUTH, "x-request-id": rid}) as resp:
@@ -397,8 +354,51 @@ def test_a_client_that_disconnects_stops_its_generation(serve_process):
     assert f"request {rid} POST /v1/chat/completions 200" in log_path.read_text()
 
 
+def test_the_readme_serving_examples_run_as_written(serve_process, tmp_path, monkeypatch):
+    """The Python and curl client examples of the serving pages the README links to, read from the pages and run as
+    written against this server, in a folder holding the files they open. Only the address they name moves to this
+    server's port, and docs/serving.md's placeholder key ("unused") becomes a key; docs/serving-clients.md's key
+    ("new-key", with ECGVLM_API_KEY="old-key,new-key") is this server's own. curl sends the key from a .curlrc."""
+    from serving_support import run_curl_examples, run_python_examples, write_example_inputs
+
+    write_example_inputs(tmp_path)
+    monkeypatch.chdir(tmp_path)  # the examples open ecg.png, page.png, ... from the current folder
+    python = run_python_examples(serve_process[0], KEYS[1])
+    assert len(python) >= 3 and all(printed.strip() for _, printed in python), python
+    assert any("include_usage" in block and "completion_tokens=" in printed for block, printed in python)
+    curl = run_curl_examples(serve_process[0], KEYS[1], tmp_path)
+    assert len(curl) >= 4, curl  # an image, a CSV, a WFDB pair, an HDF5 exam
+    for line, out in curl:
+        answer = json.loads(out)
+        assert answer["model"] == "tiny" and set(answer["labels"]) <= set(CODE15.labels), (line, answer)
+
+
+def test_our_prometheus_metrics_are_scraped(serve_process):
+    """Ray's metrics agent (``--metrics-port``) exports ours: requests by route and status, tokens generated, time to
+    first token and queue time, each counting the requests this test sends."""
+    from serving_support import scrape, total
+
+    server, metrics_url = serve_process[0], serve_process[4]
+    chat = {"model": "tiny", "messages": conversation(page_png()), "max_tokens": 4}
+    assert requests.post(f"{server}/v1/chat/completions", json=chat, headers=AUTH, timeout=120).status_code == 200
+    assert requests.post(f"{server}/v1/chat/completions", json=chat, timeout=60).status_code == 401  # no key
+    assert diagnose(server, [("ecg.png", page_png())]).status_code == 200
+    wanted = [("ray_ecgvlm_requests_total", {"route": "/v1/chat/completions", "status": "200"}),
+              ("ray_ecgvlm_requests_total", {"route": "/v1/chat/completions", "status": "401"}),
+              ("ray_ecgvlm_requests_total", {"route": "/v1/diagnose", "status": "200"}),
+              ("ray_ecgvlm_tokens_generated_total", {}),
+              ("ray_ecgvlm_time_to_first_token_seconds_count", {"route": "/v1/chat/completions"}),
+              ("ray_ecgvlm_queue_seconds_count", {"method": "chat"}),
+              ("ray_ecgvlm_queue_seconds_count", {"method": "diagnose"})]
+    start = time.perf_counter()
+    samples = scrape(metrics_url, lambda s: all(total(s, name, **labels) > 0 for name, labels in wanted))
+    missing = [(name, labels) for name, labels in wanted if not total(samples, name, **labels) > 0]
+    ours = sorted({name for name, _ in samples if "ecgvlm" in name})
+    assert not missing, f"after {time.perf_counter() - start:.1f} s, missing {missing}; ecgvlm samples: {ours}"
+
+
 def test_ctrl_c_stops_the_server(serve_process):
-    url, proc, log_path, _ = serve_process
+    url, proc, log_path, *_ = serve_process
     proc.send_signal(signal.SIGINT)  # Ctrl-C to the CLI process alone
     assert proc.wait(timeout=90) == 0, log_path.read_text()[-3000:]
     assert "shutting down" in log_path.read_text()
