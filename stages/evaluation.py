@@ -159,16 +159,19 @@ def build_dataset(cfg, done):
         ds = ds.map_batches(shards.keep_rows, fn_kwargs={"done": done, "tasks": tasks}, batch_format="pyarrow")
     if cfg.limit:
         ds = ds.limit(cfg.limit)
+    gate = {}
+    if cfg.page_gate != "off":
+        from ecg.pagegate import gate_rows
+
+        # in the read tasks (CPU, ~30 ms a page), beside the model, not in its actor; before the repartition, whose
+        # blocks then reach the actors as without the gate (gate tasks after it finish out of order, and a short
+        # block that overtakes a full one shares its actor call)
+        ds = ds.map_batches(gate_rows, fn_kwargs={"threshold": cfg.page_threshold}, batch_format="pyarrow",
+                            batch_size=None)
+        gate = {"reject": cfg.page_gate == "reject", "threshold": cfg.page_threshold}
     # One block per predictor batch: an actor task's output reaches the driver (and a shard) per batch,
     # not per input file, so progress is live and a killed run loses at most the rows in flight.
     ds = ds.repartition(target_num_rows_per_block=cfg.batch_size)
-    gate = {}
-    if cfg.page_gate != "off":  # Ray Data tasks beside the model (CPU, ~30 ms a page), not inside its actor
-        from ecg.pagegate import gate_rows
-
-        ds = ds.map_batches(gate_rows, fn_kwargs={"threshold": cfg.page_threshold}, batch_format="pyarrow",
-                            batch_size=None, num_cpus=0.25)
-        gate = {"reject": cfg.page_gate == "reject", "threshold": cfg.page_threshold}
     budgets = tasks_budgets(cfg)
     if endpoint_name(cfg.model):
         # one actor: it holds the endpoint's concurrency and rate limits; its threads wait on the network
