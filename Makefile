@@ -37,13 +37,8 @@ REAL_ECGS ?= .cache/real-ecgs
 real-ecgs: install
 	$(BIN)/python tests/real_ecgs.py $(REAL_ECGS)
 
-# Two test files at a time (pytest-xdist, a file stays on one worker): most of a test is waiting on Ray, Serve and
-# subprocess start-up, which leaves a core idle. The two tests that run `ray start` go last, alone: while such a
-# cluster is up, a plain ray.init() elsewhere would join it instead of starting its own.
-SOLO_TESTS := tests/test_job_submit.py tests/test_deploy_slurm.py
 test: install real-ecgs
-	ECGVLM_REAL_ECGS=$(REAL_ECGS) $(BIN)/python -m pytest -q -n 2 --dist loadfile $(SOLO_TESTS:%=--ignore=%) tests
-	ECGVLM_REAL_ECGS=$(REAL_ECGS) $(BIN)/python -m pytest -q $(SOLO_TESTS)
+	ECGVLM_REAL_ECGS=$(REAL_ECGS) $(BIN)/python -m pytest -q tests
 
 docs: install
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict

@@ -72,7 +72,7 @@ class EvaluateConfig(EndpointSettings):
                                 "CODE-15 (in-process models, --engine hf)")
     max_new_tokens: str | None = Field(None, description="per-task budgets over --decoding, e.g. code15=64,ecgqa=128")
     page_gate: Literal["flag", "reject", "off"] = Field(
-        "flag", description="the ECG page check on every image (ecg.pagegate, ~30 ms a page beside the model): flag = "
+        "flag", description="the ECG page check on every image (trace and grid structure, ~30 ms a page beside the model): flag = "
                             "predict every row and record its page_score / is_page; reject = a row that is not an ECG "
                             "page is not predicted, but recorded as an error 'not an ECG page'; off")
     page_threshold: float = Field(0.6, ge=0, le=1, description="page score at or above which an image is an ECG page")

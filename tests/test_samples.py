@@ -235,7 +235,7 @@ def _predictions(ids, error=None) -> pa.Table:
     return pa.table({"id": ids, "task": ["code15"] * n, "question": ["q"] * n, "answer": ["SB"] * n,
                      "prediction": ["" if error else "SB"] * n, "label_scores": [None] * n, "model": ["m"] * n,
                      "error": [error] * n, "latency_ms": [1.0] * n, "prompt_tokens": [79] * n,
-                     "truncated": [False] * n},
+                     "truncated": [False] * n, "page_score": [0.9] * n, "is_page": [True] * n},
                     schema=PREDICTION_SCHEMA)
 
 
