@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import time
 
+from ecg.pagegate import THRESHOLD
 from vlm.remote import endpoint_name
 
 
@@ -68,7 +69,7 @@ class EndpointActor:
 _UNSENT = {"requests": 0, "retries": 0, "cache_hit": False, "sent_prompt_tokens": 0, "sent_completion_tokens": 0}
 
 
-def predict_gated(predict, batch, *, model: str, reject: bool = False, threshold: float = 0.6):
+def predict_gated(predict, batch, *, model: str, reject: bool = False, threshold: float = THRESHOLD):
     """``predict(batch)`` (sample rows -> prediction rows, in order) with the page gate's ``page_score`` and
     ``is_page`` (``ecg.pagegate.gate_rows``, run as the stage before) carried onto the prediction rows; a batch
     without them (the gate off) is predicted as it is. ``reject``: a row that is not an ECG page is not predicted:
