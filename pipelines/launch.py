@@ -243,18 +243,20 @@ def cluster_nodes() -> list[dict]:
 
 
 def cpu_shares(workers: int, per_worker: float | None, encode: float | None, *, total: float | None,
-               headroom: float = 0.9) -> dict:
+               reserve: float = 0.3) -> dict:
     """CPU shares of training's workers and encode actor: the given ones, else 1 per worker and 0.5 to encode,
-    scaled down so that both fit in ``headroom`` of ``total`` CPUs (a local Ray; None: a cluster, not scaled).
+    scaled down so that both fit in ``total`` CPUs less ``reserve`` (a local Ray; None: a cluster, not scaled).
+    The reserve is room for a Ray Data read task (0.25 CPU, ``stages.ingest``): streamed ingest reads shards while
+    the workers train, and without that room the read waits for a CPU forever.
 
-    Example: ``cpu_shares(2, None, None, total=2)`` -> ``{"cpus_per_worker": 0.72, "encode_cpus": 0.36,
-    "scaled": True}`` (2 x 0.72 + 0.36 = 1.8 of 2 cores; the rest for Ray Data's read tasks).
+    Example: ``cpu_shares(2, None, None, total=2)`` -> ``{"cpus_per_worker": 0.68, "encode_cpus": 0.34,
+    "scaled": True}`` (2 x 0.68 + 0.34 = 1.7 of 2 cores; 0.3 left for the reads).
     """
     worker, enc = per_worker or 1.0, encode or 0.5
     need = workers * worker + enc
     scale = 1.0
-    if total and (per_worker is None or encode is None) and need > headroom * total:
-        scale = headroom * total / need
+    if total and (per_worker is None or encode is None) and need > total - reserve:
+        scale = max(total - reserve, 0.1) / need
     return {"cpus_per_worker": per_worker or round(worker * scale, 3), "encode_cpus": encode or round(enc * scale, 3),
             "scaled": scale < 1.0}
 

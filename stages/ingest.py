@@ -34,6 +34,7 @@ class Encode:
 
 
 COLUMNS = ["id", "task", "image", "question", "answer", "meta"]
+READ_CPUS = 0.25  # a shard read's CPU share (pipelines.launch.cpu_shares leaves room for one beside the workers)
 
 
 def _read(cfg, split: str):
@@ -49,7 +50,7 @@ def _read(cfg, split: str):
         return None, 0
     n_rows = shards.parquet_dataset(uri).count_rows()  # Parquet footers only
     ds = ray.data.from_items([{"path": f} for f in files], override_num_blocks=len(files))
-    ds = ds.map_batches(shards.file_batches, fn_kwargs={"columns": COLUMNS}, batch_size=1, num_cpus=0.25)
+    ds = ds.map_batches(shards.file_batches, fn_kwargs={"columns": COLUMNS}, batch_size=1, num_cpus=READ_CPUS)
     if cfg.train_rows and split == "train":
         ds, n_rows = ds.limit(cfg.train_rows), min(n_rows, cfg.train_rows)
     return ds, n_rows

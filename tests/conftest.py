@@ -125,8 +125,9 @@ def one_torch_thread():
 
 
 class PlasmaPeak:
-    """Samples this Ray cluster's object store twice a second in a thread (Ray's memory summary, addressed to
-    the cluster's GCS, whatever other clusters run on the machine): the peak use in MiB and whether it spilled.
+    """Samples this process's Ray cluster's object store twice a second in a thread (Ray's memory summary, addressed
+    to the cluster's GCS, whatever other clusters run on the machine): the peak use in MiB and whether it spilled.
+    The cluster may start inside the block (a job that starts its own local Ray): sampling begins once it is up.
 
     Example: ``with PlasmaPeak() as store: run_job()`` then ``store.peak_mib``, ``store.spilled``, ``store.samples``.
     """
@@ -134,9 +135,7 @@ class PlasmaPeak:
     def __enter__(self):
         import threading
 
-        import ray
-
-        self.address = ray.get_runtime_context().gcs_address
+        self.address = None
         self.peak_mib, self.samples, self.spilled_mib = 0, 0, 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -156,8 +155,14 @@ class PlasmaPeak:
 
         from ray._private.internal_api import memory_summary
 
+        import ray
+
         while not self._stop.wait(0.5):
             try:
+                if self.address is None:
+                    if not ray.is_initialized():
+                        continue
+                    self.address = ray.get_runtime_context().gcs_address
                 text = memory_summary(address=self.address, stats_only=True)
             except Exception:  # noqa: BLE001 - a sample lost while the cluster is busy
                 continue

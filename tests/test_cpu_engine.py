@@ -106,5 +106,8 @@ def test_two_training_workers_fit_a_two_core_local_ray_by_default():
     shares = cpu_shares(2, cfg.cpus_per_worker, cfg.encode_cpus, total=2)
     fitted = cfg.model_copy(update={k: shares[k] for k in ("cpus_per_worker", "encode_cpus")})
     assert shares["scaled"] and fits(fitted.bundles(), local_nodes(2)) == (True, "")
+    from stages.ingest import READ_CPUS  # streamed ingest reads shards while the workers train: room for a read
+
+    assert 2 - 2 * shares["cpus_per_worker"] - shares["encode_cpus"] >= READ_CPUS
     assert cpu_shares(2, 1.0, 0.5, total=2)["cpus_per_worker"] == 1.0  # what the user set is kept
     assert not cpu_shares(2, None, None, total=None)["scaled"]  # a cluster: the defaults, not scaled

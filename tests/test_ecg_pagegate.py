@@ -30,6 +30,8 @@ def ecg_pages(n=6):
         out[f"photographed-{i}"] = photo(render.render(rec, augment=True, seed=100 + i), np.random.default_rng(i))
         out[f"jpeg-blur-{i}"] = Image.open(io.BytesIO(render.to_bytes(render.render(rec).filter(ImageFilter.GaussianBlur(1.2)), "JPEG", 40)))
         out[f"matplotlib-{i}"] = mpl_ecg(rec, i)
+    for k, rec in enumerate(synth.generate(12, seed=2)):  # the synthetic source's clean pages, low voltage among them
+        out[f"default-gen-{k}"] = render.render(rec)
     return out
 
 def photo(page, rng):

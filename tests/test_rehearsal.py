@@ -4,7 +4,11 @@ of width 64), with every artefact on a real S3 server (moto):
 
     ECGInstruct-format JSON (list images, multi-turn, three tasks, a record whose image path leaves the root)
     -> ecgvlm prepare --source ecginstruct -> LoRA with the shipped cluster config on 2 Ray Train workers,
-    streamed -> export -> evaluate -> serve (/v1/diagnose) -> score.
+    streamed, checkpointed -> export (LoRA merged) -> evaluate (predictions, metrics, report) -> serve
+    (/v1/diagnose) -> score (the same F1 as the report's metrics).
+
+Credentials and the S3 endpoint reach every process (the driver, Ray Data tasks, Ray Train workers, predictor
+actors, Serve replicas) through the ordinary AWS variables.
 
 Training streams (``--cache stream``): each epoch re-encodes the 17-tile rows (~13 MiB each) in a CPU actor that
 loads the processor only. The bound on the object store is shown by tests/test_train_streaming.py, where rows
@@ -32,6 +36,14 @@ CODE15_Q = ("<image>\nPlease identify all the diagnoses that fit this ECG from t
 ECGQA_Q = ("<image>\nDoes this ECG show symptoms of non-diagnostic t abnormalities? Options: yes, no, not sure. "
            "Only answer based on the given Options without any explanation.")
 REPORT_Q = "<image>\nWrite a report of this 12-lead ECG, describing rhythm, axis, intervals and morphology."
+
+
+def _keys(endpoint: str, prefix: str) -> list[str]:
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=endpoint)
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket="ecg", Prefix=prefix)
+    return [o["Key"] for page in pages for o in page.get("Contents", [])]
 
 
 def _turns(*texts):
@@ -82,9 +94,15 @@ def test_ecginstruct_to_served_diagnosis_on_the_real_processor(cluster, smolvlm_
 
     start = time.perf_counter()
     data, run, out = "s3://ecg/instruct", "s3://ecg/runs/rehearsal", "s3://ecg/eval/rehearsal"
+    stages = []  # (stage, seconds since the start): printed at the end, to see where the rehearsal's time goes
+
+    def lap(name):
+        stages.append((name, time.perf_counter() - start))
+
     path = make_instruct(tmp_path / "ECGInstruct")
     # the README's command, with a val share that leaves this small file a few val rows
     assert prepare.main(["--source", "ecginstruct", "--path", path, "--out", data, "--split", "train=0.8,val=0.2"]) == 0
+    lap("prepare")
     manifest = json.loads(storage.read_text(f"{data}/_manifest.json"))
     assert manifest["rows"] == 24 + 8 and manifest["failed"] == 1  # 8 MIMIC records have a second turn
     assert [f["id"] for f in manifest["failures"]] == ["climb"]
@@ -99,7 +117,12 @@ def test_ecginstruct_to_served_diagnosis_on_the_real_processor(cluster, smolvlm_
                        "--grad-accum", "2", "--max-steps", "4", "--epochs", "null", "--checkpoint-every", "4",
                        "--validate-every", "4", "--val-rows", "4", "--log-every", "1",
                        "--gradient-checkpointing", "true"]) == 0
+    lap("train")
     summary = json.loads(storage.read_text(f"{run}/train_summary.json"))
+    run_keys = _keys(cluster, "runs/rehearsal/")
+    assert any("/checkpoints/" in k for k in run_keys), run_keys[:20]
+    export_files = {k.rsplit("/", 1)[-1] for k in run_keys if k.startswith("runs/rehearsal/export/")}
+    assert {"config.json", "model.safetensors", "ecgvlm.json"} <= export_files, export_files  # LoRA merged
     assert summary["step"] == 4 and summary["workers"] == 2 and summary["ingest"] == "stream"
     assert summary["images"]["splitting"] is True and summary["failed_rows"] == 0
     losses = [loss for _, loss, _ in summary["losses"]]
@@ -113,12 +136,15 @@ def test_ecginstruct_to_served_diagnosis_on_the_real_processor(cluster, smolvlm_
 
     # the README's evaluation command: the export's image contract is used without being asked for
     assert evaluate.main(["--model", export, "--data", data, "--split", "val", "--out", out, "--batch-size", "2"]) == 0
+    lap("evaluate")
     run_info = json.loads(storage.read_text(f"{out}/run.json"))
     assert run_info["images"]["splitting"] is True and "as trained" in run_info["images"]["from"]
     fs, pred_path = storage.resolve(f"{out}/predictions")
     predictions = pq.ParquetDataset(pred_path, filesystem=fs).read().to_pandas()
     val = pq.ParquetDataset(storage.resolve(f"{data}/val")[1], filesystem=fs).read().to_pandas()
     assert sorted(predictions["id"]) == sorted(val["id"]) and predictions["error"].isna().all()
+    metrics = json.loads(storage.read_text(f"{out}/metrics.json"))
+    assert {"report.md", "report.html"} <= {k.rsplit("/", 1)[-1] for k in _keys(cluster, "eval/rehearsal/")}
     import io
 
     from PIL import Image
@@ -163,10 +189,13 @@ def test_ecginstruct_to_served_diagnosis_on_the_real_processor(cluster, smolvlm_
     finally:
         serve.shutdown()
 
+    lap("serve")
     capsys.readouterr()
     assert score.main(["--task", "code15", "--references", f"{data}/val", "--predictions", f"{out}/predictions",
                        "--json"]) == 0
     scored = json.loads(capsys.readouterr().out)
-    assert scored["n"] == int((val["task"] == "code15").sum())
+    assert scored["n"] == int((val["task"] == "code15").sum()) == metrics["code15"]["n"]
+    assert scored["f1"] == metrics["code15"]["f1"]
     with capsys.disabled():
-        print(f"\nrehearsal wall time {time.perf_counter() - start:.0f} s")
+        lap("score")
+        print("\nrehearsal wall time " + ", ".join(f"{name} {t:.0f} s" for name, t in stages))

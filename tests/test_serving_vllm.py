@@ -57,14 +57,14 @@ def diagnose(url: str, png: bytes):
     return requests.post(f"{url}/v1/diagnose", files={"file": ("ecg.png", png, "image/png")}, timeout=600)
 
 
-def test_health_says_vllm_and_continuous_batching(server):
+def test_health_says_vllm_and_continuous_batching(server, smolvlm_dir):
     import requests
 
     info = requests.get(f"{server}/healthz", timeout=30).json()
     assert info["status"] == "ok" and info["engine"] == "vllm" and info["batching"] == "continuous"
     assert info["label_scoring"] == "prompt log-probabilities"
     models = requests.get(f"{server}/v1/models", timeout=30).json()
-    assert models["data"][0]["id"].startswith("random:")
+    assert models["data"][0]["id"] == smolvlm_dir.name  # the short served id of random:<folder>
 
 
 def test_concurrent_diagnoses_are_all_answered_with_label_scores(server):

@@ -1,6 +1,7 @@
 """``ecgvlm train`` through its real CLI on real Ray Train: one worker (interrupted after its first checkpoint,
-rerun resumes at that step, exports a model that vlm loads and that generates), two DDP workers on gloo
-with the default CPU shares (loss falls), and every shipped training YAML parses. Real tiny model, real Parquet shards, real Ray."""
+rerun resumes at that step, exports a model that vlm loads and that generates), and every shipped training YAML
+parses. Real tiny model, real Parquet shards, real Ray. Two DDP workers with the default CPU shares on a 2-CPU
+laptop: tests/test_train_streaming.py."""
 
 from __future__ import annotations
 
@@ -43,23 +44,6 @@ def _argv(shards: str, out: Path, *extra: str) -> list[str]:
 
 def _summary(out: Path) -> dict:
     return json.loads((out / "train_summary.json").read_text())
-
-
-def test_two_workers_with_defaults_fit_two_cpus_and_ddp_loss_falls(shards, tmp_path, capsys):
-    """``--num-workers 2`` with the default CPU shares on a 2-CPU local Ray (2 x 1 + 0.5 would not fit): the shares
-    are scaled down and said so, and two DDP workers on gloo train. First in the module: it starts its own local Ray,
-    as a user's command does, and shuts it down before the module's cluster starts."""
-    out = tmp_path / "ddp"
-    argv = _argv(shards, out, "--max-steps", "4", "--checkpoint-every", "4", "--num-workers", "2", "--ray-cpus", "2",
-                 "--batch-size", "3")
-    assert train.main(argv) == 0
-    assert "scaled to fit the local Ray" in capsys.readouterr().out
-    done = _summary(out)
-    assert done["workers"] == 2 and done["step"] == 4
-    assert done["samples"] == 4 * 3 * 2  # every step consumed one micro-batch on each worker
-    losses = [loss for _, loss, _ in done["losses"]]
-    assert losses[-1] < losses[0]
-    assert os.path.isdir(out / "export")
 
 
 def test_one_worker_resumes_after_interruption_and_exports(ray_cluster, shards, tmp_path, monkeypatch):
