@@ -129,6 +129,8 @@ def run(cfg: TrainConfig) -> dict:
 
     store = int(cfg.object_store_gb * 2**30) if cfg.object_store_gb else None
     local = not ray.is_initialized() and not os.environ.get("RAY_ADDRESS")
+    if local:  # the controller polls its workers every 2 s by default: whole seconds of a short laptop fit
+        os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")  # read by the Ray this job starts
     cpus = launch.cpu_shares(cfg.num_workers, cfg.cpus_per_worker, cfg.encode_cpus,
                              total=(cfg.ray_cpus or os.cpu_count() or 1) if local else None)  # fmt: skip
     if (cpus["cpus_per_worker"], cpus["encode_cpus"]) != (cfg.cpus_per_worker, cfg.encode_cpus):
