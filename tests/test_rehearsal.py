@@ -50,9 +50,13 @@ def _turns(*texts):
     return [{"from": "human" if k % 2 == 0 else "gpt", "value": t} for k, t in enumerate(texts)]
 
 
-def make_instruct(root, n: int = 24) -> str:
+def make_instruct(root, n: int = 15) -> str:
     """``n`` records of three tasks (code15, ecgqa, free-text MIMIC reports with a follow-up turn), the images
-    as lists as ECGInstruct has them, plus one record whose image path climbs out of the dataset root."""
+    as lists as ECGInstruct has them, plus one record whose image path climbs out of the dataset root.
+
+    15 records: 20 rows, of which the val share of ``prepare`` holds 4 (one of each task, and a follow-up turn) and
+    train 16, the 4 steps of 4 rows that the rehearsal trains: each 17-tile row costs seconds to encode and predict.
+    """
     from ecg.render import render, to_bytes
     from ecg.synth import generate
     from ecgtasks import CODE15
@@ -104,10 +108,13 @@ def test_ecginstruct_to_served_diagnosis_on_the_real_processor(cluster, smolvlm_
     assert prepare.main(["--source", "ecginstruct", "--path", path, "--out", data, "--split", "train=0.8,val=0.2"]) == 0
     lap("prepare")
     manifest = json.loads(storage.read_text(f"{data}/_manifest.json"))
-    assert manifest["rows"] == 24 + 8 and manifest["failed"] == 1  # 8 MIMIC records have a second turn
+    assert manifest["rows"] == 15 + 5 and manifest["failed"] == 1  # 5 MIMIC records have a second turn
     assert [f["id"] for f in manifest["failures"]] == ["climb"]
     tasks = {t: sum(per.values()) for t, per in manifest["counts"]["tasks"].items()}
-    assert tasks == {"code15": 8, "ecgqa": 8, "freetext": 16}
+    assert tasks == {"code15": 5, "ecgqa": 5, "freetext": 10}
+    assert manifest["counts"]["splits"] == {"train": 16, "val": 4}
+    assert {t: per.get("val") for t, per in manifest["counts"]["tasks"].items()} == {"code15": 1, "ecgqa": 1,
+                                                                                     "freetext": 2}
 
     # the README's training command (the shipped 4-GPU LoRA config), on this machine's CPUs and the scaled model
     assert train.main(["--config", str(REPO / "configs/train-ecginstruct-lora-cluster.yaml"),
