@@ -24,17 +24,21 @@ REPO = Path(__file__).resolve().parents[1]
 EXAMPLE_URL = "http://127.0.0.1:8000"  # the address every example names: moved to the test server's
 
 
-def start_serve(folder: Path, flags: list[str], env: dict) -> tuple[str, str, subprocess.Popen, Path]:
+def start_serve(folder: Path, flags: list[str], env: dict, *, sigint_ignored: bool = False,
+                ) -> tuple[str, str, subprocess.Popen, Path]:
     """``ecgvlm serve FLAGS`` (the real CLI) on a free 127.0.0.1 port with Prometheus metrics on another, in a
     session of its own (killing the group ends everything it started), its output in ``folder/serve.log``:
-    ``(base URL, metrics URL, process, log path)``."""
+    ``(base URL, metrics URL, process, log path)``. ``sigint_ignored``: start it as a shell starts a background job
+    (``ecgvlm serve &``), with SIGINT ignored, so that Python installs no KeyboardInterrupt of its own."""
     from conftest import free_port
 
     port, metrics_port, log_path = free_port(), free_port(), folder / "serve.log"
     cmd = [sys.executable, "-m", "pipelines.cli", "serve", *flags, "--host", "127.0.0.1", "--port", str(port),
            "--metrics-port", str(metrics_port)]
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+        ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored else None
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env,
+                                preexec_fn=ignore)
     return f"http://127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}/metrics", proc, log_path
 
 

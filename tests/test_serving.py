@@ -40,8 +40,8 @@ MAX_UPLOAD = 2_000_000  # bytes: small, so the oversized-upload test sends littl
 def serve_process(tmp_path_factory):
     """``ecgvlm serve`` (the real CLI: local Ray with 2 CPUs, Serve on a free 127.0.0.1 port) with the tiny model
     exported as ``ecgvlm train`` writes it (``<tmp>/tiny/export``: served as "tiny"), batching on, one predictor
-    replica, a 2 MB upload cap and Prometheus metrics on a free port; yields (base URL, process, log path, signal
-    uploads, metrics URL)."""
+    replica, a 2 MB upload cap and Prometheus metrics on a free port, started as a background job (SIGINT ignored);
+    yields (base URL, process, log path, signal uploads, metrics URL)."""
     import yaml
 
     import vlm
@@ -57,7 +57,7 @@ def serve_process(tmp_path_factory):
     env = {**os.environ, "ECGVLM_API_KEY": ",".join(KEYS), "ECGVLM_VERBOSE": "1",  # its request log lines, read below
            "RAY_metrics_report_interval_ms": "1000"}  # metrics reach the scrape in about a second (default: 10)
     url, metrics_url, proc, log_path = start_serve(tmp, ["--config", str(tmp / "serve.yaml"), "--model", str(export),
-                                                         "--max-replicas", "1"], env)
+                                                         "--max-replicas", "1"], env, sigint_ignored=True)
     try:
         uploads = signal_uploads(tmp)  # built while the server comes up
         wait_healthy(url, proc, log_path)
@@ -399,7 +399,7 @@ def test_our_prometheus_metrics_are_scraped(serve_process):
 
 def test_ctrl_c_stops_the_server(serve_process):
     url, proc, log_path, *_ = serve_process
-    proc.send_signal(signal.SIGINT)  # Ctrl-C to the CLI process alone
+    proc.send_signal(signal.SIGINT)  # Ctrl-C (kill -INT) to the CLI process alone, started as a background job
     assert proc.wait(timeout=90) == 0, log_path.read_text()[-3000:]
     assert "shutting down" in log_path.read_text()
     with pytest.raises(requests.ConnectionError):
