@@ -104,11 +104,11 @@ def main(argv: list[str] | None = None) -> int:
     metrics = {"_metrics_export_port": job.metrics_port} if job.metrics_port else {}
     local = launch.start(job.bundles(), what="ecgvlm serve", num_cpus=job.num_cpus, **metrics,
                          hint="app.predictor num_cpus / num_gpus / min_replicas, app.ingress (or --num-cpus)")
-    # after ray.init, which installs its own handler: SIGTERM (a process manager) stops as cleanly as Ctrl-C, and
-    # SIGINT is set explicitly: a process started in the background by a shell inherits SIGINT ignored, and Python
-    # then installs no KeyboardInterrupt for it (kill -INT would do nothing)
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    # after ray.init, which installs its own handler: SIGTERM (a process manager) stops as cleanly as Ctrl-C. Ctrl-C
+    # gets Python's own KeyboardInterrupt back explicitly: a process a shell starts in the background inherits SIGINT
+    # ignored, and Python then installs none (kill -INT would do nothing)
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         quiet = None if os.environ.get("ECGVLM_VERBOSE") else {"log_level": "WARNING"}  # no INFO / access lines
         serve.start(http_options={"host": job.host, "port": job.port}, logging_config=quiet)
