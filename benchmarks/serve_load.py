@@ -264,7 +264,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         # both apps stay up and the measured windows alternate, so a change in the machine's load (other
-        # processes) hits both modes alike; one predictor replica each, so the ratio measures batching alone
+        # processes) hits both modes alike; one predictor replica each, so the ratio measures batching alone.
+        # Deployed in one call: the replicas start (imports, model load) side by side, not one after the other
+        targets = []
         for mode in urls:
             # all apps share the 2 CPUs: fractional shares that fit (one torch thread per replica alike)
             share = {"num_cpus": round(1.5 / len(modes), 2), "min_replicas": 1, "max_replicas": 1}
@@ -275,7 +277,8 @@ def main(argv: list[str] | None = None) -> int:
             if mode == "vllm":  # one engine, its running batch as large as the HF batch
                 cfg.update(engine="vllm", dtype="bfloat16", vllm={"max_num_seqs": args.max_batch_size,
                                                                    "engine_kwargs": {"enforce_eager": True}})
-            serve.run(build_app(cfg), name=f"ecgvlm-{mode}", route_prefix=f"/{mode}")
+            targets.append(serve.RunTarget(build_app(cfg), name=f"ecgvlm-{mode}", route_prefix=f"/{mode}"))
+        serve.run_many(targets)
         for mode, url in urls.items():
             wait_healthy(url)
             drive(url, args.clients, args.warmup, files, fields)
