@@ -43,8 +43,7 @@ def make_rows(folder: str, n: int) -> None:
 
 
 def start_server(log_path: str) -> tuple[subprocess.Popen, str]:
-    import requests
-
+    """``ecgvlm serve --model tiny`` on a free port, started and not waited for: ``(process, its URL)``."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -52,19 +51,25 @@ def start_server(log_path: str) -> tuple[subprocess.Popen, str]:
            str(port), "--max-replicas", "1"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=open(log_path, "w"), stderr=subprocess.STDOUT,
                             start_new_session=True)
-    url, deadline = f"http://127.0.0.1:{port}", time.time() + 300
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def wait_server(proc: subprocess.Popen, url: str, log_path: str) -> str:
+    """The server's OpenAI API base once its /healthz answers."""
+    import requests
+
+    deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         try:
             if requests.get(f"{url}/healthz", timeout=5).status_code == 200:
-                return proc, f"{url}/v1"
+                return f"{url}/v1"
         except requests.RequestException:
             time.sleep(0.5)
-    stop_server(proc)
     raise RuntimeError(f"ecgvlm serve did not come up; see {log_path}")
 
 
 def stop_server(proc: subprocess.Popen) -> None:
-    proc.send_signal(signal.SIGINT)
+    """Wait for the server to end after its SIGINT (Ctrl-C); its whole group is killed after 60 s."""
     try:
         proc.wait(timeout=60)
     except subprocess.TimeoutExpired:
@@ -102,18 +107,21 @@ def main(argv=None) -> int:
     from pipelines.evaluate import EvaluateConfig
 
     with tempfile.TemporaryDirectory(prefix="ecgvlm-bench-") as folder:
-        make_rows(folder, args.rows)
-        proc, api = start_server(os.path.join(folder, "serve.log"))
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-        ray.data.DataContext.get_current().enable_progress_bars = False
-        try:
+        log = os.path.join(folder, "serve.log")
+        proc, url = start_server(log)
+        try:  # the rows and this side's Ray start while the server comes up (start-up that neither path times)
+            make_rows(folder, args.rows)
+            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+            ray.data.DataContext.get_current().enable_progress_bars = False
+            api = wait_server(proc, url, log)
             common = {"data": folder, "out": folder, "batch_size": args.batch_size, "decoding": "fast"}
             local = timed(EvaluateConfig(model="tiny", threads=1, **common))
             endpoint = {"model": "openai:tiny", "api_base": api, "concurrency": args.concurrency,
                         "cache": os.path.join(folder, "cache"), **common}
             remote = timed(EvaluateConfig(**endpoint))
             rerun = timed(EvaluateConfig(**endpoint))
-        finally:
+        finally:  # both stop side by side: the server's Ray while this one shuts down
+            proc.send_signal(signal.SIGINT)
             ray.shutdown()
             stop_server(proc)
     for name, r in (("in-process tiny", local), ("endpoint (ecgvlm serve)", remote), ("endpoint, rerun", rerun)):
