@@ -26,7 +26,7 @@ SMALLEST = {
     "evaluate.py": (["--models", "tiny", "--rows", "8", "--batch-size", "4"], "ratio"),
     "train.py": (["--rows", "16", "--steps", "3", "--warm", "1", "--batch", "4", "--workers", "1"], "vs plain"),
     "endpoint.py": (["--rows", "8", "--batch-size", "4", "--concurrency", "2"], "ratio endpoint / in-process"),
-    "serve_load.py": (["--clients", "2", "--seconds", "2", "--rounds", "1", "--warmup", "1"], "on / off"),
+    "serve_load.py": (["--clients", "2", "--seconds", "1", "--rounds", "1", "--warmup", "1"], "on / off"),
     "sim2real.py": (["--smoke"], "pages/s"),
     "readers.py": (["--n", "2"], "ours/base"),  # the real exports of make real-ecgs ($ECGVLM_REAL_ECGS)
     "cpu_engines.py": (["--model", "tiny", "--variants", "hf-fp32", "--splitting", "off", "--rows", "1",
@@ -34,8 +34,8 @@ SMALLEST = {
 }
 
 # rough seconds of each smallest run on an idle 2-core machine: the longest start first, so the pool ends together
-COST = {"endpoint.py": 45, "train.py": 40, "serve_load.py": 35, "sim2real.py": 30, "evaluate.py": 25,
-        "gpu.sh": 30, "score.py": 20, "beam.py": 10, "synth.py": 8}
+COST = {"endpoint.py": 60, "train.py": 52, "evaluate.py": 38, "serve_load.py": 30, "sim2real.py": 30, "gpu.sh": 26,
+        "score.py": 21, "beam.py": 10, "cpu_engines.py": 9, "synth.py": 3, "render.py": 2}
 
 
 def test_every_benchmark_is_listed():
