@@ -21,7 +21,7 @@ import os
 import sys
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ecg import storage
 
@@ -51,6 +51,8 @@ class TrainConfig(BaseModel):
     lora_dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the LoRA input")
     lora_targets: str | list[str] = Field(TEXT_ATTENTION, description="modules with adapters (regex or names)")
     freeze_vision: bool = Field(True, description="keep the vision tower frozen (False trains it)")
+    patch_init: Literal["random", "pca"] = Field("random", description="a from-scratch model's patch filters: as "
+                                                 "built, or the whitened principal patches of the train pages")
     lr: float = Field(2e-4, gt=0, description="peak learning rate (AdamW)")
     betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay on matrices")
@@ -92,6 +94,14 @@ class TrainConfig(BaseModel):
     tracking: str = Field("local", description="experiment tracking: 'local' (MLflow file store ./mlruns, or "
                           "$MLFLOW_TRACKING_URI), 'none', or an MLflow tracking URI; the loss and each validation "
                           "are logged as they happen")
+
+    @model_validator(mode="after")
+    def _patch_init_from_scratch(self) -> "TrainConfig":
+        scratch = self.model == "tiny" or self.model.startswith(("tiny:", "random:"))
+        if self.patch_init == "pca" and not (scratch and self.finetune == "full" and not self.freeze_vision):
+            raise ValueError("patch_init: pca replaces the patch filters, so it is for a from-scratch model (tiny or "
+                             "random:PATH) with finetune: full and freeze_vision: false")
+        return self
 
     def bundles(self) -> list[dict]:
         """What must run at once: the workers and the encode actors (Ray Data's read tasks share their CPUs)."""

@@ -84,6 +84,32 @@ def _ingest(cfg, train, n_rows: int) -> dict:
     return {"mode": mode, "shuffle_rows": shuffle_rows, "row_mib": round(per_row / 2**20, 3)}
 
 
+PATCH_ROWS = 256  # train rows whose patches set the patch filters (patch_init: pca): ~50,000 patches of 32 px
+
+
+def patch_filters(cfg) -> dict:
+    """``{"weight", "bias", "stats"}`` (numpy) for ``patch_init: pca``: the whitened principal patches of the first
+    train rows (``vlm.patch_init.pca_filters``), worked out once here so every worker starts from the same ones.
+    The rows are read straight from the shards' first files (no Ray tasks to start and cancel); the model is built
+    on the driver only for its patch embedding's shape."""
+    from ecg import shards
+    from vlm import finetune as ft
+    from vlm.patch_init import patch_embedding, pca_filters
+    from vlm.training import Collator, encode_rows
+
+    loaded = ft.load_for_training(cfg.model, tiny=cfg.tiny or None, image_splitting=cfg.image_splitting,
+                                  longest_edge=cfg.longest_edge, config_overrides=cfg.config_overrides or None)
+    n = min(PATCH_ROWS, cfg.train_rows or PATCH_ROWS)
+    rows = shards.parquet_dataset(storage.join(cfg.data, "train")).head(n, columns=COLUMNS).to_pandas()
+    encoded = encode_rows(loaded, rows)
+    pixels = Collator.for_loaded(loaded)(encoded)["pixel_values"]
+    weight, bias, stats = pca_filters(pixels, tuple(patch_embedding(loaded.model).weight.shape))
+    print(f"train: patch filters from {stats['patches']:,} patches of {len(pixels)} train pages "
+          f"(the {stats['filters']} whitened principal ones keep {100 * stats['explained']:.0f}% of their variance)",
+          flush=True)
+    return {"weight": weight.numpy(), "bias": bias.numpy(), "stats": stats}
+
+
 def datasets_for(cfg):
     """``(datasets, n_train, ingest)``: the encoded train dataset (materialized or streamed) and the val rows."""
     import ray
@@ -92,6 +118,8 @@ def datasets_for(cfg):
     if n_train == 0:
         raise ValueError(f"{cfg.data}/train: no rows")
     ingest = _ingest(cfg, train, n_train)
+    if getattr(cfg, "patch_init", "random") == "pca":
+        ingest["patch_filters"] = patch_filters(cfg)
     # Encoding multiplies a row's bytes (a 400 KB page becomes 0.9 MiB at 896 px, 13 MiB as 17 tiles): with
     # Ray Data's usual blocks (up to 128 MiB of PNGs) one task would encode a whole file's rows at once, past any
     # small store before backpressure acts. Blocks of about one encoded row keep a few batches in flight.

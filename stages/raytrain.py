@@ -24,8 +24,10 @@ from ecg import storage
 EXTRA = ("n_train", "has_val", "ingest", "tracked")  # what fit adds to the job's config for its workers
 
 
-def _setup(cfg, rank: int):
-    """Model with its trainable parameters, DDP-wrapped and on the worker's device; optimizer; restored state."""
+def _setup(cfg, rank: int, patch_filters: dict | None = None):
+    """Model with its trainable parameters, DDP-wrapped and on the worker's device; optimizer; restored state.
+    ``patch_filters`` (``stages.ingest.patch_filters``) replace the built patch embedding's (a checkpoint, when there
+    is one, then restores the trained weights over them)."""
     import ray.train
     import ray.train.torch
 
@@ -38,6 +40,10 @@ def _setup(cfg, rank: int):
     model = ft.configure_trainable(loaded.model, mode=cfg.finetune, lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha,
                                    lora_dropout=cfg.lora_dropout, lora_targets=cfg.lora_targets,
                                    freeze_vision=cfg.freeze_vision)
+    if patch_filters is not None:
+        from vlm.patch_init import set_patch_filters
+
+        set_patch_filters(model, patch_filters["weight"], patch_filters["bias"])
     if cfg.gradient_checkpointing if cfg.gradient_checkpointing is not None else cfg.use_gpu:
         ft.enable_gradient_checkpointing(model)
     model = ray.train.torch.prepare_model(model)  # DDP when world > 1; moves to the worker's device
@@ -114,7 +120,7 @@ def run_worker(cfg, c: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(cfg.threads_per_worker or max(1, (os.cpu_count() or 1) // world))
     torch.manual_seed(cfg.seed + rank)
-    loaded, model, opt, state = _setup(cfg, rank)
+    loaded, model, opt, state = _setup(cfg, rank, c["ingest"].get("patch_filters"))
     per_step = cfg.batch_size * cfg.grad_accum * world
     max_steps = cfg.max_steps or max(1, math.ceil((cfg.epochs or 1.0) * n_train / per_step))
     if rank == 0 and state.step == 0:
@@ -148,7 +154,8 @@ def run_worker(cfg, c: dict) -> None:
                # rows that failed to encode in one pass over the data, over all workers (each is named on stderr)
                "failed_rows": int(ft._reduce(max((c.failed for c in collators.values()), default=0), "sum")),
                "train_rows": n_train, "images": loaded.images.to_dict(), "ingest": c["ingest"]["mode"],
-               "ingest_row_mib": c["ingest"]["row_mib"], "peak_rss_mib": _peak_rss_mib()}
+               "ingest_row_mib": c["ingest"]["row_mib"], "peak_rss_mib": _peak_rss_mib(),
+               "patch_init": (c["ingest"].get("patch_filters") or {}).get("stats")}
     if not state.interrupted:
         if not state.validations or state.validations[-1]["step"] != state.step:
             ft.run_validation(model, state, hooks)  # every rank calls; rank 0 computes

@@ -49,7 +49,7 @@ def _summary(out: Path) -> dict:
 def test_one_worker_resumes_after_interruption_and_exports(ray_cluster, shards, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a relative --out, as users type it: workers run elsewhere and must not lose it
     out = tmp_path / "run"
-    argv = _argv(shards, Path("run"), "--max-steps", "6", "--checkpoint-every", "3")
+    argv = _argv(shards, Path("run"), "--max-steps", "6", "--checkpoint-every", "3", "--patch-init", "pca")
     assert train.main(argv + ["--stop-after-steps", "3", "--tracking", "none"]) == 0  # "crashes" after a checkpoint
     first = _summary(out)
     assert first["interrupted"] and first["step"] == 3 and "export" not in first
@@ -59,6 +59,9 @@ def test_one_worker_resumes_after_interruption_and_exports(ray_cluster, shards, 
     assert train.main(argv + ["--tracking", store]) == 0  # the same command again, tracked in MLflow
     done = _summary(out)
     assert done["start_step"] == 3 and done["step"] == 6 and not done["interrupted"]
+    # the patch filters came from the 24 train pages (tiny: 96 filters of 16 x 16 px gray patches)
+    assert done["patch_init"]["filters"] == 96 and done["patch_init"]["gray"]
+    assert done["patch_init"]["patches"] == 24 * 14 * 14 and 0 < done["patch_init"]["explained"] <= 1
     losses = [loss for _, loss, _ in done["losses"]]  # steps 1-3 from the first run (restored), 4-6 from this one
     assert [s for s, _, _ in done["losses"]] == [1, 2, 3, 4, 5, 6]
     assert sum(losses[-2:]) / 2 < sum(losses[:2]) / 2
