@@ -91,6 +91,22 @@ def test_prepare_image_whitens_grid_and_keeps_traces(tiny):
     assert prepared.getpixel((0, 0))[0] == prepared.getpixel((0, 0))[2]  # gray copied to RGB
 
 
+def test_flat_field_turns_the_table_around_a_photographed_page_white():
+    """A phone photo or scan (ecg.pages' photo preset) lies on a darker table: flat-fielded, the table and the
+    paper's edge turn white like the paper, and the traces stay as dark as on the clean page of the same record."""
+    from ecg.pages import draw, recipe
+    from vlm.load import ImagePrep
+
+    prep = ImagePrep(kind="ecg_gray", size=448, white_fraction=0.7, flatten=True)
+    frame = np.zeros((448, 448), bool)
+    frame[:37], frame[-37:], frame[:, :37], frame[:, -37:] = True, True, True, True  # the outer 1/12: no traces
+    for i, record in enumerate(generate(6, seed=5)):
+        photo = np.asarray(prep(draw(record, recipe("photo", 100 + i))).convert("L")) < 128  # dark pixels
+        clean = np.asarray(prep(draw(record, recipe("clean", 0))).convert("L")) < 128
+        assert photo[frame].mean() < 0.05, (i, photo[frame].mean())  # a dark band along the edge was 0.03-0.21
+        assert photo[~frame].mean() > 0.7 * clean[~frame].mean(), (i, photo[~frame].mean(), clean[~frame].mean())
+
+
 def test_generate_batched_on_the_random_tiny_model(tiny):
     predictor = vlm.Predictor.from_loaded(tiny)
     pages = [render(r) for r in generate(2, seed=1)]

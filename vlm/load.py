@@ -49,13 +49,12 @@ class ImagePrep:
         gray = image.convert("L").resize((self.size, self.size), Image.Resampling.BILINEAR, reducing_gap=2.0)
         level = np.asarray(gray, dtype=np.float32)  # (size, size), 0 = black ink .. 255 = white paper
         if self.flatten:
-            # Flat-field: the paper's own level around each pixel (a max filter wider than a trace, smoothed)
-            # divides out shadows, uneven light and tinted paper, so a phone photo stretches like a scan.
-            # The paper level varies slowly: max-pool 4 x 4 blocks (a block is never all ink), widen, smooth, upsample.
-            k = self.size // 4
-            pooled = level[:4 * k, :4 * k].reshape(k, 4, k, 4).max(axis=(1, 3))  # (k, k)
-            paper = Image.fromarray(pooled.astype(np.uint8), mode="L").filter(ImageFilter.MaxFilter(3)).filter(
-                ImageFilter.BoxBlur(1)).resize(gray.size, Image.Resampling.BILINEAR)
+            # Flat-field: divide each pixel by the paper's own level around it, so shadows, uneven light and tinted
+            # paper stretch like a scan. The paper level is a grey closing (a max filter wider than a trace, then a
+            # min filter as wide): traces and grid lines vanish from it, while a wide dark region (the table around a
+            # photographed page) keeps its own level and so turns white instead of leaving a dark band at the edge.
+            k = max(3, (self.size // 64) | 1)  # 7 px at 448: wider than a trace, narrower than a lead's row
+            paper = gray.filter(ImageFilter.MaxFilter(k)).filter(ImageFilter.MinFilter(k)).filter(ImageFilter.BoxBlur(2))
             level = 255.0 * level / np.maximum(np.asarray(paper, dtype=np.float32), 1.0)
         lo = float(np.percentile(level, 1))  # darkest trace ink
         background = float(np.percentile(level, 50))  # most of a page is paper
