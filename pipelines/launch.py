@@ -69,10 +69,13 @@ def quiet_ray() -> dict:
 
 
 # A line of Ray's C++ core ("[2026-12-06 03:40:43,291 E 13483 13483] core_worker.cc:2465: ..."), alone or as a
-# worker's line forwarded to the driver ("(TrainController pid=28431) [...] ..."), colour codes included; and the
-# raylet's "Task ServeController.graceful_shutdown failed" that every clean Serve shutdown prints.
+# worker's line forwarded to the driver ("(TrainController pid=28431) [...] ..."), colour codes included; the
+# raylet's "Task ServeController.graceful_shutdown failed" that every clean Serve shutdown prints; and Ray Train's
+# placement-group cleaner, which asks the State API (served by the dashboard, which a local Ray here runs without)
+# whether the controller lives, every second of a run, and warns each time it cannot.
 _CORE_LINE = re.compile(rb"^(\x1b\[\d+m)?(\([^)]*\))?(\x1b\[0m)? ?(\[\d{4}-\d\d-\d\d [\d:,]+ [IWE] \d+ \d+\] \S+:\d+: "
-                        rb"|Task \S+\.graceful_shutdown failed)")  # Serve's controller, killed at shutdown as meant
+                        rb"|Task \S+\.graceful_shutdown failed"  # Serve's controller, killed at shutdown as meant
+                        rb"|Failed to query Ray Train Controller actor state\. State API may be temporarily unavailable)")
 
 
 def _quiet_core_lines() -> None:

@@ -94,7 +94,9 @@ def test_evaluate_help_puts_model_first_and_endpoint_flags_last(capsys):
 def test_ray_core_lines_are_recognised():
     core = [b"[2026-12-06 03:40:43,291 E 13483 13483] core_worker.cc:2465: Actor with class name: 'MapWorker'",
             b"\x1b[36m(TrainController pid=28431)\x1b[0m [2026-12-06 03:46:24,932 E 28431 28578] core_worker.cc:2465: ",
-            b"\x1b[33m(raylet)\x1b[0m Task ServeController.graceful_shutdown failed. There are infinite retries"]
+            b"\x1b[33m(raylet)\x1b[0m Task ServeController.graceful_shutdown failed. There are infinite retries",
+            b"\x1b[36m(PlacementGroupCleaner pid=7722)\x1b[0m Failed to query Ray Train Controller actor state. State "
+            b"API may be temporarily unavailable. Continuing to monitor."]
     ours = [b"evaluate: 4 rows to predict", b"Traceback (most recent call last):",
             b"(RayTrainWorker pid=28791) step 100 loss 1.7301 lr 6.98e-05",
             b"[2026-12-06 03:40:43,291 F 13483 13483] core_worker.cc:1: a fatal error stays"]
