@@ -6,9 +6,9 @@ worker, and under Ray Train with two DDP workers (gloo), in one run; prints samp
     python benchmarks/train.py --smolvlm ../shared/models/SmolVLM-256M-Instruct --rows 8 --steps 4 --warm 1 --batch 2
 
 samples/s counts training steps only (after encoding, start-up and the first warm-up steps); the Ray rows also
-give the whole ``fit()`` wall time, start-up included (no MLflow run: ``--tracking none``, as the plain loop
-tracks nothing). Both cores of this machine are used in every setting: the plain process and the one Ray worker
-run 2 torch threads, the two Ray workers 1 each.
+give the whole ``fit()`` wall time, start-up included (as in the plain loop: no MLflow run, ``--tracking none``,
+and the patch filters as built, ``--patch-init random``). Both cores of this machine are used in every setting:
+the plain process and the one Ray worker run 2 torch threads, the two Ray workers 1 each.
 """
 
 from __future__ import annotations
@@ -79,6 +79,7 @@ def ray_train(cfg, data: str, out: str, steps: int, warm: int, workers: int) -> 
             *extra_args, "--use-gpu", "false", "--epochs", "null",
             "--num-workers", str(workers), "--batch-size", str(per_worker), "--val-rows", "0",
             "--checkpoint-every", str(10 * steps), "--max-minutes", "60", "--tracking", "none",
+            "--patch-init", "random",
             "--cpus-per-worker", "0.5", "--threads-per-worker", str(2 // workers)]
     t0 = time.perf_counter()
     train.main(argv)

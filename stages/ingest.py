@@ -58,8 +58,13 @@ def _read(cfg, split: str):
 
 def _ingest(cfg, train, n_rows: int) -> dict:
     """``{"mode": "memory" | "stream", "shuffle_rows": n}``: cache the encoded rows when their estimated size fits
-    the budget (a few rows are encoded here to measure it), and the workers' local shuffle buffer, in rows, sized
-    to an eighth of the object store (a buffer of 64 rows of 17-tile pages would hold 850 MiB). Printed."""
+    the budget (a few rows are encoded here to measure it), and how each epoch is shuffled. Printed.
+
+    Cached rows sit one per block, and every epoch reads the blocks in a new random order (:func:`datasets_for`), a
+    shuffle of the whole set that costs nothing per row; a local buffer of two batches (``shuffle_rows``) then
+    mixes neighbours. Streamed rows come in file order, so each worker shuffles them in a local buffer sized to an
+    eighth of the object store, up to 256 rows (a buffer of 64 rows of 17-tile pages would hold 850 MiB). (A 256-row
+    buffer over cached rows made one tiny-model worker 20-35% slower: ``benchmarks/train.py``.)"""
     import ray
 
     from vlm.load import load_processor
@@ -77,10 +82,15 @@ def _ingest(cfg, train, n_rows: int) -> dict:
            "streamed: Ray Data re-encodes the rows every epoch, nothing per-row is kept")
     # each worker's buffer: rows fetched from the object store and held there until shuffled into a batch
     shuffle_rows = int(min(256, store / 8 / max(1, cfg.num_workers) / max(per_row, 1.0)))
-    shuffle_rows = shuffle_rows if shuffle_rows > cfg.batch_size else 0  # 0: no local shuffle (files are mixed)
+    if mode == "memory":
+        shuffle_rows = 2 * cfg.batch_size
+    elif shuffle_rows <= cfg.batch_size:
+        shuffle_rows = 0  # no local shuffle: files are mixed
+    order = (f"a new random order every epoch, then a local shuffle buffer of {shuffle_rows} rows"
+             if mode == "memory" else f"local shuffle buffer {shuffle_rows} rows per worker")
     print(f"train ingest: {n_rows} rows x ~{per_row / 2**20:.2f} MiB encoded = ~{total / 2**30:.2f} GiB; "
           f"cache budget {budget / 2**30:.2f} GiB (object store {store / 2**30:.2f} GiB, cache={cfg.cache}): {how}; "
-          f"local shuffle buffer {shuffle_rows} rows per worker", flush=True)
+          f"{order}", flush=True)
     return {"mode": mode, "shuffle_rows": shuffle_rows, "row_mib": round(per_row / 2**20, 3)}
 
 
@@ -110,6 +120,16 @@ def patch_filters(cfg) -> dict:
     return {"weight": weight.numpy(), "bias": bias.numpy(), "stats": stats}
 
 
+def _new_order_each_epoch(ds, seed: int):
+    """``ds`` read in a new random block order at every execution (every epoch the workers start), from ``seed``
+    and the execution's index, so a rerun sees the same orders. (A Ray without ``RandomSeedConfig``: unseeded.)"""
+    try:
+        from ray.data import RandomSeedConfig
+    except ImportError:  # Ray before 2.50
+        return ds.randomize_block_order()
+    return ds.randomize_block_order(seed=RandomSeedConfig(seed=seed, reseed_after_execution=True))
+
+
 def datasets_for(cfg):
     """``(datasets, n_train, ingest)``: the encoded train dataset (materialized or streamed) and the val rows."""
     import ray
@@ -122,15 +142,18 @@ def datasets_for(cfg):
         ingest["patch_filters"] = patch_filters(cfg)
     # Encoding multiplies a row's bytes (a 400 KB page becomes 0.9 MiB at 896 px, 13 MiB as 17 tiles): with
     # Ray Data's usual blocks (up to 128 MiB of PNGs) one task would encode a whole file's rows at once, past any
-    # small store before backpressure acts. Blocks of about one encoded row keep a few batches in flight.
-    per_block = max(1, min(cfg.batch_size, 16))
-    train.context.target_max_block_size = int(max(2**20, ingest["row_mib"] * 2**20))
+    # small store before backpressure acts. Blocks of about one encoded row keep a few batches in flight. Cached rows
+    # are encoded one per block exactly, so that each epoch's random block order is a shuffle of the rows.
+    per_block = 1 if ingest["mode"] == "memory" else max(1, min(cfg.batch_size, 16))
+    row_bytes = ingest["row_mib"] * 2**20
+    train.context.target_max_block_size = int(row_bytes if ingest["mode"] == "memory" else max(2**20, row_bytes))
     encoded = train.map_batches(
         Encode, fn_constructor_kwargs={"model": cfg.model, "tiny": cfg.tiny, "image_splitting": cfg.image_splitting,
                                        "longest_edge": cfg.longest_edge},
         batch_size=per_block, batch_format="pandas", num_cpus=cfg.encode_cpus,
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=cfg.encode_actors))
-    datasets = {"train": encoded.materialize() if ingest["mode"] == "memory" else encoded}
+    datasets = {"train": _new_order_each_epoch(encoded.materialize(), cfg.seed) if ingest["mode"] == "memory"
+                else encoded}
     val, n_val = _read(cfg, "val") if cfg.val_rows else (None, 0)
     if n_val:
         datasets["val"] = val.limit(cfg.val_rows).materialize()

@@ -109,6 +109,29 @@ def test_a_failed_job_ends_its_mlflow_run_as_failed(ray_cluster, shards, tmp_pat
     assert run.info.status == "FAILED" and run.data.params["max_steps"] == "2"  # the config, logged at the start
 
 
+def test_cached_rows_come_in_a_new_order_every_epoch(ray_cluster, shards, tmp_path):
+    """The encoded rows are cached one per block and every epoch reads the blocks in a new random order, then
+    through a small local shuffle buffer, as the workers iterate them: every epoch holds every row once, in its own
+    order."""
+    import hashlib
+
+    from stages.ingest import datasets_for
+
+    cfg = train.parse_config(_argv(shards, tmp_path / "run", "--max-steps", "1"))
+    datasets, n_train, ingest = datasets_for(cfg)
+    assert (n_train, ingest["mode"], ingest["shuffle_rows"]) == (24, "memory", 2 * cfg.batch_size)
+    it = datasets["train"].streaming_split(1)[0]  # what a Ray Train worker iterates, one pass per epoch
+    passes = []
+    for epoch in range(3):  # the worker's own arguments (stages.raytrain.run_worker)
+        batches = it.iter_batches(batch_size=cfg.batch_size, batch_format="numpy",
+                                  local_shuffle_buffer_size=ingest["shuffle_rows"],
+                                  local_shuffle_seed=cfg.seed + 1000 * epoch)
+        passes.append([hashlib.sha1(pixels.tobytes() + labels.tobytes()).hexdigest()
+                       for batch in batches for pixels, labels in zip(batch["pixels"], batch["labels"])])
+    assert all(sorted(p) == sorted(passes[0]) and len(set(p)) == 24 for p in passes)  # every row once an epoch
+    assert len({tuple(p) for p in passes}) == 3, "every epoch in its own order"
+
+
 @pytest.mark.parametrize("path", sorted((REPO / "configs").glob("t*.yaml")), ids=lambda p: p.name)
 def test_shipped_configs_parse(path):
     assert path.read_text().startswith("#")  # the first line is the command that runs it
