@@ -97,10 +97,10 @@ class TrainConfig(BaseModel):
 
     @model_validator(mode="after")
     def _patch_init_from_scratch(self) -> "TrainConfig":
-        scratch = self.model == "tiny" or self.model.startswith(("tiny:", "random:"))
+        scratch = self.model == "tiny" or self.model.startswith("random:")  # SmolVLM's vision tower, from scratch
         if self.patch_init == "pca" and not (scratch and self.finetune == "full" and not self.freeze_vision):
-            raise ValueError("patch_init: pca replaces the patch filters, so it is for a from-scratch model (tiny or "
-                             "random:PATH) with finetune: full and freeze_vision: false")
+            raise ValueError("patch_init: pca replaces the patch filters, so it is for a from-scratch model of the "
+                             "SmolVLM architecture (tiny or random:PATH) with finetune: full and freeze_vision: false")
         return self
 
     def bundles(self) -> list[dict]:

@@ -63,6 +63,7 @@ def test_only_a_from_scratch_full_run_replaces_its_patch_filters(tmp_path):
                      patch_init="pca")
     assert ok.patch_init == "pca"
     for bad in ({"model": "tiny", "finetune": "lora"}, {"model": "HuggingFaceTB/SmolVLM-256M-Instruct",
-                                                        "finetune": "full", "freeze_vision": False}):
+                                                        "finetune": "full", "freeze_vision": False},
+                {"model": "tiny:qwen2_vl", "finetune": "full", "freeze_vision": False}):  # no Idefics3 patch conv
         with pytest.raises(ValueError, match="from-scratch model"):
             TrainConfig(data=str(tmp_path), out=str(tmp_path), patch_init="pca", **bad)

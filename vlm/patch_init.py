@@ -23,7 +23,8 @@ def patch_embedding(model) -> torch.nn.Conv2d:
     for name, module in model.named_modules():
         if name.endswith("vision_model.embeddings.patch_embedding") and isinstance(module, torch.nn.Conv2d):
             return module
-    raise ValueError("whiten_patch_embedding: the model has no vision_model.embeddings.patch_embedding Conv2d")
+    raise ValueError("patch filters: the model has no vision_model.embeddings.patch_embedding Conv2d (a SmolVLM / "
+                     "Idefics3 vision tower)")
 
 
 @torch.no_grad()
