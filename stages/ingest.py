@@ -80,12 +80,11 @@ def _ingest(cfg, train, n_rows: int) -> dict:
     mode = cfg.cache if cfg.cache != "auto" else ("memory" if total <= budget else "stream")
     how = ("materialized once, every epoch reads the cache" if mode == "memory" else
            "streamed: Ray Data re-encodes the rows every epoch, nothing per-row is kept")
-    # each worker's buffer: rows fetched from the object store and held there until shuffled into a batch
-    shuffle_rows = int(min(256, store / 8 / max(1, cfg.num_workers) / max(per_row, 1.0)))
     if mode == "memory":
         shuffle_rows = 2 * cfg.batch_size
-    elif shuffle_rows <= cfg.batch_size:
-        shuffle_rows = 0  # no local shuffle: files are mixed
+    else:  # each worker's buffer: rows fetched from the object store and held there until shuffled into a batch
+        shuffle_rows = int(min(256, store / 8 / max(1, cfg.num_workers) / max(per_row, 1.0)))
+        shuffle_rows = shuffle_rows if shuffle_rows > cfg.batch_size else 0  # 0: no local shuffle (files are mixed)
     order = (f"a new random order every epoch, then a local shuffle buffer of {shuffle_rows} rows"
              if mode == "memory" else f"local shuffle buffer {shuffle_rows} rows per worker")
     print(f"train ingest: {n_rows} rows x ~{per_row / 2**20:.2f} MiB encoded = ~{total / 2**30:.2f} GiB; "
