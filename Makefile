@@ -38,7 +38,7 @@ real-ecgs: install
 	$(BIN)/python tests/real_ecgs.py $(REAL_ECGS)
 
 test: install real-ecgs
-	ECGVLM_REAL_ECGS=$(REAL_ECGS) $(BIN)/python -m pytest -q --durations=15 tests
+	ECGVLM_REAL_ECGS=$(REAL_ECGS) $(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=15 tests
 
 docs: install
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict

@@ -74,9 +74,25 @@ def _uses_ray_cluster(items) -> set[str]:
     return {_module(item) for item in items if "ray_cluster" in getattr(item, "fixturenames", ())}
 
 
+# ``make test`` runs the suite on two pytest-xdist workers, a module at a time (``-n 2 --dist loadfile
+# --no-loadscope-reorder``): about a third of a serial run leaves a core idle (interpreter starts and imports are
+# single-threaded). Modules go out longest first, so the two workers end together: seconds of each long module,
+# measured serially on an idle 2-core machine; a module not named here takes a few seconds.
+MODULE_SECONDS = {"test_benchmarks.py": 180, "test_rehearsal.py": 123, "test_train_streaming.py": 73,
+                  "test_docs.py": 71, "test_evaluate.py": 53, "test_train.py": 49, "test_job_submit.py": 45,
+                  "test_serving.py": 40, "test_deploy_slurm.py": 27, "test_arena_judge.py": 24,
+                  "test_endpoint_faults.py": 17, "test_ecg_pagegate.py": 15, "test_vlm_families.py": 13}
+XDIST = bool(os.environ.get("PYTEST_XDIST_WORKER"))
+
+
 def pytest_collection_modifyitems(session, config, items):
-    """The modules that use ``ray_cluster`` run back to back, where the first of them stands (the others keep their
-    order), so that one Ray cluster serves them all: a start and a shutdown cost about 6 s on 2 cores."""
+    """On xdist workers: modules longest first (the order the workers take them in). In one process: the modules
+    that use ``ray_cluster`` run back to back, where the first of them stands (the others keep their order), so that
+    one Ray cluster serves them all: a start and a shutdown cost about 6 s on 2 cores."""
+    if XDIST:
+        order = {m: k for k, m in enumerate(dict.fromkeys(_module(item) for item in items))}
+        items.sort(key=lambda item: (-MODULE_SECONDS.get(Path(_module(item)).name, 1), order[_module(item)]))
+        return
     ray_modules = _uses_ray_cluster(items)
     if not ray_modules:
         return
@@ -90,6 +106,8 @@ _RAY_AFTER: dict[str, bool] = {}  # module -> whether the module run after it us
 
 
 def pytest_collection_finish(session):
+    if XDIST:  # a worker's next module is not known in advance: each module's Ray stops with it
+        return
     ray_modules = _uses_ray_cluster(session.items)
     order = list(dict.fromkeys(_module(item) for item in session.items))
     _RAY_AFTER.update({m: nxt in ray_modules for m, nxt in zip(order, order[1:] + [None])})
@@ -97,9 +115,9 @@ def pytest_collection_finish(session):
 
 @pytest.fixture(scope="module")
 def ray_cluster(request):
-    """A local Ray cluster: 2 CPUs, no dashboard. Shared by the modules that ask for it (they run back to back);
-    shut down after the last of them. A module that needs a Ray of its own shuts down any Ray first; the next
-    module that asks for this one starts it again."""
+    """A local Ray cluster: 2 CPUs, no dashboard. In one process, shared by the modules that ask for it (they run
+    back to back) and shut down after the last of them; on an xdist worker, shut down with its module. A module
+    that needs a Ray of its own shuts down any Ray first; the next module that asks for this one starts it again."""
     import ray
 
     if not ray.is_initialized():
