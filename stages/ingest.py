@@ -60,11 +60,10 @@ def _ingest(cfg, train, n_rows: int) -> dict:
     """``{"mode": "memory" | "stream", "shuffle_rows": n}``: cache the encoded rows when their estimated size fits
     the budget (a few rows are encoded here to measure it), and how each epoch is shuffled. Printed.
 
-    Cached rows sit one per block, and every epoch reads the blocks in a new random order (:func:`datasets_for`), a
-    shuffle of the whole set that costs nothing per row; a local buffer of two batches (``shuffle_rows``) then
-    mixes neighbours. Streamed rows come in file order, so each worker shuffles them in a local buffer sized to an
-    eighth of the object store, up to 256 rows (a buffer of 64 rows of 17-tile pages would hold 850 MiB). (A 256-row
-    buffer over cached rows made one tiny-model worker 20-35% slower: ``benchmarks/train.py``.)"""
+    Cached rows are encoded once, before training, and each worker keeps its share in its own memory after the first
+    pass (:class:`EpochBatches`): every epoch is a new permutation of the rows, at no cost per row. Streamed rows
+    come in file order, so each worker shuffles them in a local buffer sized to an eighth of the object store, up to
+    256 rows (a buffer of 64 rows of 17-tile pages would hold 850 MiB)."""
     import ray
 
     from vlm.load import load_processor
@@ -81,12 +80,12 @@ def _ingest(cfg, train, n_rows: int) -> dict:
     how = ("materialized once, every epoch reads the cache" if mode == "memory" else
            "streamed: Ray Data re-encodes the rows every epoch, nothing per-row is kept")
     if mode == "memory":
-        shuffle_rows = 2 * cfg.batch_size
+        shuffle_rows = 0  # a permutation of the worker's rows every epoch
     else:  # each worker's buffer: rows fetched from the object store and held there until shuffled into a batch
         shuffle_rows = int(min(256, store / 8 / max(1, cfg.num_workers) / max(per_row, 1.0)))
         shuffle_rows = shuffle_rows if shuffle_rows > cfg.batch_size else 0  # 0: no local shuffle (files are mixed)
-    order = (f"a new random order every epoch, then a local shuffle buffer of {shuffle_rows} rows"
-             if mode == "memory" else f"local shuffle buffer {shuffle_rows} rows per worker")
+    order = ("each worker keeps its rows after the first pass and permutes them every epoch" if mode == "memory"
+             else f"local shuffle buffer {shuffle_rows} rows per worker")
     print(f"train ingest: {n_rows} rows x ~{per_row / 2**20:.2f} MiB encoded = ~{total / 2**30:.2f} GiB; "
           f"cache budget {budget / 2**30:.2f} GiB (object store {store / 2**30:.2f} GiB, cache={cfg.cache}): {how}; "
           f"{order}", flush=True)
@@ -119,16 +118,6 @@ def patch_filters(cfg) -> dict:
     return {"weight": weight.numpy(), "bias": bias.numpy(), "stats": stats}
 
 
-def _new_order_each_epoch(ds, seed: int):
-    """``ds`` read in a new random block order at every execution (every epoch the workers start), from ``seed``
-    and the execution's index, so a rerun sees the same orders. (A Ray without ``RandomSeedConfig``: unseeded.)"""
-    try:
-        from ray.data import RandomSeedConfig
-    except ImportError:  # Ray before 2.50
-        return ds.randomize_block_order()
-    return ds.randomize_block_order(seed=RandomSeedConfig(seed=seed, reseed_after_execution=True))
-
-
 def datasets_for(cfg):
     """``(datasets, n_train, ingest)``: the encoded train dataset (materialized or streamed) and the val rows."""
     import ray
@@ -141,19 +130,68 @@ def datasets_for(cfg):
         ingest["patch_filters"] = patch_filters(cfg)
     # Encoding multiplies a row's bytes (a 400 KB page becomes 0.9 MiB at 896 px, 13 MiB as 17 tiles): with
     # Ray Data's usual blocks (up to 128 MiB of PNGs) one task would encode a whole file's rows at once, past any
-    # small store before backpressure acts. Blocks of about one encoded row keep a few batches in flight. Cached rows
-    # are encoded one per block exactly, so that each epoch's random block order is a shuffle of the rows.
-    per_block = 1 if ingest["mode"] == "memory" else max(1, min(cfg.batch_size, 16))
+    # small store before backpressure acts. Streamed rows go in blocks of about one encoded row, so a few batches are
+    # in flight. Cached rows are encoded before training starts, in blocks of a batch, by as many actors as the
+    # cluster's CPUs hold (one per 8 blocks at most): nothing else runs yet.
+    memory = ingest["mode"] == "memory"
+    per_block = cfg.batch_size if memory else max(1, min(cfg.batch_size, 16))
     row_bytes = ingest["row_mib"] * 2**20
-    train.context.target_max_block_size = int(row_bytes if ingest["mode"] == "memory" else max(2**20, row_bytes))
+    train.context.target_max_block_size = int(max(2**20, row_bytes * (per_block if memory else 1)))
+    encode_cpus = cfg.encode_cpus or 0.5
+    actors = cfg.encode_actors
+    if memory:
+        room = int((ray.cluster_resources().get("CPU", 1.0) - READ_CPUS) // encode_cpus)
+        actors = max(actors, min(room, -(-n_train // (8 * per_block))))
     encoded = train.map_batches(
         Encode, fn_constructor_kwargs={"model": cfg.model, "tiny": cfg.tiny, "image_splitting": cfg.image_splitting,
                                        "longest_edge": cfg.longest_edge},
         batch_size=per_block, batch_format="pandas", num_cpus=cfg.encode_cpus,
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=cfg.encode_actors))
-    datasets = {"train": _new_order_each_epoch(encoded.materialize(), cfg.seed) if ingest["mode"] == "memory"
-                else encoded}
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors))
+    datasets = {"train": encoded.materialize() if memory else encoded}
+    ingest["encode_actors"] = actors
     val, n_val = _read(cfg, "val") if cfg.val_rows else (None, 0)
     if n_val:
         datasets["val"] = val.limit(cfg.val_rows).materialize()
     return datasets, n_train, ingest
+
+
+class EpochBatches:
+    """What one Ray Train worker iterates each epoch: ``EpochBatches(shard, ingest, ...)(epoch, collate)`` -> batches.
+
+    Cached rows (``ingest["mode"] == "memory"``): the first call reads the worker's share of the encoded rows once
+    and keeps it; every epoch is then a permutation of those rows from ``seed``, ``epoch`` and ``rank`` (a rerun
+    sees the same orders), through ``vlm.training.iter_cached``. Streamed rows: Ray Data's batches of the epoch,
+    through a local shuffle buffer of ``ingest["shuffle_rows"]``. Batches are whole (``batch_size``); a row that
+    failed to encode is counted and skipped by ``collate``.
+    """
+
+    def __init__(self, shard, ingest: dict, *, batch_size: int, seed: int, rank: int):
+        self.shard, self.ingest, self.batch_size, self.seed, self.rank = shard, ingest, batch_size, seed, rank
+        self.rows: dict | None = None
+
+    def _cached(self) -> dict:
+        import numpy as np
+
+        if self.rows is None:
+            columns: dict[str, list] = {}
+            for batch in self.shard.iter_batches(batch_size=None, batch_format="numpy"):
+                for key, values in batch.items():
+                    columns.setdefault(key, []).extend(values)
+            self.rows = {}
+            for key, values in columns.items():  # one object per row, as vlm.training.encode_rows gives them
+                column = np.empty(len(values), dtype=object)
+                for i, value in enumerate(values):
+                    column[i] = value
+                self.rows[key] = column
+        return self.rows
+
+    def __call__(self, epoch: int, collate):
+        from vlm.training import iter_cached
+
+        seed = self.seed + 1000 * epoch + self.rank
+        if self.ingest["mode"] == "memory":
+            return iter_cached(self._cached(), batch_size=self.batch_size, seed=seed, collate=collate)
+        shuffle = self.ingest["shuffle_rows"] or None
+        return self.shard.iter_torch_batches(batch_size=self.batch_size, collate_fn=collate, drop_last=True,
+                                             local_shuffle_buffer_size=shuffle,
+                                             local_shuffle_seed=seed if shuffle else None)

@@ -20,6 +20,7 @@ import os
 import tempfile
 
 from ecg import storage
+from stages.ingest import EpochBatches
 
 EXTRA = ("n_train", "has_val", "ingest", "tracked")  # what fit adds to the job's config for its workers
 
@@ -127,15 +128,12 @@ def run_worker(cfg, c: dict) -> None:
         trainable, total = ft.count_parameters(model)
         print(f"training {cfg.model} ({cfg.finetune}): {trainable:,} of {total:,} parameters, {world} worker(s), "
               f"{n_train} rows, {per_step} rows/step, up to {max_steps} steps / {cfg.max_minutes} min", flush=True)
-    shard = ray.train.get_dataset_shard("train")
+    epochs = EpochBatches(ray.train.get_dataset_shard("train"), c["ingest"], batch_size=cfg.batch_size,
+                          seed=cfg.seed, rank=rank)
     collators: dict[int, ft.Collator] = {}  # per epoch: rows that failed to encode, counted once per pass
 
     def batches(epoch: int):
-        collate = collators.setdefault(epoch, ft.Collator.for_loaded(loaded))
-        shuffle = c["ingest"]["shuffle_rows"] or None
-        return shard.iter_torch_batches(batch_size=cfg.batch_size, collate_fn=collate, drop_last=True,
-                                        local_shuffle_buffer_size=shuffle,
-                                        local_shuffle_seed=cfg.seed + 1000 * epoch + rank if shuffle else None)
+        return epochs(epoch, collators.setdefault(epoch, ft.Collator.for_loaded(loaded)))
 
     settings = ft.LoopSettings(
         max_steps=max_steps, max_minutes=cfg.max_minutes, lr=cfg.lr, warmup_fraction=cfg.warmup_fraction,

@@ -110,26 +110,35 @@ def test_a_failed_job_ends_its_mlflow_run_as_failed(ray_cluster, shards, tmp_pat
 
 
 def test_cached_rows_come_in_a_new_order_every_epoch(ray_cluster, shards, tmp_path):
-    """The encoded rows are cached one per block and every epoch reads the blocks in a new random order, then
-    through a small local shuffle buffer, as the workers iterate them: every epoch holds every row once, in its own
-    order."""
+    """Cached rows are read from the object store once, by the worker that trains on them, and every epoch is a new
+    permutation of them (what ``stages.raytrain.run_worker`` iterates): every epoch holds every row once, in whole
+    batches, in its own order, and a rerun with the same seed sees the same orders."""
     import hashlib
 
-    from stages.ingest import datasets_for
+    from stages.ingest import EpochBatches, datasets_for
+    from vlm.load import load_processor
+    from vlm.training import Collator
 
     cfg = train.parse_config(_argv(shards, tmp_path / "run", "--max-steps", "1"))
     datasets, n_train, ingest = datasets_for(cfg)
-    assert (n_train, ingest["mode"], ingest["shuffle_rows"]) == (24, "memory", 2 * cfg.batch_size)
-    it = datasets["train"].streaming_split(1)[0]  # what a Ray Train worker iterates, one pass per epoch
-    passes = []
-    for epoch in range(3):  # the worker's own arguments (stages.raytrain.run_worker)
-        batches = it.iter_batches(batch_size=cfg.batch_size, batch_format="numpy",
-                                  local_shuffle_buffer_size=ingest["shuffle_rows"],
-                                  local_shuffle_seed=cfg.seed + 1000 * epoch)
-        passes.append([hashlib.sha1(pixels.tobytes() + labels.tobytes()).hexdigest()
-                       for batch in batches for pixels, labels in zip(batch["pixels"], batch["labels"])])
-    assert all(sorted(p) == sorted(passes[0]) and len(set(p)) == 24 for p in passes)  # every row once an epoch
-    assert len({tuple(p) for p in passes}) == 3, "every epoch in its own order"
+    assert (n_train, ingest["mode"]) == (24, "memory")
+    collate = Collator.for_loaded(load_processor(cfg.model, tiny=cfg.tiny or None))
+
+    def passes() -> list[list[str]]:
+        shard = datasets["train"].streaming_split(1)[0]  # what a Ray Train worker iterates
+        epochs = EpochBatches(shard, ingest, batch_size=cfg.batch_size, seed=cfg.seed, rank=0)
+        out = []
+        for epoch in range(3):
+            batches = list(epochs(epoch, collate))
+            assert [len(b["labels"]) for b in batches] == [cfg.batch_size] * (24 // cfg.batch_size)
+            out.append([hashlib.sha1(pixels.numpy().tobytes() + labels[labels != -100].numpy().tobytes()).hexdigest()
+                        for b in batches for pixels, labels in zip(b["pixel_values"], b["labels"])])  # unpadded
+        return out
+
+    first = passes()
+    assert all(sorted(p) == sorted(first[0]) and len(set(p)) == 24 for p in first)  # every row once an epoch
+    assert len({tuple(p) for p in first}) == 3, "every epoch in its own order"
+    assert passes() == first, "the same seed, the same orders"
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "configs").glob("t*.yaml")), ids=lambda p: p.name)
