@@ -6,16 +6,18 @@
 
 The sets (each row of the table names its data):
 - synthetic held-out: the test split of the synthetic data the model was trained beside (ecg.synth).
-- real records, our pages: the labelled real 12-lead recordings of ``ecg/data/real_ecgs.csv`` (clinical exports
-  that PyPI packages ship: DICOM, GE MUSE, GE CardioSoft, Philips Sierra; read by ecg.clinical, found by
-  ecg.examples), drawn by ecg.pages in each preset (clean, varied, photo), ``--pages-per-record`` pages each.
+- real records, our pages: the labelled real 12-lead recordings of ``ecg/data/real_ecgs.csv`` that PyPI packages
+  ship (clinical exports in DICOM, GE MUSE, GE CardioSoft and Philips Sierra XML, read by ecg.clinical; CPSC 2018,
+  Chapman-Shaoxing and PTB-XL records in WFDB, read by ecg.challenge; found by ecg.examples), drawn by ecg.pages in
+  each preset (clean, varied, photo), ``--pages-per-record`` pages each.
 - real records, other software: the same recordings drawn by ecg_plot and pmecg in six layouts
   (benchmarks/other_pages.py).
 - pages other software drew: pmecg's own example pages of PTB-XL records 1-5, as its sdist ships them (six layouts
   a record), labelled from the measurements printed on them.
 Labels live in ``ecg/data/real_ecgs.csv`` with the device statements or printed measurements they come from.
 The real files come from ``make real-ecgs`` (``.cache/real-ecgs``). Scores: ECGBench protocol, code15, x100.
-Five real recordings are few: read the real rows as a smoke signal of sim-to-real, not as a benchmark result.
+27 real recordings (10 NORM, 6 AF, 4 SB, 4 ABNORMAL, 3 RBBB) are few: read the real rows as a signal of
+sim-to-real, not as a benchmark result.
 """
 
 from __future__ import annotations
@@ -107,7 +109,7 @@ def main(argv=None) -> int:
     else:
         drawn = [(f"{r.id}#{name}", png, tuple(r.labels)) for r in records[:2 if args.smoke else None]
                  for name, png in other_pages(r)]
-        sets.append(("real records, other software", "the real exports drawn by ecg_plot and pmecg (6 layouts)",
+        sets.append(("real records, other software", "the real recordings drawn by ecg_plot and pmecg (6 layouts)",
                      drawn))
     sets += real[len(PRESETS):]
     predictor = Predictor(model)

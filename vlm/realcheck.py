@@ -41,7 +41,7 @@ def real_sets(found, *, pages_per_record: int = 1, shipped_limit: int | None = N
     for preset in PRESETS:
         drawn = [p for k in range(pages_per_record) for p in record_pages(found.records, preset, seed=1000 * k)]
         pages = list({(p[0], p[1]): p for p in drawn}.values())  # the same page twice would count one answer twice
-        sets.append((f"real records, {preset} pages (ours)", f"{len(found.records)} real exports, drawn by ecg.pages",
+        sets.append((f"real records, {preset} pages (ours)", f"{len(found.records)} real recordings, drawn by ecg.pages",
                      pages))
     sets.append(("pages other software drew", "pmecg's shipped pages of PTB-XL 1-5 (6 layouts)",
                  found.pages[:shipped_limit]))
