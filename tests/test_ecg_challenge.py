@@ -160,22 +160,19 @@ def test_real_challenge_records_read_with_the_labels_their_corpus_gives(real_ecg
     """The CPSC 2018 and Chapman-Shaoxing records as the Challenge publishes them (header # Dx, MATLAB .mat), and
     PTB-XL's WFDB records (.dat, 500 and 100 Hz): 12 leads in mV, and the header's SNOMED codes map to the code15
     label that ecg/data/real_ecgs.csv gives each (the label the sim-to-real figures are scored against)."""
-    import csv
+    from ecg.examples import real_examples
 
-    from ecg.examples import LABELS
-
-    with open(LABELS) as f:
-        wanted = {row["file"]: tuple(row["code15"].split(";")) for row in csv.DictReader(f)
-                  if row["file"].endswith(".hea")}
-    assert len(wanted) == 15
+    listed = [r for r in real_examples(str(real_ecgs)).records if r.id.endswith(".hea")]  # labels: the CSV's
+    assert len(listed) == 15
     with_dx = 0
-    for name, labels in wanted.items():
-        rec = challenge.read_record(str(real_ecgs / name))
+    for want in listed:
+        rec = challenge.read_record(str(real_ecgs / want.id))
+        name = want.id
         assert rec.leads == tuple(LEADS) and rec.fs in (100.0, 500.0) and rec.signal.shape[1] >= 10 * rec.fs
         assert 0.2 < np.ptp(rec.signal[1]) < 5.0, name  # lead II in mV: a QRS of about 1 mV, not raw ADC units
         if rec.meta.get("snomed"):  # CPSC and Chapman carry # Dx; PTB-XL's headers do not (its labels: scp_codes)
             with_dx += 1
-            assert rec.labels == labels, name
+            assert rec.labels == want.labels, name
         else:
             assert rec.labels == ()
     assert with_dx == 11
