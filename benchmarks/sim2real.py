@@ -14,6 +14,9 @@ The sets (each row of the table names its data):
   (benchmarks/other_pages.py).
 - pages other software drew: pmecg's own example pages of PTB-XL records 1-5, as its sdist ships them (six layouts
   a record), labelled from the measurements printed on them.
+- what the model reads: synthetic counterfactual pairs (``ecg.synth.COUNTERFACTUALS``: one record drawn twice, one
+  physiological change apart, such as PR 160 -> 280 ms): how often the finding is answered before and after the
+  change. A model that learned a shortcut (the rate for 1dAVb) shows it here, whatever the real sets hold.
 Labels live in ``ecg/data/real_ecgs.csv`` with the device statements or printed measurements they come from.
 The real files come from ``make real-ecgs`` (``.cache/real-ecgs``). Scores: ECGBench protocol, code15, x100.
 27 real recordings (10 NORM, 6 AF, 4 SB, 4 ABNORMAL, 3 RBBB) are few: read the real rows as a signal of
@@ -72,6 +75,8 @@ def main(argv=None) -> int:
     parser.add_argument("--real", default=str(REPO / ".cache" / "real-ecgs"), help="folder of make real-ecgs")
     parser.add_argument("--pages-per-record", type=int, default=4, help="pages a real record in each preset")
     parser.add_argument("--synthetic-rows", type=int, default=300)
+    parser.add_argument("--counterfactuals", type=int, default=40,
+                        help="synthetic counterfactual pairs of each kind (0: none): what the model reads")
     parser.add_argument("--smoke", action="store_true", help="smallest run: untrained tiny, 1 page a record")
     args = parser.parse_args(argv)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -125,7 +130,22 @@ def main(argv=None) -> int:
         answers = ", ".join(f"{k[:30]!r} x{v}" for k, v in list(r["answers"].items())[:3])
         print(f"{name:38s} {len(pages):5d} {fmt(r.get('f1')):>6s} {fmt(r.get('auc')):>6s} "
               f"{fmt(r.get('hamming_loss')):>6s} {rate:8.1f}  {what}; {answers}", flush=True)
+    if args.counterfactuals:
+        print_counterfactuals(predictor, 4 if args.smoke else args.counterfactuals)
     return 0
+
+
+def print_counterfactuals(predictor, n: int) -> None:
+    """What the model reads: synthetic counterfactual pairs (ecg.synth.COUNTERFACTUALS), clean pages."""
+    from vlm.realcheck import counterfactuals
+
+    print(f"\nwhat the model reads: {n} synthetic counterfactual pairs each (ecg.synth, clean pages; one record drawn "
+          "twice, one physiological change apart)")
+    print(f"{'change':28s} {'finding':8s} {'answered before':>15s} {'after':>6s} {'answer changed':>15s}")
+    for row in counterfactuals(predictor, n=n):
+        fmt = lambda v: "-" if v is None else f"{v:.0f}%"  # noqa: E731
+        print(f"{row['change']:28s} {row['finding'] or '(none)':8s} {fmt(row['before']):>15s} "
+              f"{fmt(row['after']):>6s} {fmt(row['changed']):>15s}", flush=True)
 
 
 if __name__ == "__main__":

@@ -12,10 +12,14 @@ How a record is built (vectorised numpy, about 1-2 ms per record):
    respiratory variation, an irregularly irregular AF rhythm, or premature ventricular beats).
 3. AF adds a fibrillatory baseline; every record gets baseline wander, mains hum and EMG-like noise.
 
-Feature ranges are clear rather than borderline (a tiny model sees the page at low resolution):
-NORM 62-95 bpm, PR 130-180 ms, QRS 80-100 ms; SB 40-55 bpm; ST 110-150 bpm; 1dAVb PR 240-340 ms;
-RBBB/LBBB QRS 130-170 ms; AF 70-130 bpm mean with RR coefficient of variation 0.20-0.35. 1dAVb
-without SB stays under 80 bpm so the P wave never hides in the previous T wave.
+Feature ranges follow the benchmark's definitions (ECGBench's table: NORM 60-100 bpm, SB under 60, ST over 100)
+and keep clear of its borders: NORM 61-99 bpm, PR 130-180 ms, QRS 80-100 ms; SB 40-56 bpm; ST 104-150 bpm;
+1dAVb PR 230-340 ms; RBBB/LBBB QRS 130-170 ms; AF 55-140 bpm mean with RR coefficient of variation 0.20-0.35.
+A feature that does not define a label has the same distribution whatever the label: every sinus record that is
+neither SB nor ST, whatever its findings, draws its rate from NORM's 61-99 bpm, so a model cannot read 1dAVb, a
+bundle branch block or ABNORMAL from the rate (the demo's model once did: it answered 1dAVb for any normal page at
+62-80 bpm, the only rates 1dAVb had). 1dAVb's PR ends before the previous T wave does not (PR <= RR - QT - 20 ms),
+so its P wave never hides in the T wave.
 
 Example::
 
@@ -27,6 +31,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 
 import numpy as np
@@ -46,6 +51,21 @@ LABEL_CYCLE: tuple[tuple[tuple[str, ...], int], ...] = (
     (("SB", "RBBB"), 1), (("1dAVb", "RBBB"), 1), (("ST", "RBBB"), 1), (("1dAVb", "LBBB"), 1),
     (("SB", "LBBB"), 1),
 )
+# Heart rate (bpm) by the label that sets it; every other sinus record draws NORM's (see the module docstring).
+RATES = {"NORM": (61.0, 99.0), "SB": (40.0, 56.0), "ST": (104.0, 150.0), "AF": (55.0, 140.0)}
+PR_1DAVB = (0.23, 0.34)  # s
+
+
+def _qt(rr: float, qrs: float) -> float:
+    """QT (s) from QRS onset: Bazett-like, prolonged by a wide QRS."""
+    return 0.40 * np.sqrt(rr) + (qrs - 0.09)
+
+
+def _pr_room(rr: float, qrs: float) -> float:
+    """The longest PR (s) whose P wave starts 20 ms after the previous T wave ends."""
+    return rr - _qt(rr, qrs) - 0.02
+
+
 ABNORMAL_KINDS = ("pvc", "left_axis", "low_voltage", "t_inversion", "st_elevation", "pac", "st_depression",
                   "lvh", "q_waves")
 PATIENT_GROUP = 3  # consecutive records share a patient (and its heart geometry) in groups of 3
@@ -126,7 +146,7 @@ def _beat_waves(kind: dict, rr: float, rng) -> list[tuple]:
     if kind["p"]:
         sp = 0.018  # P lasts about 5 sigma = 90 ms; its onset is PR before QRS onset
         waves.append(_wave(-kind["pr"] + 2.5 * sp, sp, sp, kind["p_amp"], kind.get("p_dir", (0.5, 0.85, 0.1))))
-    qt = 0.40 * np.sqrt(rr) + (qrs - 0.09)  # Bazett-like QT, prolonged by a wide QRS
+    qt = _qt(rr, qrs)
     t_dir = kind["t_dir"]
     if conduction == "rbbb":
         t_dir = (0.55, 0.8, -0.45)  # secondary T inversion in V1-V2
@@ -235,18 +255,17 @@ def _noise(rng, af: bool) -> tuple[np.ndarray, str]:
 def _physiology(labels: tuple[str, ...], rng, patient: dict) -> dict:
     """The numbers behind a label set: rate (bpm), PR / QRS (s), conduction, rhythm, abnormal kind."""
     s = set(labels)
-    hr = rng.uniform(62, 95)
-    if "SB" in s:
-        hr = rng.uniform(40, 55)
-    elif "ST" in s:
-        hr = rng.uniform(110, 150)
-    elif "AF" in s:
-        hr = rng.uniform(70, 130)
-    elif "1dAVb" in s:
-        hr = rng.uniform(62, 80)
-    pr = rng.uniform(0.24, 0.34) if "1dAVb" in s else rng.uniform(0.13, 0.18)
     conduction = "rbbb" if "RBBB" in s else "lbbb" if "LBBB" in s else "normal"
     qrs = rng.uniform(0.13, 0.17) if conduction != "normal" else rng.uniform(0.08, 0.10)
+    rates = RATES["SB" if "SB" in s else "ST" if "ST" in s else "AF" if "AF" in s else "NORM"]
+    hr = rng.uniform(*rates)
+    pr = rng.uniform(0.13, 0.18)
+    if "1dAVb" in s:
+        # The P wave starts after the previous beat's T wave ends (QT as in _beat_waves, plus 20 ms): at a fast
+        # rate with a wide QRS there is no room for a long PR, so the rate is drawn again (rarely: above 90 bpm).
+        while (room := _pr_room(60.0 / hr, qrs)) < PR_1DAVB[0] + 0.01:
+            hr = rng.uniform(*rates)
+        pr = rng.uniform(PR_1DAVB[0], min(PR_1DAVB[1], room))
     kind = {"qrs": qrs, "pr": pr, "conduction": conduction, "p": "AF" not in s,
             "axis": patient["axis"], "gain": patient["gain"], "p_amp": rng.uniform(0.12, 0.2),
             "t_amp": rng.uniform(0.25, 0.4) * patient["gain"], "t_dir": (0.5, 0.8, -0.05)}
@@ -312,15 +331,26 @@ def _place(templates: dict, times: np.ndarray, kinds: np.ndarray, pre: float, rn
 
 
 def make_record(labels: tuple[str, ...], rng: np.random.Generator, *, patient: dict | None = None,
-                id: str = "", patient_id: str | None = None) -> Record:
+                id: str = "", patient_id: str | None = None, adjust: dict | None = None) -> Record:
     """One synthetic 10 s, 500 Hz, 12-lead record with the given CODE-15 label set.
 
     ``patient`` fixes the heart geometry (``axis`` deg, ``gain``); drawn from ``rng`` if omitted.
-    Example: ``make_record(("SB", "1dAVb"), np.random.default_rng(0)).meta["pr_ms"]`` -> about 240-340.
+    ``adjust`` sets physiology after it is drawn, for counterfactual pairs (the same record with one thing changed:
+    every other draw, the noise included, stays the same): ``hr`` (bpm), ``pr`` and ``qrs`` (s), ``conduction``
+    (``normal``/``rbbb``/``lbbb``). The caller gives the labels that fit (:func:`counterfactual_pair`).
+    Example: ``make_record(("SB", "1dAVb"), np.random.default_rng(0)).meta["pr_ms"]`` -> about 230-340.
     """
     patient = patient or _patient(rng)
     phys = _physiology(tuple(labels), rng, patient)
+    for key, value in (adjust or {}).items():
+        if key == "hr":
+            phys["hr"] = float(value)
+        elif key in ("pr", "qrs", "conduction"):
+            phys["kind"][key] = value
+        else:
+            raise ValueError(f"make_record: adjust has no {key!r} (hr, pr, qrs, conduction)")
     rr = 60.0 / phys["hr"]
+    noise_rng = np.random.default_rng(int(rng.integers(2**63)))  # its own stream: the same noise at any rate
     pre, post = 0.45, 0.75  # template window around QRS onset, s
     kinds = {"sinus": phys["kind"]}
     times, beat_kinds = _beat_times(phys, rng)
@@ -331,16 +361,44 @@ def make_record(labels: tuple[str, ...], rng: np.random.Generator, *, patient: d
     leads = _patient_leads(patient)
     templates = {name: _template(_beat_waves(k, rr, rng), pre, post, leads).astype(np.float32)
                  for name, k in kinds.items()}
-    noise, level = _noise(rng, phys["af"])
+    noise, level = _noise(noise_rng, phys["af"])
     signal = _place(templates, times, beat_kinds, pre, rng) + noise  # (12, N), mV
     k = phys["kind"]
     meta = {"hr_bpm": round(float(phys["hr"]), 1),
             "pr_ms": None if phys["af"] else round(k["pr"] * 1000, 1),
             "qrs_ms": round(k["qrs"] * 1000, 1), "conduction": k["conduction"],
             "rhythm": "af" if phys["af"] else "sinus", "abnormal": phys["abnormal"],
-            "axis_deg": round(float(k["axis"]), 1), "noise": level, "generator": "ecg.synth/2"}
+            "axis_deg": round(float(k["axis"]), 1), "noise": level, "generator": "ecg.synth/3"}
     return Record(signal=signal, fs=FS, leads=STANDARD_LEADS, id=id,
                   patient_id=patient_id, labels=tuple(labels), meta=meta)
+
+
+# Counterfactual pairs: one record drawn twice, once as ``before`` and once with one physiological change (``after``)
+# that the benchmark's definitions say makes ``finding`` (or, with finding None, changes no label). A model that reads
+# the physiology answers ``finding`` on the second page and not on the first; one that learned a shortcut does not.
+COUNTERFACTUALS = {  # name: (labels before, adjust before, labels after, adjust after, finding)
+    "PR 160 -> 280 ms": (("NORM",), {"hr": 70, "pr": 0.16}, ("1dAVb",), {"hr": 70, "pr": 0.28}, "1dAVb"),
+    "QRS 90 ms -> RBBB 150 ms": (("NORM",), {"hr": 75, "qrs": 0.09}, ("RBBB",),
+                                 {"hr": 75, "qrs": 0.15, "conduction": "rbbb"}, "RBBB"),
+    "QRS 90 ms -> LBBB 150 ms": (("NORM",), {"hr": 75, "qrs": 0.09}, ("LBBB",),
+                                 {"hr": 75, "qrs": 0.15, "conduction": "lbbb"}, "LBBB"),
+    "rate 75 -> 48 bpm": (("NORM",), {"hr": 75}, ("SB",), {"hr": 48}, "SB"),
+    "rate 75 -> 125 bpm": (("NORM",), {"hr": 75}, ("ST",), {"hr": 125}, "ST"),
+    "NORM rate 65 -> 95 bpm": (("NORM",), {"hr": 65}, ("NORM",), {"hr": 95}, None),
+    "1dAVb rate 65 -> 95 bpm": (("1dAVb",), {"hr": 65, "pr": 0.26}, ("1dAVb",), {"hr": 95, "pr": 0.26}, None),
+}
+
+
+def counterfactual_pair(name: str, i: int, seed: int = 0) -> tuple[Record, Record]:
+    """Record ``i`` of counterfactual :data:`COUNTERFACTUALS` ``[name]``: ``(before, after)``, the same patient,
+    beats and noise, one physiological change apart."""
+    before_labels, before, after_labels, after, _ = COUNTERFACTUALS[name]
+    patient = _patient(np.random.default_rng([seed, i, 2]))
+    # Both are drawn as ``before`` (the same random draws, so the same beats and noise), then labelled.
+    return tuple(dataclasses.replace(
+        make_record(before_labels, np.random.default_rng([seed, i, 3]), patient=patient, adjust=adjust,
+                    id=f"cf-{seed}-{i:04d}-{tag}", patient_id=f"cf-{seed}-p{i:04d}"), labels=tuple(labels))
+        for labels, adjust, tag in ((before_labels, before, "a"), (after_labels, after, "b")))
 
 
 def _patient(rng: np.random.Generator) -> dict:

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from ecg.record import STANDARD_LEADS
-from ecg.synth import ABNORMAL_KINDS, LABEL_CYCLE, generate, label_sets, record
+from ecg.synth import (ABNORMAL_KINDS, COUNTERFACTUALS, LABEL_CYCLE, counterfactual_pair, generate, label_sets,
+                       record)
 
 nk = pytest.importorskip("neurokit2")
 FS = 500
@@ -63,14 +64,16 @@ def test_meta_follows_the_physiology_table(records):
     for r in records:
         s, m = set(r.labels), r.meta
         if "SB" in s:
-            assert 40 <= m["hr_bpm"] <= 55
+            assert 40 <= m["hr_bpm"] <= 56
         elif "ST" in s:
-            assert 110 <= m["hr_bpm"] <= 150
-        elif "AF" not in s:
-            assert 62 <= m["hr_bpm"] <= 95
+            assert 104 <= m["hr_bpm"] <= 150
+        elif "AF" in s:
+            assert 55 <= m["hr_bpm"] <= 140
+        else:
+            assert 61 <= m["hr_bpm"] <= 99
         assert (m["pr_ms"] is None) == ("AF" in s)
         if m["pr_ms"] is not None:
-            assert (240 <= m["pr_ms"] <= 340) if "1dAVb" in s else (130 <= m["pr_ms"] <= 180)
+            assert (230 <= m["pr_ms"] <= 340) if "1dAVb" in s else (130 <= m["pr_ms"] <= 180)
         wide = bool(s & {"RBBB", "LBBB"})
         assert (130 <= m["qrs_ms"] <= 170) if wide else (80 <= m["qrs_ms"] <= 100)
         assert (m["abnormal"] is not None) == ("ABNORMAL" in s)
@@ -140,6 +143,22 @@ def _pick(records, label, k=3):
     return chosen
 
 
+def test_rate_does_not_tell_the_findings_it_does_not_define():
+    """Rate defines SB, ST (and is fast in AF), nothing else: a sinus record with 1dAVb, a bundle branch block or an
+    ABNORMAL finding has NORM's rates, so a model cannot learn those findings from the rate (a demo model once
+    answered 1dAVb for every normal page at 62-80 bpm, the only rates the generator gave 1dAVb)."""
+    from scipy.stats import ks_2samp
+
+    recs = [r for r in generate(1350, seed=11) if not set(r.labels) & {"SB", "ST", "AF"}]
+    rates = {lab: [r.meta["hr_bpm"] for r in recs if lab in r.labels] for lab in ("NORM", "1dAVb", "RBBB", "LBBB",
+                                                                                  "ABNORMAL")}
+    for lab, hr in rates.items():
+        assert len(hr) >= 100, (lab, len(hr))
+        if lab != "NORM":
+            assert ks_2samp(hr, rates["NORM"]).pvalue > 0.01, (lab, np.percentile(hr, [5, 50, 95]))
+            assert abs(np.median(hr) - np.median(rates["NORM"])) < 5, lab
+
+
 def test_heart_rate_by_neurokit(records):
     for label, lo, hi in (("SB", 0, 60), ("ST", 100, 999), ("NORM", 60, 100)):
         for rec in _pick(records, label, 4):
@@ -157,7 +176,7 @@ def test_af_rr_irregular_by_neurokit(records):
     for rec in _pick(records, "AF", 4):
         assert irregularity(rec) > 0.08, (rec.id, irregularity(rec))  # sinus rhythm: about 0.02
     for rec in _pick(records, "NORM", 2) + _pick(records, "SB", 2) + _pick(records, "ST", 2):
-        assert irregularity(rec) < 0.05, (rec.id, irregularity(rec))
+        assert irregularity(rec) < 0.06, (rec.id, irregularity(rec))  # a noisy record measures up to 0.05
 
 
 def test_pr_interval_by_neurokit(records):
@@ -225,4 +244,32 @@ def test_abnormal_kinds_show_their_finding():
     for rec in kinds["q_waves"]:  # a deep initial negative deflection in aVF before its R
         r, _ = _r_peaks(rec)
         avf = rec.lead("aVF")
-        assert np.median([avf[p - 40:p].min() - avf[p - 70:p - 55].mean() for p in r[1:-1]]) < -0.2, rec.id
+        assert np.median([avf[p - 40:p].min() - avf[p - 70:p - 55].mean() for p in r[1:-1]]) < -0.15, rec.id  # >= 0.1 mV is pathological
+
+
+# ------------------------------------------------------------------------------- counterfactual pairs
+
+
+@pytest.mark.parametrize("name", list(COUNTERFACTUALS))
+def test_counterfactual_pairs_differ_in_the_named_physiology_only(name):
+    before_labels, _, after_labels, _, finding = COUNTERFACTUALS[name]
+    for i in range(2):
+        a, b = counterfactual_pair(name, i, seed=4)
+        assert (a.labels, b.labels) == (before_labels, after_labels)
+        assert finding is None or (finding in b.labels and finding not in a.labels)
+        assert a.meta["noise"] == b.meta["noise"] and a.patient_id == b.patient_id
+        again = counterfactual_pair(name, i, seed=4)[1]
+        assert np.array_equal(b.signal, again.signal)  # deterministic
+        measured = [60 * FS / np.median(np.diff(_r_peaks(r)[0])) for r in (a, b)]
+        assert measured == pytest.approx([a.meta["hr_bpm"], b.meta["hr_bpm"]], abs=4), name
+
+
+def test_a_counterfactual_pr_change_moves_the_p_waves_and_nothing_else():
+    """Same beats, same noise: the two pages differ only where a P wave was or now is."""
+    name = "PR 160 -> 280 ms"
+    for i in range(3):
+        a, b = counterfactual_pair(name, i, seed=4)
+        assert _pr_ms(b) - _pr_ms(a) == pytest.approx(120, abs=40), i
+        moved = (np.abs(b.signal - a.signal) > 1e-3).any(axis=0).mean()  # share of samples that differ
+        beats = len(_r_peaks(a)[0])
+        assert 0 < moved < beats * 2 * 0.12 * FS / a.signal.shape[1], (i, moved)  # two P waves of ~100 ms a beat

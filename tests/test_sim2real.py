@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import io
 from collections import Counter
 
+import numpy as np
+from PIL import Image
+
 from ecg.examples import real_examples
-from vlm.realcheck import real_sets, record_pages, score_pages
+from vlm.realcheck import counterfactual_pages, counterfactuals, real_sets, record_pages, score_pages
 
 EXPECTED = {  # ecg/data/real_ecgs.csv: the device's statements give the label
     "pydicom-3.0.2/waveform_ecg.dcm": ("NORM",),
@@ -52,3 +56,21 @@ def test_real_sets_name_each_set_and_draw_every_seed(real_ecgs):
         first, second = pages[0], pages[n]
         assert first[0] == second[0] and first[2] == second[2] and first[1] != second[1]
     assert [p[0] for p in sets[3][2]] == [p[0] for p in found.pages[:3]]
+
+
+def test_counterfactual_pages_are_one_page_recipe_with_one_physiological_change():
+    from ecg.synth import COUNTERFACTUALS
+
+    before, after = counterfactual_pages("PR 160 -> 280 ms", 3, preset="varied")
+    assert [p[2] for p in before] == [("NORM",)] * 3 and [p[2] for p in after] == [("1dAVb",)] * 3
+    for (ida, a, _), (idb, b, _) in zip(before, after):
+        assert ida.endswith("-a") and idb == ida[:-2] + "-b"
+        pa, pb = (np.asarray(Image.open(io.BytesIO(x)).convert("L"), np.int16) for x in (a, b))
+        assert pa.shape == pb.shape  # the same recipe: layout, size, grid, header
+        differ = np.abs(pa - pb) > 40
+        assert 0 < differ.mean() < 0.02  # only where P waves moved (a few traces' pixels)
+    rows = counterfactuals("tiny", n=2)
+    assert [r["change"] for r in rows] == list(COUNTERFACTUALS)
+    for r in rows:
+        assert r["n"] == 2 and r["changed"] in (0.0, 50.0, 100.0)
+        assert (r["before"] is None) == (r["finding"] is None) == (r["after"] is None)

@@ -76,3 +76,50 @@ def score_pages(model, pages, *, task: str = "code15", batch_size: int = 8) -> d
     result = score_frame(task, out, protocol="ecgbench")
     result["answers"] = out["prediction"].value_counts().head(5).to_dict()
     return result
+
+
+def counterfactual_pages(name: str, n: int, *, preset: str = "clean", seed: int = 0) -> tuple[list, list]:
+    """``n`` counterfactual pairs of ``ecg.synth.COUNTERFACTUALS[name]`` drawn by ``ecg.pages`` in ``preset`` (both
+    pages of a pair with the same page recipe): ``(before pages, after pages)``, each ``[(id, bytes, labels)]``."""
+    from ecg.pages import page_bytes
+    from ecg.synth import counterfactual_pair
+
+    before, after = [], []
+    for i in range(n):
+        for rec, out in zip(counterfactual_pair(name, i, seed), (before, after)):
+            data, _ = page_bytes(rec, preset, seed=seed * 100_003 + i)
+            out.append((rec.id, data, tuple(rec.labels)))
+    return before, after
+
+
+def counterfactuals(model, *, n: int = 40, preset: str = "clean", seed: int = 0,
+                    task: str = "code15") -> list[dict]:
+    """What a model reads, on synthetic counterfactual pairs (``ecg.synth.COUNTERFACTUALS``): per pair kind, how
+    often the finding is answered on the page before the change and on the page after it, and how often the answer
+    changes at all. A model that reads the physiology answers the finding after and not before (and keeps its answer
+    when the change defines no finding); a model that learned a shortcut (the rate for 1dAVb) does not.
+
+    Example: ``counterfactuals("./demo-run/run/export", n=20)[0]`` ->
+    ``{"change": "PR 160 -> 280 ms", "finding": "1dAVb", "before": 10.0, "after": 85.0, "changed": 80.0, ...}``.
+    """
+    import numpy as np
+
+    from ecg.synth import COUNTERFACTUALS
+    from metrics.parsing import ecgbench_labels
+    from vlm.predict import Predictor
+
+    predictor = model if isinstance(model, Predictor) else Predictor(model)
+    t = get_task(task)
+    rows = []
+    for name, (_, _, _, _, finding) in COUNTERFACTUALS.items():
+        before, after = counterfactual_pages(name, n, preset=preset, seed=seed)
+        # each answer as the benchmark reads it (metrics.parsing.ecgbench_labels): a set of the task's labels
+        answers = [[frozenset(np.asarray(t.labels)[row]) for row in
+                    ecgbench_labels(t, predict_pages(predictor, pages, task=task)["prediction"])]
+                   for pages in (before, after)]
+        pct = lambda k: round(100.0 * k / n, 1)  # noqa: E731
+        rows.append({"change": name, "finding": finding, "n": n, "preset": preset,
+                     "before": None if finding is None else pct(sum(finding in a for a in answers[0])),
+                     "after": None if finding is None else pct(sum(finding in a for a in answers[1])),
+                     "changed": pct(sum(a != b for a, b in zip(*answers)))})
+    return rows
