@@ -176,6 +176,10 @@ def record_row(record, *, task, source: str, split: str, options: RenderOptions,
     image, page = render_page(record, options, seed=seed)
     meta = {**record.meta, "patient_id": record.patient_id, "fs": record.fs,
             "duration_s": round(record.duration, 3), "split": split, "record": record.id, "page": page}
+    if str(record.meta.get("generator", "")).startswith("ecg.synth"):  # its measurements, asked after the answer
+        from ecg.synth import followups
+
+        meta["followups"] = followups(record.meta)
     return sample_row(id=record.id, task=task.name, image=image,
                       question=task.question, answer=task.format_answer(record.labels), labels=record.labels,
                       source=source, split=split, meta=meta)

@@ -401,6 +401,40 @@ def counterfactual_pair(name: str, i: int, seed: int = 0) -> tuple[Record, Recor
         for labels, adjust, tag in ((before_labels, before, "a"), (after_labels, after, "b")))
 
 
+# What a synthetic record's measurements read as, the reply to MEASUREMENTS_QUESTION asked after the diagnosis
+# (``meta["followups"]`` of its sample row): rate to 10 bpm, PR to 20 ms, QRS to 10 ms, axis to 30 degrees, and the
+# ABNORMAL finding, if any. Trained as a follow-up turn, it teaches a from-scratch model to read what the diagnosis
+# rests on (docs/sim2real.md); a served model answers the same question in a chat.
+MEASUREMENTS_QUESTION = "What are the measurements?"
+FINDING_WORDS = {"pvc": "ventricular ectopics", "pac": "atrial ectopics", "left_axis": "left axis deviation",
+                 "low_voltage": "low voltage", "t_inversion": "T inversion", "st_elevation": "ST elevation",
+                 "st_depression": "ST depression", "lvh": "LVH", "q_waves": "Q waves"}
+
+
+def measurements_text(meta: dict) -> str:
+    """The measurements of a synthetic record (its ``meta``) as a short reply.
+    Example: ``measurements_text(record(0).meta)`` -> ``"rate 80 bpm; PR 140 ms; QRS 130 ms; rhythm sinus; axis 30;
+    finding none"``."""
+    near = lambda v, step: int(step * round(float(v) / step))  # noqa: E731
+    pr = "none" if meta.get("pr_ms") is None else f"{near(meta['pr_ms'], 20)} ms"
+    rhythm = "AF" if meta.get("rhythm") == "af" else "sinus"
+    return (f"rate {near(meta['hr_bpm'], 10)} bpm; PR {pr}; QRS {near(meta['qrs_ms'], 10)} ms; rhythm {rhythm}; "
+            f"axis {near(meta['axis_deg'], 30)}; finding {FINDING_WORDS.get(meta.get('abnormal'), 'none')}")
+
+
+def followups(meta: dict) -> list[dict]:
+    """``meta["followups"]`` of a synthetic record's sample row: the measurements question and its reply."""
+    return [{"role": "user", "text": MEASUREMENTS_QUESTION}, {"role": "assistant", "text": measurements_text(meta)}]
+
+
+def measurements_vocabulary() -> str:
+    """Every word :func:`measurements_text` and :data:`MEASUREMENTS_QUESTION` can write (a word-level tokenizer's
+    corpus)."""
+    numbers = " ".join(str(v) for v in range(-180, 400, 10))
+    return f"{MEASUREMENTS_QUESTION} rate bpm; PR ms; QRS ms; rhythm sinus AF; axis; finding none {numbers} " + \
+        " ".join(FINDING_WORDS.values())
+
+
 def _patient(rng: np.random.Generator) -> dict:
     """A patient's heart and chest: frontal QRS axis (deg, normal range), overall voltage gain, and where the
     chest electrodes sit (angle offsets, deg, and distance gains), so QRS shapes and R-wave progression differ

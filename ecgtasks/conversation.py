@@ -164,17 +164,41 @@ def history(meta) -> list[Turn] | None:
     """The earlier turns of a sample row from its ``meta`` (JSON text or dict): ``meta["history"]``, or None.
     ``meta`` is free-form: only a JSON object with a non-empty ``history`` carries turns.
     Example: ``history('{"history": [{"role": "user", "text": "q"}]}') == [Turn("user", "q", (), "user")]``."""
+    meta = _meta_dict(meta)
+    turns = meta.get("history") if meta else None
+    return parse_turns(turns, field="history") if turns else None
+
+
+def followups(meta) -> list[tuple[str, str]] | None:
+    """Questions asked after a sample row's answer, with their replies: ``meta["followups"]`` (user and assistant
+    turns in turn, :func:`history`'s shape) as ``[(question, reply), ...]``, or None. Training can add them to the
+    row's text after its answer, with loss on each reply (``ecgvlm train --followups``); a prompt is never changed.
+    Example: ``followups({"followups": [{"role": "user", "text": "Rate?"}, {"role": "assistant", "text": "70"}]})``
+    -> ``[("Rate?", "70")]``."""
+    meta = _meta_dict(meta)
+    turns = meta.get("followups") if meta else None
+    if not turns:
+        return None
+    turns = parse_turns(turns, field="followups")
+    for i, t in enumerate(turns):
+        if t.role != (USER, ASSISTANT)[i % 2] or t.text is None:
+            raise ConversationError("must be user and assistant turns in turn, each with text", turn=i,
+                                    field="followups")
+    if len(turns) % 2:
+        raise ConversationError("ends with a question that has no reply", turn=len(turns) - 1, field="followups")
+    return [(q.text, a.text) for q, a in zip(turns[::2], turns[1::2])]
+
+
+def _meta_dict(meta) -> dict | None:
+    """A row's ``meta`` (JSON text, dict, None or NaN) as a dict, or None."""
     if meta is None or (isinstance(meta, float) and meta != meta):  # None / NaN from pandas
         return None
     if isinstance(meta, (str, bytes)):
-        if not meta:
-            return None
         try:
-            meta = json.loads(meta)
+            meta = json.loads(meta) if meta else None
         except ValueError:
             return None
-    turns = meta.get("history") if isinstance(meta, dict) else None
-    return parse_turns(turns, field="history") if turns else None
+    return meta if isinstance(meta, dict) else None
 
 
 def dialogue(question: str, earlier=None) -> list[Turn]:

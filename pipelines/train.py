@@ -53,6 +53,8 @@ class TrainConfig(BaseModel):
     freeze_vision: bool = Field(True, description="keep the vision tower frozen (False trains it)")
     patch_init: Literal["random", "pca"] = Field("random", description="a from-scratch model's patch filters: as "
                                                  "built, or the whitened principal patches of the train pages")
+    followups: bool = Field(False, description="also train on the questions a row asks after its answer "
+                            "(meta['followups']: the measurements of synthetic records), loss on their replies")
     lr: float = Field(2e-4, gt=0, description="peak learning rate (AdamW)")
     betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay on matrices")

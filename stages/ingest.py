@@ -4,7 +4,7 @@
 in CPU actors that load the processor only (:class:`Encode`: ``vlm.training.encode_rows``, no model weights),
 and materializes them once when their estimated size fits the cache budget, else streams them (re-encoded each
 epoch). ``cfg`` is the training job's config (``ecgvlm train``'s ``TrainConfig``): it reads ``data``, ``model``,
-``tiny``, ``image_splitting``, ``longest_edge``, ``batch_size``, ``train_rows``, ``val_rows``, ``cache``,
+``tiny``, ``followups``, ``image_splitting``, ``longest_edge``, ``batch_size``, ``train_rows``, ``val_rows``, ``cache``,
 ``cache_gb``, ``num_workers``, ``encode_actors`` and ``encode_cpus``.
 
 Example::
@@ -21,16 +21,18 @@ class Encode:
     """Ray Data stage: sample rows -> encoded training rows (``vlm.training.encode_rows``), the processor loaded once
     per actor (no model weights). A row that fails keeps its place with an ``error``; the workers count it."""
 
-    def __init__(self, model: str, tiny: dict, image_splitting: bool | None, longest_edge: int | None):
+    def __init__(self, model: str, tiny: dict, image_splitting: bool | None, longest_edge: int | None,
+                 followups: bool = False):
         from vlm.load import load_processor
 
         self.loaded = load_processor(model, tiny=tiny or None, image_splitting=image_splitting,
                                      longest_edge=longest_edge)
+        self.followups = followups
 
     def __call__(self, batch):
         from vlm.training import encode_rows
 
-        return encode_rows(self.loaded, batch)
+        return encode_rows(self.loaded, batch, followups=self.followups)
 
 
 COLUMNS = ["id", "task", "image", "question", "answer", "meta"]
@@ -74,7 +76,8 @@ def _ingest(cfg, train, n_rows: int) -> dict:
     sample = train.limit(4).to_pandas()
     per_row = encoded_nbytes(encode_rows(load_processor(cfg.model, tiny=cfg.tiny or None,
                                                         image_splitting=cfg.image_splitting,
-                                                        longest_edge=cfg.longest_edge), sample)) / max(1, len(sample))
+                                                        longest_edge=cfg.longest_edge), sample,
+                                         followups=cfg.followups)) / max(1, len(sample))
     total = per_row * n_rows
     mode = cfg.cache if cfg.cache != "auto" else ("memory" if total <= budget else "stream")
     how = ("materialized once, every epoch reads the cache" if mode == "memory" else
@@ -143,7 +146,8 @@ def datasets_for(cfg):
         room = int((ray.cluster_resources().get("CPU", 1.0) - READ_CPUS) // encode_cpus)
         actors = max(actors, min(room, -(-n_train // (8 * per_block))))
     encoded = train.map_batches(
-        Encode, fn_constructor_kwargs={"model": cfg.model, "tiny": cfg.tiny, "image_splitting": cfg.image_splitting,
+        Encode, fn_constructor_kwargs={"model": cfg.model, "tiny": cfg.tiny, "followups": cfg.followups,
+                                       "image_splitting": cfg.image_splitting,
                                        "longest_edge": cfg.longest_edge},
         batch_size=per_block, batch_format="pandas", num_cpus=cfg.encode_cpus,
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors))

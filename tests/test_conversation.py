@@ -99,3 +99,15 @@ def test_an_openai_chat_request_with_a_data_image():
         parse_turns([{"role": "user", "content": [{"type": "audio", "audio": "..."}]}], field="messages")
     with pytest.raises(ConversationError, match="messages: has no user message"):
         last_question(parse_turns([{"role": "system", "content": "x"}], field="messages"))
+
+
+def test_followups_read_back_from_a_row_meta_and_bad_ones_are_named():
+    from ecgtasks.conversation import followups
+
+    turns = [{"role": "user", "text": "What are the measurements?"}, {"role": "assistant", "text": "rate 70 bpm"}]
+    assert followups(json.dumps({"followups": turns})) == [("What are the measurements?", "rate 70 bpm")]
+    assert followups({"history": turns}) is None and followups(None) is None and followups("") is None
+    with pytest.raises(ConversationError, match="followups turn 1: must be user and assistant turns in turn"):
+        followups({"followups": [turns[0], turns[0]]})
+    with pytest.raises(ConversationError, match="followups turn 0: ends with a question that has no reply"):
+        followups({"followups": turns[:1]})

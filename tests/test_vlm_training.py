@@ -8,7 +8,7 @@ import torch
 
 import vlm
 from ecg.render import render
-from ecg.synth import generate
+from ecg.synth import generate, measurements_text
 
 QUESTIONS = [
     "<image>\nWhich of the following diagnoses fit this 12-lead ECG?",
@@ -106,3 +106,52 @@ def test_label_scoring_with_a_shared_prompt_cache_equals_full_passes(trained, pa
     assert cached == pytest.approx(full, abs=1e-4)
     # P("SB" first) and P("; 1dAVb" after "SB") are both likely for the row trained on "SB; 1dAVb"
     assert cached[0] > -1.0 and cached[1] > -1.0 and cached[2] < -1.0
+
+
+def test_followups_keep_each_reply_and_teach_the_model_to_answer_them(pages):
+    """A row's follow-up (the measurements, asked after its answer) is trained on: its reply is kept, its question
+    masked; the model then answers the diagnosis prompt alone as before, and the follow-up in a chat."""
+    from ecg.synth import MEASUREMENTS_QUESTION, measurements_text
+
+    recs = list(generate(2, seed=0))
+    replies = [measurements_text(r.meta) for r in recs]
+    follow = [[(MEASUREMENTS_QUESTION, replies[0])], None]
+    loaded = vlm.load("tiny")
+    batch = vlm.training.collate(loaded, pages, QUESTIONS, ANSWERS, followups=follow)
+    assert _kept_text(loaded, batch, 0) == f" {ANSWERS[0]}<end_of_utterance> {replies[0]}<end_of_utterance>"
+    assert _kept_text(loaded, batch, 1) == f" {ANSWERS[1]}<end_of_utterance>"
+    torch.manual_seed(0)
+    opt = torch.optim.AdamW(loaded.model.parameters(), lr=3e-3, betas=(0.9, 0.98))
+    loaded.model.train()
+    for _ in range(100):
+        loaded.model(**batch).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    loaded.model.eval()
+    predictor = vlm.Predictor.from_loaded(loaded)
+    assert predictor.generate(pages, QUESTIONS, max_new_tokens=12) == ANSWERS  # the prompt is unchanged
+    history = [{"role": "user", "text": QUESTIONS[0]}, {"role": "assistant", "text": ANSWERS[0]}]
+    row = predictor.encode_one(pages[0], MEASUREMENTS_QUESTION, history=history, max_new_tokens=30)
+    assert predictor.generate_encoded([row], max_new_tokens=30) == [replies[0]]
+
+
+def test_encode_rows_trains_on_a_synthetic_rows_measurements_only_when_asked():
+    import pandas as pd
+
+    from ecg.samples import RenderOptions, record_row
+    from ecg.synth import record
+    from ecgtasks import get_task
+
+    rows = pd.DataFrame([record_row(record(i), task=get_task("code15"), source="synthetic", split="train",
+                                    options=RenderOptions()) for i in range(2)])
+    from vlm.load import load_processor
+
+    loaded = load_processor("tiny")
+    tok = loaded.processor.tokenizer
+    plain, asked = (vlm.training.encode_rows(loaded, rows, followups=f) for f in (False, True))
+    for i in range(2):
+        kept = [tok.decode(enc["labels"][i][enc["labels"][i] != -100]) for enc in (plain, asked)]
+        assert kept[0] == f" {rows.answer[i]}<end_of_utterance>"
+        assert kept[1] == kept[0] + f" {measurements_text(record(i).meta)}<end_of_utterance>"
+        assert "rate" in kept[1] and "<unk>" not in tok.decode(asked["input_ids"][i])  # every word is in the vocab
+

@@ -103,11 +103,14 @@ def _pre_tokenizer():
 
 
 def corpus_words(extra_text: tuple[str, ...] = (), special_tokens: tuple[str, ...] = SPECIAL_TOKENS) -> list[str]:
-    """Every pre-token of every registered task's question, labels and formatted answers (sorted, unique), plus
-    those of ``extra_text`` (another model family's chat words)."""
+    """Every pre-token of every registered task's question, labels and formatted answers (sorted, unique), of the
+    synthetic records' measurements follow-up (``ecg.synth.measurements_vocabulary``), plus those of ``extra_text``
+    (another model family's chat words)."""
     from ecgtasks import all_tasks
 
-    texts = list(EXTRA_TEXT) + list(extra_text)
+    from ecg.synth import measurements_vocabulary
+
+    texts = list(EXTRA_TEXT) + [measurements_vocabulary()] + list(extra_text)
     for task in all_tasks():
         texts.append(task.question)
         for label in task.labels:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from vlm.families import IDEFICS3, Family, family_of_processor
+from ecgtasks.conversation import followups as row_followups
 from vlm.prompt import answer_text, chat_prompt, encode, row_history
 
 IGNORE = -100  # the label value torch's cross-entropy skips
@@ -34,31 +35,51 @@ def decode_image(row_id, data):
     return decode(data, f"row {row_id}")
 
 
-def collate(loaded, images, questions, answers, histories=None) -> dict[str, torch.Tensor]:
+def collate(loaded, images, questions, answers, histories=None, followups=None) -> dict[str, torch.Tensor]:
     """Processor batch (right padded) of prompt + answer, with ``labels`` masking all but the answer.
 
     Kept: the answer tokens and the closing end-of-turn token (SmolVLM's ``<end_of_utterance>``, Qwen's
-    ``<|im_end|>``, LLaVA's ``</s>``: without loss on it generation never stops, FINDINGS.md). Masked to -100: the prompt (earlier turns of ``histories`` included), the image tokens and the
-    padding. Images go through ``loaded.prepare_image`` first. Tensors stay on the CPU (the caller moves them).
+    ``<|im_end|>``, LLaVA's ``</s>``: without loss on it generation never stops, FINDINGS.md). Masked to -100: the
+    prompt (earlier turns of ``histories`` included), the image tokens and the padding. ``followups``: per row,
+    ``[(question, reply), ...]`` asked after the answer (``ecgtasks.conversation.followups``) or None; each reply
+    is kept too, its question masked. Images go through ``loaded.prepare_image`` first. Tensors stay on the CPU.
     """
-    histories = histories if histories is not None else [None] * len(images)
-    if not (len(images) == len(questions) == len(answers) == len(histories)):
-        raise ValueError(f"collate: {len(images)} images, {len(questions)} questions, {len(answers)} answers")
+    n = len(images)
+    histories = histories if histories is not None else [None] * n
+    followups = followups if followups is not None else [None] * n
+    if not (n == len(questions) == len(answers) == len(histories) == len(followups)):
+        raise ValueError(f"collate: {n} images, {len(questions)} questions, {len(answers)} answers")
     processor = loaded.processor
     pages = [loaded.prepare_image(im) for im in images]
-    prompts = [chat_prompt(processor, q, h) for q, h in zip(questions, histories)]
-    texts = [p + answer_text(a, processor) for p, a in zip(prompts, answers)]
+    texts, segments = [], []  # per row: the text, and its last pieces as (text, kept) from the first answer on
+    for q, a, h, f in zip(questions, answers, histories, followups):
+        text = chat_prompt(processor, q, h) + answer_text(a, processor)
+        pieces = [(answer_text(a, processor), True)]
+        turns = [turn.as_history() for turn in h or []] + [{"role": "user", "text": q}, {"role": "assistant", "text": a}]
+        for fq, fa in f or []:
+            asked = chat_prompt(processor, fq, turns)
+            if not asked.startswith(text):
+                raise ValueError(f"collate: follow-up {fq!r}: the chat template does not extend the row's text")
+            pieces += [(asked[len(text):], False), (answer_text(fa, processor), True)]
+            text = asked + answer_text(fa, processor)
+            turns += [{"role": "user", "text": fq}, {"role": "assistant", "text": fa}]
+        texts.append(text)
+        segments.append(pieces)
     batch = dict(encode(processor, pages, texts, padding_side="right"))
     tok = processor.tokenizer
     labels = batch["input_ids"].clone()  # (batch, tokens)
     labels[batch["attention_mask"] == 0] = IGNORE
-    for i, answer in enumerate(answers):
-        answer_ids = tok(answer_text(answer, processor), add_special_tokens=False)["input_ids"]
-        n_real = int(batch["attention_mask"][i].sum())
-        start = n_real - len(answer_ids)  # right padding: the answer is the last real tokens
-        if batch["input_ids"][i, start:n_real].tolist() != answer_ids:  # tokenizer merged across the boundary
-            raise ValueError(f"collate: row {i}: answer {answer!r} does not tokenize the same inside the prompt")
-        labels[i, :start] = IGNORE
+    for i, pieces in enumerate(segments):
+        end = int(batch["attention_mask"][i].sum())  # right padding: the pieces are the last real tokens
+        for piece, kept in reversed(pieces):
+            ids = tok(piece, add_special_tokens=False)["input_ids"]
+            start = end - len(ids)
+            if batch["input_ids"][i, start:end].tolist() != ids:  # tokenizer merged across the boundary
+                raise ValueError(f"collate: row {i}: {piece!r} does not tokenize the same inside the prompt")
+            if not kept:
+                labels[i, start:end] = IGNORE
+            end = start
+        labels[i, :end] = IGNORE
     batch["labels"] = labels
     return batch
 
@@ -91,11 +112,12 @@ def _object_array(items: list) -> np.ndarray:
     return out
 
 
-def encode_rows(loaded, batch) -> dict[str, np.ndarray]:
+def encode_rows(loaded, batch, *, followups: bool = False) -> dict[str, np.ndarray]:
     """Sample rows -> encoded training examples, one per row; a row that fails keeps its place with ``error``.
 
     ``batch``: pandas DataFrame or dict of columns with ``id``, ``image`` (PNG/JPEG bytes), ``question``,
-    ``answer`` and optionally ``meta`` (JSON; ``meta["history"]``: earlier turns of a multi-turn record).
+    ``answer`` and optionally ``meta`` (JSON; ``meta["history"]``: earlier turns of a multi-turn record;
+    ``meta["followups"]``: questions asked after the answer, with their replies, trained on when ``followups``).
     ``loaded``: a :class:`vlm.Loaded` (``vlm.load_processor`` is enough). Each image is decoded once.
     Returns per-row object arrays: ``input_ids``/``attention_mask``/``labels`` (int64 vectors, unpadded),
     ``pixels`` (tiles, C, H, W) as uint8 when the processor's normalisation is invertible (4x smaller, 12x for
@@ -112,7 +134,8 @@ def encode_rows(loaded, batch) -> dict[str, np.ndarray]:
     out = {key: [] for key in keys}
     for rid, data, question, answer, meta in zip(ids, batch["image"], batch["question"], batch["answer"], metas):
         try:
-            enc = collate(loaded, [decode_image(rid, data)], [question], [answer], [row_history(meta)])
+            asked = [row_followups(meta) if followups else None]
+            enc = collate(loaded, [decode_image(rid, data)], [question], [answer], [row_history(meta)], asked)
             error = ""
         except Exception as e:  # one bad row (image, prompt, tokenizer) must not end the epoch
             enc, error = None, str(e) if str(rid) in str(e) else f"row {rid}: {e}"
