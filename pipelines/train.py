@@ -120,7 +120,10 @@ def parse_config(argv: list[str] | None) -> TrainConfig:
     cfg = load_config(TrainConfig, argv, prog="ecgvlm train", doc=__doc__,
                       main=("model", "data", "out", "task", "finetune", "max_steps", "epochs", "max_minutes",
                             "batch_size", "lr", "num_workers", "use_gpu"))
-    return launch.absolute_paths(cfg, "data", "out", "model")
+    cfg = launch.absolute_paths(cfg, "data", "out", "model")
+    if cfg.followups and cfg.model == "tiny":  # the from-scratch tokenizer learns the follow-ups' words too
+        cfg.tiny = {**cfg.tiny, "measurements": True}
+    return cfg
 
 
 def worker(c: dict) -> None:

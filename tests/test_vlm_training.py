@@ -3,6 +3,8 @@ exactly and stops, and its label scores rank the gold labels first."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -116,7 +118,7 @@ def test_followups_keep_each_reply_and_teach_the_model_to_answer_them(pages):
     recs = list(generate(2, seed=0))
     replies = [measurements_text(r.meta) for r in recs]
     follow = [[(MEASUREMENTS_QUESTION, replies[0])], None]
-    loaded = vlm.load("tiny")
+    loaded = vlm.load("tiny", tiny={"measurements": True})  # as ecgvlm train --followups builds it
     batch = vlm.training.collate(loaded, pages, QUESTIONS, ANSWERS, followups=follow)
     assert _kept_text(loaded, batch, 0) == f" {ANSWERS[0]}<end_of_utterance> {replies[0]}<end_of_utterance>"
     assert _kept_text(loaded, batch, 1) == f" {ANSWERS[1]}<end_of_utterance>"
@@ -146,8 +148,9 @@ def test_encode_rows_trains_on_a_synthetic_rows_measurements_only_when_asked():
                                     options=RenderOptions()) for i in range(2)])
     from vlm.load import load_processor
 
-    loaded = load_processor("tiny")
+    loaded = load_processor("tiny", tiny={"measurements": True})  # as ecgvlm train --followups builds it
     tok = loaded.processor.tokenizer
+    assert "▁bpm" not in load_processor("tiny").processor.tokenizer.get_vocab()  # the default keeps the tasks' words
     plain, asked = (vlm.training.encode_rows(loaded, rows, followups=f) for f in (False, True))
     for i in range(2):
         kept = [tok.decode(enc["labels"][i][enc["labels"][i] != -100]) for enc in (plain, asked)]
@@ -155,3 +158,11 @@ def test_encode_rows_trains_on_a_synthetic_rows_measurements_only_when_asked():
         assert kept[1] == kept[0] + f" {measurements_text(record(i).meta)}<end_of_utterance>"
         assert "rate" in kept[1] and "<unk>" not in tok.decode(asked["input_ids"][i])  # every word is in the vocab
 
+
+
+def test_train_followups_give_the_tiny_tokenizer_the_measurement_words(tmp_path):
+    from pipelines.train import parse_config
+
+    base = ["--config", str(Path(__file__).resolve().parents[1] / "configs" / "tiny-code15.yaml"), "--data", str(tmp_path), "--out", str(tmp_path / "run")]
+    assert "measurements" not in parse_config(base).tiny
+    assert parse_config(base + ["--followups", "true"]).tiny["measurements"] is True

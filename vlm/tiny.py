@@ -58,6 +58,7 @@ class TinySpec:
     max_positions: int = 2048  # room for a split page (up to 36 tiles x ~50 tokens)
     white_fraction: float = 0.5  # contrast stretch: gray levels above lo + f*(background-lo) become white
     flatten: bool = False  # divide by the local paper level before the stretch (photographed pages)
+    measurements: bool = False  # the tokenizer also knows the words of synthetic rows' measurements follow-up
     seed: int = 0  # torch.manual_seed for the weights: same spec -> same weights
 
     @property
@@ -103,14 +104,11 @@ def _pre_tokenizer():
 
 
 def corpus_words(extra_text: tuple[str, ...] = (), special_tokens: tuple[str, ...] = SPECIAL_TOKENS) -> list[str]:
-    """Every pre-token of every registered task's question, labels and formatted answers (sorted, unique), of the
-    synthetic records' measurements follow-up (``ecg.synth.measurements_vocabulary``), plus those of ``extra_text``
-    (another model family's chat words)."""
+    """Every pre-token of every registered task's question, labels and formatted answers (sorted, unique), plus
+    those of ``extra_text`` (another model family's chat words, the measurements follow-up's words)."""
     from ecgtasks import all_tasks
 
-    from ecg.synth import measurements_vocabulary
-
-    texts = list(EXTRA_TEXT) + [measurements_vocabulary()] + list(extra_text)
+    texts = list(EXTRA_TEXT) + list(extra_text)
     for task in all_tasks():
         texts.append(task.question)
         for label in task.labels:
@@ -159,6 +157,16 @@ def build_tokenizer(*, special_tokens: tuple[str, ...] = SPECIAL_TOKENS, extra_t
     return tokenizer
 
 
+def _spec_words(spec: TinySpec) -> tuple[str, ...]:
+    """Text whose words the spec's tokenizer knows beyond the tasks' (``ecgvlm train --followups`` sets
+    ``measurements``: the synthetic rows' measurements follow-up, ``ecg.synth.measurements_text``)."""
+    if not spec.measurements:
+        return ()
+    from ecg.synth import measurements_vocabulary
+
+    return (measurements_vocabulary(),)
+
+
 def build_processor(spec: TinySpec, tokenizer=None):
     """The real ``Idefics3Processor`` with the PIL image processor set up for already-prepared square pages."""
     from transformers import Idefics3Processor
@@ -174,7 +182,7 @@ def build_processor(spec: TinySpec, tokenizer=None):
     )
     return Idefics3Processor(
         image_processor=image_processor,
-        tokenizer=tokenizer if tokenizer is not None else build_tokenizer(),
+        tokenizer=tokenizer if tokenizer is not None else build_tokenizer(extra_text=_spec_words(spec)),
         image_seq_len=spec.image_seq_len,
         chat_template=CHAT_TEMPLATE,
     )
