@@ -263,9 +263,12 @@ def _physiology(labels: tuple[str, ...], rng, patient: dict) -> dict:
     if "1dAVb" in s:
         # The P wave starts after the previous beat's T wave ends (QT as in _beat_waves, plus 20 ms): at a fast
         # rate with a wide QRS there is no room for a long PR, so the rate is drawn again (rarely: above 90 bpm).
-        while (room := _pr_room(60.0 / hr, qrs)) < PR_1DAVB[0] + 0.01:
+        # A label set with no such rate (ST with a bundle branch block) keeps the shortest long PR, P on T.
+        for _ in range(100):
+            if (room := _pr_room(60.0 / hr, qrs)) >= PR_1DAVB[0] + 0.01:
+                break
             hr = rng.uniform(*rates)
-        pr = rng.uniform(PR_1DAVB[0], min(PR_1DAVB[1], room))
+        pr = rng.uniform(PR_1DAVB[0], min(PR_1DAVB[1], max(room, PR_1DAVB[0])))
     kind = {"qrs": qrs, "pr": pr, "conduction": conduction, "p": "AF" not in s,
             "axis": patient["axis"], "gain": patient["gain"], "p_amp": rng.uniform(0.12, 0.2),
             "t_amp": rng.uniform(0.25, 0.4) * patient["gain"], "t_dir": (0.5, 0.8, -0.05)}

@@ -159,6 +159,16 @@ def test_rate_does_not_tell_the_findings_it_does_not_define():
             assert abs(np.median(hr) - np.median(rates["NORM"])) < 5, lab
 
 
+def test_a_long_pr_at_any_rate_the_labels_allow():
+    """1dAVb's P wave comes after the previous T wave where the rate leaves room; where no rate of the label set
+    does (sinus tachycardia with a bundle branch block), the record is still made, with the shortest long PR."""
+    from ecg.synth import make_record
+
+    for labels in (("1dAVb",), ("1dAVb", "RBBB"), ("ST", "1dAVb", "RBBB")):
+        m = make_record(labels, np.random.default_rng(3)).meta
+        assert 230 <= m["pr_ms"] <= 340, (labels, m)
+
+
 def test_heart_rate_by_neurokit(records):
     for label, lo, hi in (("SB", 0, 60), ("ST", 100, 999), ("NORM", 60, 100)):
         for rec in _pick(records, label, 4):
