@@ -94,9 +94,9 @@ def _rotate(channel: np.ndarray, angle: float) -> np.ndarray:
                       dtype=np.float32)
 
 
-def _trace_rows(dark: np.ndarray, sat: np.ndarray) -> int:
-    """Rows of the page crossed by a long dark line with spikes: an ECG trace (a chart's line is smooth, text
-    is broken into words)."""
+def _trace_rows(dark: np.ndarray, sat: np.ndarray, spike: float = 3.0) -> int:
+    """Rows of the page crossed by a long dark line with spikes (columns ``spike`` times the line's thickness): an
+    ECG trace (a chart's line is smooth, text is broken into words)."""
     from PIL import Image, ImageFilter
 
     # darkness over the local paper (uneven light in a photo shifts the paper, not the ink's contrast over it)
@@ -121,7 +121,7 @@ def _trace_rows(dark: np.ndarray, sat: np.ndarray) -> int:
         thin = float(np.median(extent)) if extent.size else 99.0  # px: a trace is a line, not a blob
         # spikes: the tallest columns (a QRS is a few of hundreds, 99.5th percentile) at 3x the line's thickness;
         # noisy traces are a few px thick
-        if thin <= 8 and np.percentile(extent, 99.5) >= 3 * max(1.0, thin):
+        if thin <= 8 and np.percentile(extent, 99.5) >= spike * max(1.0, thin):
             found += 1
     return found // 2 if found > 1 else found  # overlapping bands see each trace about twice
 
@@ -138,7 +138,8 @@ def check_page(image, threshold: float = THRESHOLD) -> PageCheck:
             grid, angle = g, a
         if grid >= 0.5:
             break  # clearly a grid: no need to try more angles
-    traces = _trace_rows(dark, sat)
+    # on a clear grid, a low-voltage trace's smaller spikes count too (a text page, with no grid, keeps the bar high)
+    traces = _trace_rows(dark, sat, spike=2.5 if grid >= 0.4 else 3.0)
     # a fine grid with a trace, or several spiky traces with no grid (some printers leave it out); a grid with no
     # trace at all is blank paper, a chart or a photo of a fence, not an ECG
     score = float(min(1.0, 0.5 * min(1.0, grid / 0.4) + 0.5 * min(1.0, traces / 2.0)))
