@@ -64,7 +64,7 @@ def test_counterfactual_pages_are_one_page_recipe_with_one_physiological_change(
     before, after = counterfactual_pages("PR 160 -> 280 ms", 3, preset="varied")
     assert [p[2] for p in before] == [("NORM",)] * 3 and [p[2] for p in after] == [("1dAVb",)] * 3
     for (ida, a, _), (idb, b, _) in zip(before, after):
-        assert ida.endswith("-a") and idb == ida[:-2] + "-b"
+        assert ida.endswith("-a#varied") and idb == ida.replace("-a#", "-b#")
         pa, pb = (np.asarray(Image.open(io.BytesIO(x)).convert("L"), np.int16) for x in (a, b))
         assert pa.shape == pb.shape  # the same recipe: layout, size, grid, header
         differ = np.abs(pa - pb) > 40

@@ -79,17 +79,12 @@ def score_pages(model, pages, *, task: str = "code15", batch_size: int = 8) -> d
 
 
 def counterfactual_pages(name: str, n: int, *, preset: str = "clean", seed: int = 0) -> tuple[list, list]:
-    """``n`` counterfactual pairs of ``ecg.synth.COUNTERFACTUALS[name]`` drawn by ``ecg.pages`` in ``preset`` (both
-    pages of a pair with the same page recipe): ``(before pages, after pages)``, each ``[(id, bytes, labels)]``."""
-    from ecg.pages import page_bytes
+    """``n`` counterfactual pairs of ``ecg.synth.COUNTERFACTUALS[name]`` drawn by :func:`record_pages` in ``preset``
+    (both pages of a pair with the same page recipe): ``(before pages, after pages)``, each ``[(id, bytes, labels)]``."""
     from ecg.synth import counterfactual_pair
 
-    before, after = [], []
-    for i in range(n):
-        for rec, out in zip(counterfactual_pair(name, i, seed), (before, after)):
-            data, _ = page_bytes(rec, preset, seed=seed * 100_003 + i)
-            out.append((rec.id, data, tuple(rec.labels)))
-    return before, after
+    pairs = [counterfactual_pair(name, i, seed) for i in range(n)]
+    return tuple(record_pages([pair[k] for pair in pairs], preset, seed=seed * 100_003) for k in (0, 1))
 
 
 def counterfactuals(model, *, n: int = 40, preset: str = "clean", seed: int = 0,
