@@ -55,7 +55,9 @@ def train(args) -> tuple[str, str]:
     """The demo's recipe (prepare synthetic pages, train the tiny model) into ``--workdir``: (export, data)."""
     from pipelines import demo
 
-    argv = ["--workdir", args.workdir, "--n", str(args.n), "--pages", args.pages, "--real-check", "false"]
+    argv = ["--workdir", args.workdir, "--pages", args.pages, "--real-check", "false"]
+    if args.n:
+        argv += ["--n", str(args.n)]
     if args.minutes:
         argv += ["--max-minutes", str(args.minutes)]
     if demo.main(argv):
@@ -69,7 +71,7 @@ def main(argv=None) -> int:
     parser.add_argument("--synthetic", help="prepared synthetic data whose test split is the held-out set")
     parser.add_argument("--train", action="store_true", help="train the demo's recipe first (into --workdir)")
     parser.add_argument("--workdir", default="./sim2real-run")
-    parser.add_argument("--n", type=int, default=3000, help="--train: synthetic records")
+    parser.add_argument("--n", type=int, default=None, help="--train: synthetic records (default: the demo's)")
     parser.add_argument("--pages", default=None, help="--train: page mix (default: the demo's)")
     parser.add_argument("--minutes", type=float, default=None, help="--train: training minutes (default: the demo's)")
     parser.add_argument("--real", default=str(REPO / ".cache" / "real-ecgs"), help="folder of make real-ecgs")

@@ -80,7 +80,8 @@ class TrainConfig(BaseModel):
                                                        "(memory), re-encoded every epoch (stream), or by size")
     cache_gb: float | None = Field(None, gt=0, description="auto: cache when the encoded rows' estimate is under "
                                    "this (None: a quarter of the object store)")
-    bf16: bool | None = Field(None, description="bf16 autocast (None: on with a GPU)")
+    bf16: bool | Literal["auto"] | None = Field(None, description="bf16 autocast (None: on with a GPU; auto: also on "
+                                                "a CPU that computes bf16 natively, AVX-512 BF16 or AMX)")
     gradient_checkpointing: bool | None = Field(None, description="recompute activations (None: on with a GPU)")
     log_every: int = Field(50, ge=1, description="steps between progress lines")
     checkpoint_every: int = Field(200, ge=1, description="steps between checkpoints")

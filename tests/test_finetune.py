@@ -119,6 +119,24 @@ def test_loop_learns_stops_and_resumes(loaded, cached, tmp_path):
     assert np.mean(losses[-2:]) < np.mean(losses[:2]) - 0.5  # from ~5.5 (uniform over the vocabulary)
 
 
+def test_bf16_autocast_learns_and_keeps_float32_weights(cached):
+    from vlm.cpu_engine import native_bf16
+
+    assert ft.autocast_bf16(None, use_gpu=True) and not ft.autocast_bf16(None, use_gpu=False)
+    assert ft.autocast_bf16("auto", use_gpu=False) == native_bf16() and not ft.autocast_bf16(False, use_gpu=True)
+    torch.manual_seed(0)
+    fresh = ft.load_for_training("tiny")
+    model = ft.configure_trainable(fresh.model, mode="full", freeze_vision=False)
+    opt = ft.build_optimizer(model, lr=3e-3)
+    collate = ft.Collator.for_loaded(fresh)
+    settings = ft.LoopSettings(max_steps=8, lr=3e-3, warmup_fraction=0.0, log_every=1, bf16=True)
+    state = ft.train_loop(model, opt, lambda e: ft.iter_cached(cached, batch_size=4, seed=e, collate=collate),
+                          settings, hooks=ft.Hooks(log=lambda line: None))
+    losses = [loss for _, loss, _ in state.losses]
+    assert len(losses) == 8 and np.mean(losses[-2:]) < np.mean(losses[:2]) - 0.5
+    assert {p.dtype for p in model.parameters()} == {torch.float32}  # master weights; bf16 only inside autocast
+
+
 def test_lora_targets_text_attention_only(loaded):
     fresh = ft.load_for_training("tiny").model
     model = ft.configure_trainable(fresh, mode="lora", lora_rank=4)
