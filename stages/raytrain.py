@@ -124,11 +124,12 @@ def run_worker(cfg, c: dict) -> None:
     loaded, model, opt, state = _setup(cfg, rank, c["ingest"].get("patch_filters"))
     per_step = cfg.batch_size * cfg.grad_accum * world
     max_steps = cfg.max_steps or max(1, math.ceil((cfg.epochs or 1.0) * n_train / per_step))
+    bf16 = ft.autocast_bf16(cfg.bf16, cfg.use_gpu)
     if rank == 0 and state.step == 0:
         trainable, total = ft.count_parameters(model)
         print(f"training {cfg.model} ({cfg.finetune}): {trainable:,} of {total:,} parameters, {world} worker(s), "
               f"{n_train} rows, {per_step} rows/step, up to {max_steps} steps / {cfg.max_minutes} min"
-              f"{', bf16 autocast' if ft.autocast_bf16(cfg.bf16, cfg.use_gpu) else ''}", flush=True)
+              f"{', bf16 autocast' if bf16 else ''}", flush=True)
     epochs = EpochBatches(ray.train.get_dataset_shard("train"), c["ingest"], batch_size=cfg.batch_size,
                           seed=cfg.seed, rank=rank)
     collators: dict[int, ft.Collator] = {}  # per epoch: rows that failed to encode, counted once per pass
@@ -139,7 +140,7 @@ def run_worker(cfg, c: dict) -> None:
     settings = ft.LoopSettings(
         max_steps=max_steps, max_minutes=cfg.max_minutes, lr=cfg.lr, warmup_fraction=cfg.warmup_fraction,
         min_lr_ratio=cfg.min_lr_ratio, cosine=cfg.cosine, grad_accum=cfg.grad_accum, clip=1.0,
-        bf16=ft.autocast_bf16(cfg.bf16, cfg.use_gpu), log_every=cfg.log_every,
+        bf16=bf16, log_every=cfg.log_every,
         checkpoint_every=cfg.checkpoint_every, validate_every=cfg.validate_every,
         stop_after_steps=cfg.stop_after_steps)
     tracked = tracking.attach(c.get("tracked") if rank == 0 else None)

@@ -113,7 +113,7 @@ def test_label_scoring_with_a_shared_prompt_cache_equals_full_passes(trained, pa
 def test_followups_keep_each_reply_and_teach_the_model_to_answer_them(pages):
     """A row's follow-up (the measurements, asked after its answer) is trained on: its reply is kept, its question
     masked; the model then answers the diagnosis prompt alone as before, and the follow-up in a chat."""
-    from ecg.synth import MEASUREMENTS_QUESTION, measurements_text
+    from ecg.synth import MEASUREMENTS_QUESTION
 
     recs = list(generate(2, seed=0))
     replies = [measurements_text(r.meta) for r in recs]
@@ -159,10 +159,10 @@ def test_encode_rows_trains_on_a_synthetic_rows_measurements_only_when_asked():
         assert "rate" in kept[1] and "<unk>" not in tok.decode(asked["input_ids"][i])  # every word is in the vocab
 
 
-
 def test_train_followups_give_the_tiny_tokenizer_the_measurement_words(tmp_path):
     from pipelines.train import parse_config
 
-    base = ["--config", str(Path(__file__).resolve().parents[1] / "configs" / "tiny-code15.yaml"), "--data", str(tmp_path), "--out", str(tmp_path / "run")]
+    config = Path(__file__).resolve().parents[1] / "configs" / "tiny-code15.yaml"
+    base = ["--config", str(config), "--data", str(tmp_path), "--out", str(tmp_path / "run")]
     assert "measurements" not in parse_config(base).tiny
     assert parse_config(base + ["--followups", "true"]).tiny["measurements"] is True

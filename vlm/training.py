@@ -19,8 +19,8 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from vlm.families import IDEFICS3, Family, family_of_processor
 from ecgtasks.conversation import followups as row_followups
+from vlm.families import IDEFICS3, Family, family_of_processor
 from vlm.prompt import answer_text, chat_prompt, encode, row_history
 
 IGNORE = -100  # the label value torch's cross-entropy skips
@@ -53,15 +53,16 @@ def collate(loaded, images, questions, answers, histories=None, followups=None) 
     pages = [loaded.prepare_image(im) for im in images]
     texts, segments = [], []  # per row: the text, and its last pieces as (text, kept) from the first answer on
     for q, a, h, f in zip(questions, answers, histories, followups):
-        text = chat_prompt(processor, q, h) + answer_text(a, processor)
-        pieces = [(answer_text(a, processor), True)]
-        turns = [turn.as_history() for turn in h or []] + [{"role": "user", "text": q}, {"role": "assistant", "text": a}]
+        reply = answer_text(a, processor)
+        text, pieces = chat_prompt(processor, q, h) + reply, [(reply, True)]
+        turns = [turn.as_history() for turn in h or []]
+        turns += [{"role": "user", "text": q}, {"role": "assistant", "text": a}]
         for fq, fa in f or []:
-            asked = chat_prompt(processor, fq, turns)
+            asked, reply = chat_prompt(processor, fq, turns), answer_text(fa, processor)
             if not asked.startswith(text):
                 raise ValueError(f"collate: follow-up {fq!r}: the chat template does not extend the row's text")
-            pieces += [(asked[len(text):], False), (answer_text(fa, processor), True)]
-            text = asked + answer_text(fa, processor)
+            pieces += [(asked[len(text):], False), (reply, True)]
+            text = asked + reply
             turns += [{"role": "user", "text": fq}, {"role": "assistant", "text": fa}]
         texts.append(text)
         segments.append(pieces)
